@@ -1,0 +1,20 @@
+# vidcap: caption a video dataset with a vision-language model.
+#   snakemake --cores 8 --resources gpu=1 --config input=my.json
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/frames.smk"
+include: "workflow/rules/caption.smk"
+include: "workflow/rules/merge.smk"
+
+
+rule all:
+    input:
+        config["output"],
+    default_target: True

@@ -1,0 +1,31 @@
+"""Command line: ``python -m vidcap tiny-model DIR``, ``python -m vidcap demo DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vidcap", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    tiny = sub.add_parser("tiny-model", help="build a tiny random-weight Qwen-VL checkpoint (gibberish captions)")
+    tiny.add_argument("dir")
+    tiny.add_argument("--arch", choices=["qwen2_vl", "qwen2_5_vl"], default="qwen2_vl")
+    demo = sub.add_parser("demo", help="make synthetic demo videos and a records.json")
+    demo.add_argument("dir")
+    args = parser.parse_args(argv)
+
+    if args.command == "tiny-model":
+        from vidcap.tiny_model import build_tiny_model
+
+        print(f"tiny {args.arch} model (random weights, gibberish captions) in {build_tiny_model(args.dir, args.arch)}")
+    elif args.command == "demo":
+        from vidcap.demo import make_demo
+
+        print(f"demo records: {make_demo(args.dir)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

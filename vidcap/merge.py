@@ -1,0 +1,63 @@
+"""Merging shard results back into one file: every input record once, in input order.
+
+The input is streamed again; the k-th record that falls into shard s takes the k-th line of that
+shard's result file, so memory is bounded by one record per shard, not by the dataset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import resource
+import sys
+from collections import Counter
+from pathlib import Path
+
+from vidcap.records import DEFAULT_KEYS, RecordWriter, iter_records, record_digest, record_prompt, with_prompt
+from vidcap.shards import shard_ids, shard_of
+
+
+class StaleResultError(RuntimeError):
+    """A shard result does not match the current input (it was built from other records)."""
+
+
+def _raise_open_file_limit(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed + 64:
+        target = hard if hard == resource.RLIM_INFINITY else min(hard, needed + 64)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, target), hard))
+
+
+def merge_results(input_path: str, result_dir: str, output_path: str, settings: dict, log=sys.stderr) -> Counter:
+    """Write ``output_path`` (JSON array or JSONL by suffix); return the count of each status."""
+    keys = {**DEFAULT_KEYS, **settings.get("keys", {})}
+    n_shards = int(settings["shards"])
+    ids = shard_ids(n_shards)
+    style = settings.get("output_style", "caption")
+    counts: Counter = Counter()
+    _raise_open_file_limit(n_shards)
+    with contextlib.ExitStack() as stack:
+        results = [stack.enter_context(open(Path(result_dir) / f"{sid}.jsonl", encoding="utf-8")) for sid in ids]
+        writer = stack.enter_context(RecordWriter(output_path))
+        for index, record in iter_records(input_path, keys):
+            shard = shard_of(record, keys, n_shards)
+            line = results[shard].readline()
+            if not line:
+                raise StaleResultError(f"shard {ids[shard]} has fewer results than input records (record {index})")
+            result = json.loads(line)
+            if result["digest"] != record_digest(record):
+                raise StaleResultError(f"record {index}: the result in shard {ids[shard]} belongs to another record")
+            out = with_prompt(record, keys, record_prompt(record, keys, settings["prompt"]))
+            out[keys["caption"]] = result["caption"]
+            out["caption_meta"] = result["caption_meta"]
+            if style == "assistant_turn" and result["caption"] is not None:
+                out[keys["conversation"]] = out[keys["conversation"]] + [{"from": "gpt", "value": result["caption"]}]
+            writer.write(out)
+            counts[result["caption_meta"]["status"]] += 1
+        for sid, handle in zip(ids, results):
+            if handle.readline():
+                raise StaleResultError(f"shard {sid} has more results than input records")
+    total = sum(counts.values())
+    print(f"merged {total} records into {output_path}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+          file=log, flush=True)
+    return counts

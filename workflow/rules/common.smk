@@ -1,0 +1,68 @@
+import os
+import sys
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+# the vidcap package sits at the repository root; importable with or without `pip install -e .`
+sys.path.insert(0, workflow.basedir)
+
+from vidcap import records, shards  # noqa: E402
+
+
+validate(config, "../../config/schemas/config.schema.yaml")
+
+RESULTS = config["results"].rstrip("/")
+SHARD_DIR = f"{RESULTS}/shards"
+SHARDS = shards.shard_ids(config["shards"])
+MEDIA_ROOT = config["media_root"] or os.path.dirname(os.path.abspath(config["input"]))
+
+# Shards are made while the workflow is parsed, not by a rule: a shard file is rewritten only when
+# its records change, so Snakemake sees only those shards as new and reruns nothing else (a shard
+# rule would rewrite, and so rerun, all of them). Validation here also stops a malformed input
+# before any job. Jobs on cluster nodes re-parse this file and must not reshard.
+if workflow.is_main_process:
+    try:
+        shards.sync_shards(config["input"], SHARD_DIR, config["shards"], config["keys"])
+    except records.InputError as exc:
+        raise WorkflowError(f"invalid input: {exc}") from None
+
+
+def frames_settings():
+    """What the frames step's output depends on (changing it re-extracts)."""
+    return {
+        "media_root": MEDIA_ROOT,
+        "keys": config["keys"],
+        "frames": frame_params(),
+        "cache_dir": f"{RESULTS}/frames/cache",
+    }
+
+
+def frame_params():
+    params = {k: v for k, v in config["frames"].items() if k != "threads"}
+    if params.get("total_pixels") is None:
+        # keep every video's vision tokens within the context left after the caption
+        budget = config["engine"]["max_model_len"] - config["sampling"]["max_tokens"] - 512
+        params["total_pixels"] = max(budget, 1) * 28 * 28 * 2
+    return params
+
+
+def caption_settings():
+    """What a caption depends on; engine sizing is read from config inside the job instead."""
+    return {
+        "model": config["model"],
+        "prompt": config["prompt"],
+        "system_prompt": config["system_prompt"],
+        "keys": config["keys"],
+        "sampling": config["sampling"],
+        "max_model_len": config["engine"]["max_model_len"],
+    }
+
+
+def merge_settings():
+    return {
+        "shards": config["shards"],
+        "prompt": config["prompt"],
+        "keys": config["keys"],
+        "output_style": config["output_style"],
+    }

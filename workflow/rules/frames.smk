@@ -1,0 +1,18 @@
+rule extract_frames:
+    input:
+        shard=f"{SHARD_DIR}/{{shard}}.jsonl",
+    output:
+        manifest=f"{RESULTS}/frames/{{shard}}.json",
+    params:
+        settings=frames_settings(),
+    log:
+        f"{RESULTS}/logs/extract_frames/{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/extract_frames/{{shard}}.tsv"
+    wildcard_constraints:
+        shard=r"\d+",
+    threads: config["frames"]["threads"]
+    conda:
+        "../../envs/frames.yaml"
+    script:
+        "../scripts/extract_frames.py"

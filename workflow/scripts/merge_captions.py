@@ -1,0 +1,11 @@
+# Adapter: Snakemake rule merge_captions -> vidcap.merge.merge_results
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))  # noqa: F821
+from vidcap.merge import merge_results  # noqa: E402
+
+with open(snakemake.log[0], "w", buffering=1) as log:  # noqa: F821
+    sys.stdout = sys.stderr = log  # engine and library chatter goes to the job's log
+    merge_results(snakemake.input.records, snakemake.params.result_dir, snakemake.output.captions,  # noqa: F821
+                  snakemake.params.settings, log=log)  # noqa: F821
