@@ -42,7 +42,16 @@ if [ -f "$STAMP" ] && [ "$(stamp_of | sha256sum)" = "$(cat "$STAMP")" ]; then
 fi
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-PIP=("$VENV/bin/python" -m pip install -q)
+# pip on some machines warns about every unreachable local index folder: keep the log readable
+pip_install() {
+    local log rc=0
+    log=$(mktemp)
+    "$VENV/bin/python" -m pip install -q "$@" >"$log" 2>&1 || rc=$?
+    grep -v "is ignored: it is neither a file nor a directory" "$log" || true
+    rm -f "$log"
+    return $rc
+}
+PIP=(pip_install)
 "${PIP[@]}" -U pip
 
 if [ "$ENGINE" = gpu ]; then
@@ -56,7 +65,7 @@ else
     fi
     # PyPI's torchaudio/torchcodec wheels are CUDA-linked and raise OSError at import beside a CPU
     # torch; vLLM treats both as optional. triton has no CPU backend (1 GB).
-    "$VENV/bin/python" -m pip uninstall -q -y torchaudio torchcodec triton 2>/dev/null || true
+    "$VENV/bin/python" -m pip uninstall -q -y torchaudio torchcodec triton >/dev/null 2>&1 || true
     # PyPI's torchvision is CUDA-linked too: let it import as pure Python (the Qwen-VL processors
     # only need transforms.v2.functional, no C ops).
     TV_META=$("$VENV/bin/python" -c "import importlib.util as u; print(u.find_spec('torchvision').submodule_search_locations[0])")/_meta_registrations.py

@@ -4,9 +4,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))  # noqa: F821
 from vidcap.caption import caption_shard  # noqa: E402
+from vidcap.joblog import job_log  # noqa: E402
 
-with open(snakemake.log[0], "w", buffering=1) as log:  # noqa: F821
-    sys.stdout = sys.stderr = log  # engine and library chatter goes to the job's log
+with job_log(snakemake.log[0]) as log:  # noqa: F821
     settings = dict(snakemake.params.settings, engine=snakemake.config["engine"])  # noqa: F821
     caption_shard(snakemake.input.shard, snakemake.input.manifest, snakemake.output.result,  # noqa: F821
                   settings, log=log)

@@ -3,9 +3,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))  # noqa: F821
+from vidcap.joblog import job_log  # noqa: E402
 from vidcap.merge import merge_results  # noqa: E402
 
-with open(snakemake.log[0], "w", buffering=1) as log:  # noqa: F821
-    sys.stdout = sys.stderr = log  # engine and library chatter goes to the job's log
+with job_log(snakemake.log[0]) as log:  # noqa: F821
     merge_results(snakemake.input.records, snakemake.params.result_dir, snakemake.output.captions,  # noqa: F821
                   snakemake.params.settings, log=log)  # noqa: F821

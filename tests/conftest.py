@@ -1,0 +1,31 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's vidcap first
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _build_tiny(tmp_path_factory, arch: str) -> Path:
+    out = tmp_path_factory.mktemp(f"tiny-{arch}")
+    subprocess.run([sys.executable, "-m", "vidcap", "tiny-model", str(out), "--arch", arch], check=True,
+                   capture_output=True, cwd=Path(__file__).resolve().parents[1])
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny random-weight Qwen2-VL checkpoint, built once per session (captions are gibberish)."""
+    return _build_tiny(tmp_path_factory, "qwen2_vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_25(tmp_path_factory) -> Path:
+    """A tiny random-weight Qwen2.5-VL checkpoint, built once per session."""
+    return _build_tiny(tmp_path_factory, "qwen2_5_vl")

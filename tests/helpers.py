@@ -1,0 +1,86 @@
+"""Test helpers: synthetic media made with ffmpeg's lavfi sources, and real Snakemake runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SNAKEMAKE = str(BIN / "snakemake")
+
+
+def make_video(path: str | os.PathLike, seconds: float = 1.0, size: str = "64x48", rate: int = 8,
+               source: str = "testsrc2", extra: list[str] | None = None) -> Path:
+    """Encode a small H.264 clip from a lavfi source (argument list, no shell)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = ["ffmpeg", "-nostdin", "-y", "-loglevel", "error", "-f", "lavfi",
+           "-i", f"{source}=size={size}:rate={rate}", "-t", str(seconds), "-pix_fmt", "yuv420p",
+           "-c:v", "libx264", "-g", str(rate), *(extra or []), "file:" + str(path.resolve())]
+    subprocess.run(cmd, check=True)
+    return path
+
+
+def write_records(path: str | os.PathLike, records: list) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if str(path).endswith(".jsonl"):
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    else:
+        path.write_text(json.dumps(records, ensure_ascii=False, indent=1), encoding="utf-8")
+    return path
+
+
+def tiny_config(model_dir: str | os.PathLike, **overrides) -> dict:
+    """Workflow config for the tiny random model on the CPU build of vLLM (captions are gibberish)."""
+    config = {
+        "input": "records.json",
+        "output": "captions.json",
+        "results": "results",
+        "shards": 2,
+        "model": str(model_dir),
+        "frames": {"fps": 2.0, "min_frames": 4, "max_frames": 8, "min_pixels": 3136, "max_pixels": 12544,
+                   "threads": 2},
+        "sampling": {"max_tokens": 8, "temperature": 0.0, "seed": 0},
+        "engine": {"max_model_len": 4096, "dtype": "bfloat16", "enforce_eager": True, "cpu_kvcache_space_gb": 1,
+                   "threads": 2},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return config
+
+
+def run_snakemake(workdir: str | os.PathLike, config: dict, *args: str, check: bool = True,
+                  timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run the real workflow in ``workdir`` with ``config`` written to workdir/config.yaml."""
+    workdir = Path(workdir)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--configfile",
+           str(workdir / "config.yaml"), "--cores", "2", "--resources", "gpu=1", "--nocolor", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+    return proc
+
+
+def planned_jobs(workdir: str | os.PathLike, config: dict) -> Counter:
+    """Jobs per rule that a dry run would execute now."""
+    proc = run_snakemake(workdir, config, "--dry-run")
+    return jobs_run(proc.stdout + proc.stderr)
+
+
+def jobs_run(output: str) -> Counter:
+    """Count the jobs per rule announced in Snakemake's output (``rule x:`` / ``localrule x:``)."""
+    return Counter(re.findall(r"^(?:local)?rule (\w+):$", output, flags=re.M))
