@@ -15,7 +15,8 @@ validate(config, "../../config/schemas/config.schema.yaml")
 RESULTS = config["results"].rstrip("/")
 SHARD_DIR = f"{RESULTS}/shards"
 SHARDS = shards.shard_ids(config["shards"])
-MEDIA_ROOT = config["media_root"] or os.path.dirname(os.path.abspath(config["input"]))
+# kept relative when relative: a moved or copied project directory rebuilds nothing
+MEDIA_ROOT = config["media_root"] or os.path.dirname(config["input"]) or "."
 
 # Shards are made while the workflow is parsed, not by a rule: a shard file is rewritten only when
 # its records change, so Snakemake sees only those shards as new and reruns nothing else (a shard

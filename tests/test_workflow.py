@@ -1,0 +1,76 @@
+"""End-to-end: real snakemake, real ffmpeg, real vLLM (CPU build) on the tiny random model."""
+
+import json
+import shutil
+
+import pytest
+
+from helpers import jobs_run, make_video, planned_jobs, run_snakemake, tiny_config, write_records
+
+pytestmark = pytest.mark.slow
+
+SOURCES = ["testsrc2", "mandelbrot", "smptebars", "rgbtestsrc", "testsrc", "yuvtestsrc", "pal75bars", "cellauto"]
+
+
+@pytest.fixture(scope="module")
+def built40(tmp_path_factory, tiny_model):
+    """40 records in 8 shards (one with a missing video), built once; tests below start from a copy."""
+    work = tmp_path_factory.mktemp("wf40")
+    records = []
+    for i in range(40):
+        name = f"clips/clip {i:02d}.mp4"
+        if i != 17:
+            make_video(work / name, seconds=0.5 + (i % 3) * 0.5, source=SOURCES[i % len(SOURCES)])
+        records.append({"video": [name], "conversation": [{"from": "human", "value": ""}], "id": i})
+    write_records(work / "records.json", records)
+    config = tiny_config(tiny_model, shards=8)
+    proc = run_snakemake(work, config)
+    return work, config, records, proc
+
+
+def test_full_build_captions_every_record_in_order(built40):
+    work, _, records, proc = built40
+    out = json.loads((work / "captions.json").read_text(encoding="utf-8"))
+    assert [r["id"] for r in out] == list(range(40))
+    assert jobs_run(proc.stdout + proc.stderr)["caption_shard"] == 8
+    for rec in out:
+        assert rec["conversation"][0]["value"] == "Please describe the video in detail."
+        meta = rec["caption_meta"]
+        if rec["id"] == 17:
+            assert meta["status"] == "error" and "missing file" in meta["error"]
+            assert rec["caption"] is None
+        else:
+            assert meta["status"] in ("ok", "truncated"), meta
+            assert isinstance(rec["caption"], str) and meta["output_tokens"] > 0
+            assert meta["frames"] >= 4 and meta["prompt_tokens"] > meta["frames"]
+
+
+def test_nothing_to_do_after_a_build(built40):
+    work, config, _, _ = built40
+    assert planned_jobs(work, config) == {}
+
+
+def test_editing_one_record_reruns_one_shard(built40, tmp_path):
+    work, config, records, _ = built40
+    copy = tmp_path / "wf"
+    shutil.copytree(work, copy, symlinks=True)
+    edited = [dict(r) for r in records]
+    edited[5]["conversation"] = [{"from": "human", "value": "edited"}]
+    edited[5]["tag"] = "changed"
+    write_records(copy / "records.json", edited)
+    assert planned_jobs(copy, config) == {"extract_frames": 1, "caption_shard": 1, "merge_captions": 1, "all": 1}
+    proc = run_snakemake(copy, config)
+    assert jobs_run(proc.stdout + proc.stderr) == {"extract_frames": 1, "caption_shard": 1, "merge_captions": 1,
+                                                   "all": 1}
+    out = json.loads((copy / "captions.json").read_text(encoding="utf-8"))
+    assert out[5]["tag"] == "changed" and len(out) == 40
+    assert planned_jobs(copy, config) == {}
+
+
+def test_malformed_input_fails_before_any_job(tiny_model, tmp_path):
+    (tmp_path / "records.json").write_text('[{"video": ["a.mp4"]}, {"video": 3}]', encoding="utf-8")
+    proc = run_snakemake(tmp_path, tiny_config(tiny_model), check=False)
+    assert proc.returncode != 0
+    assert "record 1" in proc.stderr and "'video'" in proc.stderr
+    assert jobs_run(proc.stdout + proc.stderr) == {}
+    assert not (tmp_path / "results" / "frames").exists()
