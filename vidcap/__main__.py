@@ -1,4 +1,5 @@
-"""Command line: ``python -m vidcap tiny-model DIR``, ``python -m vidcap demo DIR``."""
+"""Command line: ``python -m vidcap tiny-model DIR``, ``python -m vidcap demo DIR``,
+``python -m vidcap stats OUTPUT``."""
 
 from __future__ import annotations
 
@@ -14,6 +15,12 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("--arch", choices=["qwen2_vl", "qwen2_5_vl"], default="qwen2_vl")
     demo = sub.add_parser("demo", help="make synthetic demo videos and a records.json")
     demo.add_argument("dir")
+    stats = sub.add_parser("stats", help="summarize a finished build's output file: status counts, error reasons, "
+                           "lengths")
+    stats.add_argument("output", help="the workflow's output file (.json or .jsonl)")
+    stats.add_argument("--results", help="the workflow's results folder: adds wall time per step from its benchmarks")
+    stats.add_argument("--model", help="model id or folder to name in the summary")
+    stats.add_argument("--caption-key", default="caption", help="record key holding the caption (config keys.caption)")
     args = parser.parse_args(argv)
 
     if args.command == "tiny-model":
@@ -24,6 +31,12 @@ def main(argv: list[str] | None = None) -> int:
         from vidcap.demo import make_demo
 
         print(f"demo records: {make_demo(args.dir)}")
+    elif args.command == "stats":
+        from vidcap.stats import format_summary, read_benchmarks, summarize_output
+
+        summary = summarize_output(args.output, {"caption": args.caption_key})
+        steps = read_benchmarks(f"{args.results}/benchmarks") if args.results else None
+        print(format_summary(summary, steps, args.model))
     return 0
 
 

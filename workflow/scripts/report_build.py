@@ -1,0 +1,12 @@
+# Adapter: Snakemake rule build_report -> vidcap.report.build_report
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))  # noqa: F821
+from vidcap.joblog import job_log  # noqa: E402
+from vidcap.report import build_report  # noqa: E402
+
+with job_log(snakemake.log[0]) as log:  # noqa: F821
+    build_report(snakemake.input.records, snakemake.input.captions, list(snakemake.input.manifests),  # noqa: F821
+                 dict(snakemake.output.items()), snakemake.params.settings,  # noqa: F821
+                 snakemake.params.results, log=log)  # noqa: F821
