@@ -32,10 +32,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"demo records: {make_demo(args.dir)}")
     elif args.command == "stats":
-        from vidcap.stats import format_summary, read_benchmarks, summarize_output
+        from vidcap.stats import benchmark_files, format_summary, read_benchmarks, summarize_output
 
         summary = summarize_output(args.output, {"caption": args.caption_key})
-        steps = read_benchmarks(f"{args.results}/benchmarks") if args.results else None
+        steps = read_benchmarks(benchmark_files(f"{args.results}/benchmarks")) if args.results else None
         print(format_summary(summary, steps, args.model))
     return 0
 

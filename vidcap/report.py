@@ -15,7 +15,9 @@ import json
 import math
 import os
 import re
+import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -24,7 +26,7 @@ import numpy as np
 
 from vidcap.atomic import atomic_open, read_json
 from vidcap.records import DEFAULT_KEYS, iter_records, record_digest
-from vidcap.shards import shard_ids, shard_of
+from vidcap.shards import shard_of
 from vidcap.stats import (DISTRIBUTIONS, describe, format_summary, is_tiny_model, iter_output, read_benchmarks,
                           summarize_output)
 
@@ -44,6 +46,7 @@ HISTOGRAM_TITLES = {
     "output_tokens": "Output tokens per caption",
     "caption_words": "Caption length (words)",
 }
+HISTOGRAM_XLABELS = dict(DISTRIBUTIONS, frames="sampled frames per video")
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 TINY_NOTE = ("The model is the random-weight tiny test model (VIDCAP_TINY_MODEL.txt): "
              "its captions are gibberish by design; only their structure means anything.")
@@ -63,7 +66,8 @@ def histogram_bins(counts: Counter, max_bins: int = 30) -> list[tuple[float, flo
     return [tuple(b) for b in bins]
 
 
-def svg_histogram(counts: Counter, title: str, xlabel: str, width: int = 480, height: int = 260) -> str:
+def svg_histogram(counts: Counter, title: str, xlabel: str, ylabel: str = "records", width: int = 480,
+                  height: int = 260) -> str:
     """A bar chart as standalone SVG markup (no plotting library needed)."""
     bins = histogram_bins(counts)
     left, right, top, bottom = 48, 12, 30, 44
@@ -96,7 +100,7 @@ def svg_histogram(counts: Counter, title: str, xlabel: str, width: int = 480, he
     out.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="#333"/>')
     out.append(f'<text x="{left + plot_w / 2}" y="{height - 8}" text-anchor="middle">{html.escape(xlabel)}</text>')
     out.append(f'<text x="12" y="{top + plot_h / 2}" text-anchor="middle" '
-               f'transform="rotate(-90 12 {top + plot_h / 2})">records</text>')
+               f'transform="rotate(-90 12 {top + plot_h / 2})">{html.escape(ylabel)}</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
@@ -151,11 +155,14 @@ def gallery_selection(n_records: int, error_indices: list[int], sample: int = GA
     return sorted(chosen)
 
 
-def gallery_items(input_path: str, output_path: str, manifest_dir: str, n_shards: int, keys: dict,
+def gallery_items(input_path: str, output_path: str, manifests: list[str], keys: dict,
                   selected: list[int]) -> list[dict]:
-    """The selected output records with their manifest entries (frames), in output order."""
+    """The selected output records with their manifest entries (frames), in output order.
+
+    ``manifests``: one per shard, in shard order (shard s of the records is ``manifests[s]``).
+    """
     keys = {**DEFAULT_KEYS, **keys}
-    ids = shard_ids(n_shards)
+    n_shards = len(manifests)
     wanted = set(selected)
     positions = [0] * n_shards
     items = []
@@ -166,13 +173,13 @@ def gallery_items(input_path: str, output_path: str, manifest_dir: str, n_shards
         position = positions[shard]
         positions[shard] += 1
         if index in wanted:
-            items.append({"index": out_index, "record": out, "shard": ids[shard], "position": position,
+            items.append({"index": out_index, "record": out, "shard": shard, "position": position,
                           "digest": record_digest(record), "entry": None})
     by_shard = defaultdict(list)
     for item in items:
         by_shard[item["shard"]].append(item)
-    for sid, shard_items in by_shard.items():
-        path = Path(manifest_dir) / f"{sid}.json"
+    for shard, shard_items in by_shard.items():
+        path = Path(manifests[shard])
         entries = read_json(path)["records"] if path.exists() else []
         for item in shard_items:
             entry = entries[item["position"]] if item["position"] < len(entries) else None
@@ -249,7 +256,7 @@ td, th { border: 1px solid #ccc; padding: 3px 8px; text-align: left; } td.num { 
 .record { display: flex; gap: 12px; background: white; border: 1px solid #ddd; border-left: 5px solid #3a3;
           border-radius: 4px; padding: 8px; margin: 8px 0; }
 .record.truncated { border-left-color: #d9a400; } .record.error { border-left-color: #c33; }
-.frames { flex: 0 0 auto; max-width: 60%; } .strip { display: block; max-width: 100%; border-radius: 2px; }
+.frames { flex: 0 0 46%; } .strip { display: block; max-width: 100%; border-radius: 2px; }
 .strip.none { width: 200px; height: 64px; background: #eee; color: #888; display: flex; align-items: center;
               justify-content: center; font-size: 12px; }
 .note { font-size: 11px; color: #666; margin: 3px 0 0; } .text { flex: 1 1 auto; min-width: 0; }
@@ -397,22 +404,25 @@ def frames_per_video(manifest_paths: list[str]) -> Counter:
     return counts
 
 
-def build_report(input_path: str, output_path: str, manifest_paths: list[str], out: dict, settings: dict,
-                 results_dir: str, log=sys.stderr) -> dict:
-    """Write summary.html, the histogram SVGs and gallery.html (paths in ``out``); return the summary."""
+def build_report(input_path: str, output_path: str, files: dict, out: dict, settings: dict,
+                 log=sys.stderr) -> dict:
+    """Write summary.html, the histogram SVGs and gallery.html (paths in ``out``); return the summary.
+
+    ``files``: the frames ``manifests`` (in shard order), the caption jobs' ``caption_stats`` files and
+    the steps' ``benchmarks`` files.
+    """
     started = time.monotonic()
     keys = {**DEFAULT_KEYS, **settings.get("keys", {})}
     n_shards = int(settings["shards"])
-    ids = shard_ids(n_shards)
     summary = summarize_output(output_path, keys, keep_error_indices=GALLERY_MAX_ERRORS)
     print(f"summary of {summary['records']} records: {counts_line(summary)}", file=log, flush=True)
-    steps = read_benchmarks(Path(results_dir) / "benchmarks", ids)
-    throughput = caption_throughput([Path(results_dir) / "captions" / f"{sid}.stats.json" for sid in ids])
-    values = dict(summary["values"], frames=frames_per_video(manifest_paths))
+    steps = read_benchmarks(files.get("benchmarks", []))
+    throughput = caption_throughput(files.get("caption_stats", []))
+    values = dict(summary["values"], frames=frames_per_video(files["manifests"]))
     histograms = {}
     for stem, key in HISTOGRAMS.items():
-        svg = svg_histogram(values[key], HISTOGRAM_TITLES[key], DISTRIBUTIONS[key] if key != "frames"
-                            else "sampled frames per video")
+        svg = svg_histogram(values[key], HISTOGRAM_TITLES[key], HISTOGRAM_XLABELS[key],
+                            "videos" if key == "frames" else "records")
         histograms[stem] = svg
         with atomic_open(out[stem]) as handle:
             handle.write(svg)
@@ -421,11 +431,51 @@ def build_report(input_path: str, output_path: str, manifest_paths: list[str], o
 
     sample = int(settings.get("gallery_sample") or GALLERY_SAMPLE)
     selected = gallery_selection(summary["records"], summary["error_indices"], sample)
-    manifest_dir = os.path.dirname(manifest_paths[0]) if manifest_paths else os.path.join(results_dir, "frames")
-    items = gallery_items(input_path, output_path, manifest_dir, n_shards, keys, selected)
+    items = gallery_items(input_path, output_path, files["manifests"], keys, selected)
     with atomic_open(out["gallery"]) as handle:
         handle.write(gallery_html(summary, items, keys, settings.get("model", "?"), sample))
     print(f"gallery: {len(items)} of {summary['records']} records; report files in "
           f"{time.monotonic() - started:.1f} s", file=log, flush=True)
     print(format_summary(summary, steps, settings.get("model")), file=log, flush=True)
     return summary
+
+
+# ------------------------------------------------------------------- viewing a built Snakemake report
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def embedded_results(report_text: str) -> dict:
+    """The results a ``snakemake --report x.html`` page embeds: {path: {name, mime_type, data_uri, ...}}."""
+    match = re.search(r'<script id="results">\s*var results = (.*?);\s*</script>', report_text, re.S)
+    if not match:
+        raise ValueError("not a Snakemake HTML report (no embedded results)")
+    return json.loads(match.group(1))
+
+
+def decode_data_uri(uri: str) -> bytes:
+    header, _, data = uri.partition(",")
+    return base64.b64decode(data) if header.endswith(";base64") else data.encode("utf-8")
+
+
+def report_opened_at(report_text: str, result_name: str, category: str) -> str:
+    """A copy of the report page that opens one result (e.g. gallery.html) once the app has started."""
+    path = next(p for p, r in embedded_results(report_text).items() if r["name"] == result_name)
+    script = ("<script>(function open() {\n"
+              "  if (typeof app === 'undefined' || !app) { return setTimeout(open, 50); }\n"
+              f"  app.showCategory({json.dumps(category)});\n"
+              f"  app.setView({{content: 'html', contentPath: results[{json.dumps(path)}].data_uri, "
+              f"resultPath: {json.dumps(path)}}});\n"
+              "})();</script>\n")
+    end = report_text.rindex("</body>")
+    return report_text[:end] + script + report_text[end:]
+
+
+def run_chromium(url: str, *args: str, size: str = "1400,900", budget_ms: int = 10000,
+                 timeout: float = 120) -> subprocess.CompletedProcess:
+    """Headless Debian chromium on ``url`` with a fresh profile; ``args`` e.g. --dump-dom, --screenshot=X."""
+    with tempfile.TemporaryDirectory(prefix="vidcap-chromium-") as profile:
+        cmd = [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={size}",
+               f"--virtual-time-budget={budget_ms}", *args, url]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)

@@ -120,30 +120,27 @@ def describe(counts: Counter) -> dict | None:
 
 
 # ------------------------------------------------------------------------------------ benchmarks
-def read_benchmarks(bench_dir: str | os.PathLike, shard_ids: list[str] | None = None) -> dict[str, dict]:
-    """Wall time per step from ``bench_dir/<rule>/<job>.tsv`` (Snakemake ``benchmark:`` files).
-
-    Per rule: jobs, total and longest job wall seconds, CPU seconds, peak RSS (MB). With
-    ``shard_ids``, files of shards the current config no longer has are ignored.
-    """
-    steps = {}
+def benchmark_files(bench_dir: str | os.PathLike) -> list[Path]:
+    """Every ``bench_dir/<rule>/<job>.tsv`` (Snakemake ``benchmark:`` files) of a results folder."""
     root = Path(bench_dir)
-    if not root.is_dir():
-        return steps
-    wanted = set(shard_ids) if shard_ids is not None else None
-    for rule_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        jobs = []
-        for tsv in sorted(rule_dir.glob("*.tsv")):
-            if wanted is not None and tsv.stem.isdigit() and tsv.stem not in wanted:
-                continue
-            with open(tsv, encoding="utf-8", newline="") as handle:
-                rows = list(csv.DictReader(handle, delimiter="\t"))
-            if rows:
-                jobs.append(rows[-1])  # with `repeat(...)` the last run counts
-        if not jobs:
-            continue
+    return sorted(root.glob("*/*.tsv")) if root.is_dir() else []
+
+
+def read_benchmarks(paths: list[str | os.PathLike]) -> dict[str, dict]:
+    """Wall time per step from Snakemake benchmark files, grouped by their folder (the rule's name).
+
+    Per step: jobs, total and longest job wall seconds, CPU seconds, peak RSS (MB).
+    """
+    jobs_by_step: dict[str, list[dict]] = {}
+    for path in sorted(map(Path, paths)):
+        with open(path, encoding="utf-8", newline="") as handle:
+            rows = list(csv.DictReader(handle, delimiter="\t"))
+        if rows:
+            jobs_by_step.setdefault(path.parent.name, []).append(rows[-1])  # with `repeat(...)`: the last run
+    steps = {}
+    for step, jobs in sorted(jobs_by_step.items()):
         wall = [_number(j.get("s")) for j in jobs]
-        steps[rule_dir.name] = {
+        steps[step] = {
             "jobs": len(jobs),
             "wall_seconds": round(sum(wall), 1),
             "longest_job_seconds": round(max(wall), 1),

@@ -1,26 +1,16 @@
 REPORT_DIR = f"{RESULTS}/report"
 
 
-def report_settings():
-    """What the report shows besides the output file: model, prompt and the frame/sampling settings."""
-    return {
-        "model": config["model"],
-        "prompt": config["prompt"],
-        "system_prompt": config["system_prompt"],
-        "keys": config["keys"],
-        "shards": config["shards"],
-        "frames": frame_params(),
-        "sampling": config["sampling"],
-        "engine": {k: v for k, v in config["engine"].items() if k != "env"},
-        "gallery_sample": config.get("gallery_sample", 48),
-    }
-
-
 rule build_report:
     input:
         records=config["input"],
         captions=config["output"],
         manifests=expand(f"{RESULTS}/frames/{{shard}}.json", shard=SHARDS),
+        caption_stats=expand(f"{RESULTS}/captions/{{shard}}.stats.json", shard=SHARDS),
+        benchmarks=expand(
+            [rules.extract_frames.benchmark, rules.caption_shard.benchmark],
+            shard=SHARDS,
+        ),
     output:
         summary=report(
             f"{REPORT_DIR}/summary.html",
@@ -53,10 +43,22 @@ rule build_report:
             category="Histograms",
         ),
     params:
-        settings=report_settings(),
-        results=RESULTS,
+        # what the report names besides the output file; engine.env may hold secrets: left out
+        settings={
+            "model": config["model"],
+            "prompt": config["prompt"],
+            "system_prompt": config["system_prompt"],
+            "keys": config["keys"],
+            "shards": config["shards"],
+            "frames": frame_params(),
+            "sampling": config["sampling"],
+            "engine": {k: v for k, v in config["engine"].items() if k != "env"},
+            "gallery_sample": config.get("gallery_sample", 48),
+        },
     log:
         f"{RESULTS}/logs/build_report.log",
+    # a few seconds of reading and drawing: not worth a cluster queue
+    localrule: True
     conda:
         "../../envs/frames.yaml"
     script:

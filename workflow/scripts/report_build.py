@@ -7,6 +7,10 @@ from vidcap.joblog import job_log  # noqa: E402
 from vidcap.report import build_report  # noqa: E402
 
 with job_log(snakemake.log[0]) as log:  # noqa: F821
-    build_report(snakemake.input.records, snakemake.input.captions, list(snakemake.input.manifests),  # noqa: F821
-                 dict(snakemake.output.items()), snakemake.params.settings,  # noqa: F821
-                 snakemake.params.results, log=log)  # noqa: F821
+    files = {
+        "manifests": list(snakemake.input.manifests),  # noqa: F821
+        "caption_stats": list(snakemake.input.caption_stats),  # noqa: F821
+        "benchmarks": list(snakemake.input.benchmarks),  # noqa: F821
+    }
+    build_report(snakemake.input.records, snakemake.input.captions, files,  # noqa: F821
+                 dict(snakemake.output.items()), snakemake.params.settings, log=log)  # noqa: F821
