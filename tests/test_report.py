@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import REPO, make_video, run_snakemake, tiny_config, write_records
+from helpers import REPO, make_video, planned_jobs, run_snakemake, tiny_config, write_records
 from vidcap.records import DEFAULT_KEYS, record_digest
 from vidcap.report import (CONTROL_CHARS, build_report, contact_sheet, decode_data_uri, embedded_results,
                            gallery_items, gallery_selection, histogram_bins, report_opened_at, run_chromium,
@@ -326,3 +326,10 @@ def test_snakemake_report_in_chromium_shows_every_record(tiny_model, tmp_path):
         assert f'data-status="{status}">{statuses[status]}<' in summary
     assert re.search(r"<td>missing file</td><td class=\"num\">1</td>", summary)
     assert "caption_shard" in summary and "extract_frames" in summary  # wall time per step
+
+    # the report is part of the build: up to date after it, rebuilt (once) when a record changes
+    assert planned_jobs(tmp_path, config) == {}
+    records[0]["tag"] = "edited"
+    write_records(tmp_path / "records.json", records)
+    assert planned_jobs(tmp_path, config) == {"extract_frames": 1, "caption_shard": 1, "merge_captions": 1,
+                                              "build_report": 1, "all": 1}
