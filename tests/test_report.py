@@ -16,22 +16,48 @@ from PIL import Image
 
 from helpers import REPO, make_video, planned_jobs, run_snakemake, tiny_config, write_records
 from vidcap.records import DEFAULT_KEYS, record_digest
-from vidcap.report import (CONTROL_CHARS, build_report, contact_sheet, decode_data_uri, embedded_results,
-                           gallery_items, gallery_selection, histogram_bins, report_opened_at, run_chromium,
-                           svg_histogram, thumbnail_indices)
+from vidcap.report import (
+    CONTROL_CHARS,
+    build_report,
+    contact_sheet,
+    decode_data_uri,
+    embedded_results,
+    gallery_items,
+    gallery_selection,
+    histogram_bins,
+    report_opened_at,
+    run_chromium,
+    svg_histogram,
+    thumbnail_indices,
+)
 from vidcap.shards import shard_ids, shard_of
-from vidcap.stats import benchmark_files, describe, error_reason, format_summary, read_benchmarks, summarize_output
+from vidcap.stats import (
+    benchmark_files,
+    describe,
+    error_reason,
+    format_summary,
+    read_benchmarks,
+    summarize_output,
+)
 
 BENCH_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
 
 
 def out_record(video, status, caption=None, error=None, frames=4, prompt=90, output=8):
-    meta = {"status": status, "error": error, "frames": frames,
-            "prompt_tokens": None if status == "error" else prompt,
-            "output_tokens": None if status == "error" else output,
-            "finish_reason": {"ok": "stop", "truncated": "length"}.get(status)}
-    return {"video": [video], "conversation": [{"from": "human", "value": "p"}], "caption": caption,
-            "caption_meta": meta}
+    meta = {
+        "status": status,
+        "error": error,
+        "frames": frames,
+        "prompt_tokens": None if status == "error" else prompt,
+        "output_tokens": None if status == "error" else output,
+        "finish_reason": {"ok": "stop", "truncated": "length"}.get(status),
+    }
+    return {
+        "video": [video],
+        "conversation": [{"from": "human", "value": "p"}],
+        "caption": caption,
+        "caption_meta": meta,
+    }
 
 
 OUTPUT = [
@@ -47,10 +73,14 @@ OUTPUT = [
 # ------------------------------------------------------------------------------------------ stats
 def test_error_reason_groups_messages_by_kind():
     assert error_reason("clip 17.mp4: missing file", ["clips/clip 17.mp4"]) == "missing file"
-    assert error_reason("e.mp4: not a readable media file (moov atom not found)", ["e.mp4"]) == \
-        "not a readable media file"
-    assert error_reason("too long: 9000 vision tokens exceed max_model_len 4096") == \
-        "too long: N vision tokens exceed max_model_len N"
+    assert (
+        error_reason("e.mp4: not a readable media file (moov atom not found)", ["e.mp4"])
+        == "not a readable media file"
+    )
+    assert (
+        error_reason("too long: 9000 vision tokens exceed max_model_len 4096")
+        == "too long: N vision tokens exceed max_model_len N"
+    )
     assert error_reason("") == "unknown"
 
 
@@ -61,8 +91,10 @@ def test_summarize_output_counts_statuses_reasons_and_lengths(tmp_path, suffix):
     assert summary["records"] == 6
     assert summary["status"] == {"ok": 1, "truncated": 1, "error": 4}
     assert [(e["reason"], e["count"], e["example_index"]) for e in summary["errors"]] == [
-        ("missing file", 2, 2), ("not a readable media file", 1, 3),
-        ("too long: N vision tokens exceed max_model_len N", 1, 5)]
+        ("missing file", 2, 2),
+        ("not a readable media file", 1, 3),
+        ("too long: N vision tokens exceed max_model_len N", 1, 5),
+    ]
     assert summary["error_indices"] == [2, 3]
     values = summary["values"]
     assert values["caption_words"] == Counter({6: 1, 3: 1})
@@ -82,15 +114,27 @@ def test_read_benchmarks_sums_jobs_per_step(tmp_path):
     bench = tmp_path / "benchmarks"
     (bench / "caption_shard").mkdir(parents=True)
     (bench / "extract_frames").mkdir()
-    (bench / "caption_shard" / "0000.tsv").write_text(BENCH_HEADER + "12.5\t0:00:12\t1700\t1\t1\t1\t0\t0\t99\t13\n")
-    (bench / "caption_shard" / "0001.tsv").write_text(BENCH_HEADER + "7.5\t0:00:07\t1800\t1\t1\t1\t0\t0\t99\t8\n")
+    (bench / "caption_shard" / "0000.tsv").write_text(
+        BENCH_HEADER + "12.5\t0:00:12\t1700\t1\t1\t1\t0\t0\t99\t13\n"
+    )
+    (bench / "caption_shard" / "0001.tsv").write_text(
+        BENCH_HEADER + "7.5\t0:00:07\t1800\t1\t1\t1\t0\t0\t99\t8\n"
+    )
     (bench / "caption_shard" / "0009.tsv").write_text(BENCH_HEADER + "99\t0:01:39\t1\t1\t1\t1\t0\t0\t99\t1\n")
-    (bench / "extract_frames" / "0000.tsv").write_text(BENCH_HEADER + "0.4\t0:00:00\tNA\tNA\tNA\tNA\tNA\tNA\tNA\tNA\n")
-    current = [bench / "caption_shard" / f"{sid}.tsv" for sid in shard_ids(2)] + \
-        [bench / "extract_frames" / "0000.tsv"]
+    (bench / "extract_frames" / "0000.tsv").write_text(
+        BENCH_HEADER + "0.4\t0:00:00\tNA\tNA\tNA\tNA\tNA\tNA\tNA\tNA\n"
+    )
+    current = [bench / "caption_shard" / f"{sid}.tsv" for sid in shard_ids(2)] + [
+        bench / "extract_frames" / "0000.tsv"
+    ]
     steps = read_benchmarks(current)
-    assert steps["caption_shard"] == {"jobs": 2, "wall_seconds": 20.0, "longest_job_seconds": 12.5,
-                                      "cpu_seconds": 21.0, "max_rss_mb": 1800.0}
+    assert steps["caption_shard"] == {
+        "jobs": 2,
+        "wall_seconds": 20.0,
+        "longest_job_seconds": 12.5,
+        "cpu_seconds": 21.0,
+        "max_rss_mb": 1800.0,
+    }
     assert steps["extract_frames"]["jobs"] == 1 and steps["extract_frames"]["max_rss_mb"] == 0.0
     assert read_benchmarks(benchmark_files(bench))["caption_shard"]["jobs"] == 3
     assert benchmark_files(tmp_path / "nothing") == [] and read_benchmarks([]) == {}
@@ -102,15 +146,31 @@ def test_format_summary_names_the_tiny_model(tmp_path):
     summary = summarize_output(write_records(tmp_path / "out.json", OUTPUT))
     assert "gibberish" not in format_summary(summary, model=str(model))
     (model / "VIDCAP_TINY_MODEL.txt").write_text("tiny")
-    text = format_summary(summary, {"caption_shard": {"jobs": 2, "wall_seconds": 20.0, "longest_job_seconds": 12.5,
-                                                      "cpu_seconds": 21.0, "max_rss_mb": 1800.0}}, str(model))
+    text = format_summary(
+        summary,
+        {
+            "caption_shard": {
+                "jobs": 2,
+                "wall_seconds": 20.0,
+                "longest_job_seconds": 12.5,
+                "cpu_seconds": 21.0,
+                "max_rss_mb": 1800.0,
+            }
+        },
+        str(model),
+    )
     assert "gibberish" in text and "caption_shard" in text and "20.0 s total" in text
 
 
 def test_stats_command_prints_the_summary(tmp_path):
     path = write_records(tmp_path / "out.jsonl", OUTPUT)
-    proc = subprocess.run([sys.executable, "-m", "vidcap", "stats", str(path)], capture_output=True, text=True,
-                          cwd=REPO, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vidcap", "stats", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
     assert f"{path}: 6 records" in proc.stdout
     assert re.search(r"^\s+error\s+4\s+66\.7%$", proc.stdout, re.M)
     assert re.search(r"^\s+2\s+missing file\s+\(e\.g\. record 2\)$", proc.stdout, re.M)
@@ -162,8 +222,10 @@ def test_gallery_selection_small_all_big_sample_plus_errors():
 def fake_build(tmp_path: Path, n: int = 6, n_shards: int = 3):
     """Input, output, manifests and cached frames as the workflow writes them (random frames)."""
     keys = dict(DEFAULT_KEYS)
-    records = [{"video": [f"clips/v{i}.mp4"], "conversation": [{"from": "human", "value": ""}], "id": i}
-               for i in range(n)]
+    records = [
+        {"video": [f"clips/v{i}.mp4"], "conversation": [{"from": "human", "value": ""}], "id": i}
+        for i in range(n)
+    ]
     write_records(tmp_path / "records.json", records)
     rng = np.random.default_rng(0)
     ids = shard_ids(n_shards)
@@ -172,20 +234,36 @@ def fake_build(tmp_path: Path, n: int = 6, n_shards: int = 3):
     for i, record in enumerate(records):
         sid = ids[shard_of(record, keys, n_shards)]
         if i == 2:  # a missing video: no frames
-            entry = {"digest": record_digest(record), "videos": [{"path": "clips/v2.mp4", "error": "missing file"}],
-                     "images": [], "error": "v2.mp4: missing file"}
+            entry = {
+                "digest": record_digest(record),
+                "videos": [{"path": "clips/v2.mp4", "error": "missing file"}],
+                "images": [],
+                "error": "v2.mp4: missing file",
+            }
             output.append(out_record(record["video"][0], "error", error="v2.mp4: missing file", frames=0))
         else:
             frames = rng.integers(0, 255, (4 + i % 3 * 2, 28, 56, 3), dtype=np.uint8)
             npy = tmp_path / "results" / "frames" / "cache" / f"{i}.npy"
             npy.parent.mkdir(parents=True, exist_ok=True)
             np.save(npy, frames)
-            meta = {"fps": 10.0, "frames_indices": list(range(0, 2 * len(frames), 2)), "sampled_frames": len(frames),
-                    "width": 56, "height": 28, "source_width": 160, "source_height": 80}
-            entry = {"digest": record_digest(record), "images": [], "error": None,
-                     "videos": [{"path": record["video"][0], "frames": str(npy), "meta": meta}]}
-            output.append(out_record(record["video"][0], "ok", f"caption <{i}>\x07 of record {i}",
-                                     frames=len(frames)))
+            meta = {
+                "fps": 10.0,
+                "frames_indices": list(range(0, 2 * len(frames), 2)),
+                "sampled_frames": len(frames),
+                "width": 56,
+                "height": 28,
+                "source_width": 160,
+                "source_height": 80,
+            }
+            entry = {
+                "digest": record_digest(record),
+                "images": [],
+                "error": None,
+                "videos": [{"path": record["video"][0], "frames": str(npy), "meta": meta}],
+            }
+            output.append(
+                out_record(record["video"][0], "ok", f"caption <{i}>\x07 of record {i}", frames=len(frames))
+            )
         output[-1]["id"] = i
         entries[sid].append(entry)
     manifests = []
@@ -209,7 +287,9 @@ def test_gallery_items_pair_records_with_their_shard_manifest_entries(tmp_path):
     for entry in first["records"]:
         entry["digest"] = "0" * 20
     Path(manifests[0]).write_text(json.dumps(first))
-    items = gallery_items(tmp_path / "records.json", tmp_path / "captions.json", manifests, {}, list(range(6)))
+    items = gallery_items(
+        tmp_path / "records.json", tmp_path / "captions.json", manifests, {}, list(range(6))
+    )
     stale = [it for it in items if shard_of(records[it["index"]], DEFAULT_KEYS, 3) == 0]
     assert stale and all(it["entry"] is None for it in stale)
 
@@ -222,16 +302,34 @@ def test_build_report_writes_summary_histograms_and_gallery(tmp_path):
     stats = tmp_path / "results" / "captions" / "0000.stats.json"
     stats.parent.mkdir(parents=True)
     stats.write_text(json.dumps({"output_tokens": 40, "generate_seconds": 2.0}))
-    names = ["summary", "gallery", "hist_frames", "hist_prompt_tokens", "hist_output_tokens", "hist_caption_words"]
-    out = {name: str(tmp_path / "report" / (name + (".html" if name in ("summary", "gallery") else ".svg")))
-           for name in names}
-    settings = {"model": "some/model", "prompt": "p", "system_prompt": "s", "shards": 3, "keys": {},
-                "frames": {"fps": 2.0}, "sampling": {"max_tokens": 8}, "engine": {}}
+    names = [
+        "summary",
+        "gallery",
+        "hist_frames",
+        "hist_prompt_tokens",
+        "hist_output_tokens",
+        "hist_caption_words",
+    ]
+    out = {
+        name: str(tmp_path / "report" / (name + (".html" if name in ("summary", "gallery") else ".svg")))
+        for name in names
+    }
+    settings = {
+        "model": "some/model",
+        "prompt": "p",
+        "system_prompt": "s",
+        "shards": 3,
+        "keys": {},
+        "frames": {"fps": 2.0},
+        "sampling": {"max_tokens": 8},
+        "engine": {},
+    }
     log = tmp_path / "log.txt"
     with open(log, "w") as handle:
         files = {"manifests": manifests, "caption_stats": [stats], "benchmarks": [bench]}
-        summary = build_report(str(tmp_path / "records.json"), str(tmp_path / "captions.json"), files, out,
-                               settings, log=handle)
+        summary = build_report(
+            str(tmp_path / "records.json"), str(tmp_path / "captions.json"), files, out, settings, log=handle
+        )
     assert summary["status"] == {"ok": 5, "truncated": 0, "error": 1}
     gallery = Path(out["gallery"]).read_text()
     cards = re.findall(r'<div class="record (\w+)" data-index="(\d+)"', gallery)
@@ -249,11 +347,26 @@ def test_build_report_writes_summary_histograms_and_gallery(tmp_path):
 
 def test_big_build_gallery_shows_a_sample_plus_every_error(tmp_path):
     records, output, manifests = fake_build(tmp_path, n=12, n_shards=2)
-    out = {name: str(tmp_path / "report" / f"{name}.out") for name in
-           ["summary", "gallery", "hist_frames", "hist_prompt_tokens", "hist_output_tokens", "hist_caption_words"]}
+    out = {
+        name: str(tmp_path / "report" / f"{name}.out")
+        for name in [
+            "summary",
+            "gallery",
+            "hist_frames",
+            "hist_prompt_tokens",
+            "hist_output_tokens",
+            "hist_caption_words",
+        ]
+    }
     settings = {"model": "m", "shards": 2, "gallery_sample": 3}
-    build_report(str(tmp_path / "records.json"), str(tmp_path / "captions.json"), {"manifests": manifests}, out,
-                 settings, log=sys.stderr)
+    build_report(
+        str(tmp_path / "records.json"),
+        str(tmp_path / "captions.json"),
+        {"manifests": manifests},
+        out,
+        settings,
+        log=sys.stderr,
+    )
     gallery = Path(out["gallery"]).read_text()
     assert re.findall(r'data-index="(\d+)"', gallery) == ["0", "2", "4", "8"]  # samples 0, 4, 8 + error 2
     assert "Showing 4 of 12 records: an evenly spaced sample of 3 plus every error." in gallery
@@ -283,12 +396,18 @@ def test_snakemake_report_in_chromium_shows_every_record(tiny_model, tmp_path):
 
     report_text = (tmp_path / "report.html").read_text(encoding="utf-8")
     results = {r["name"]: r for r in embedded_results(report_text).values()}
-    assert set(results) == {"summary.html", "gallery.html", "hist_frames.svg", "hist_prompt_tokens.svg",
-                            "hist_output_tokens.svg", "hist_caption_words.svg"}
+    assert set(results) == {
+        "summary.html",
+        "gallery.html",
+        "hist_frames.svg",
+        "hist_prompt_tokens.svg",
+        "hist_output_tokens.svg",
+        "hist_caption_words.svg",
+    }
 
     # the report app itself renders (it is JavaScript): our categories and workflow description show
     dom = dom_of(tmp_path / "report.html")
-    app = re.sub(r"<script.*?</script>", "", dom[dom.index('<div id="app">'):], flags=re.S)
+    app = re.sub(r"<script.*?</script>", "", dom[dom.index('<div id="app">') :], flags=re.S)
     for category in ("Build summary", "Caption gallery", "Histograms"):
         assert f"<span>{category}</span>" in app  # the navigation the app rendered
     assert "vidcap captioned the records of" in app  # workflow.rst, rendered
@@ -304,10 +423,13 @@ def test_snakemake_report_in_chromium_shows_every_record(tiny_model, tmp_path):
     gallery = tmp_path / "gallery_from_report.html"
     gallery.write_bytes(decode_data_uri(results["gallery.html"]["data_uri"]))
     dom = dom_of(gallery)
-    cards = re.findall(r'<div class="record \w+" data-index="(\d+)" data-status="(\w+)">(.*?)</div>\n</div>',
-                       dom, re.S)
-    assert [(int(i), s) for i, s, _ in cards] == [(i, r["caption_meta"]["status"]) for i, r in enumerate(output)]
-    for (index, status, card), record in zip(cards, output):
+    cards = re.findall(
+        r'<div class="record \w+" data-index="(\d+)" data-status="(\w+)">(.*?)</div>\n</div>', dom, re.S
+    )
+    assert [(int(i), s) for i, s, _ in cards] == [
+        (i, r["caption_meta"]["status"]) for i, r in enumerate(output)
+    ]
+    for (_, status, card), record in zip(cards, output, strict=True):
         has_strip = '<img class="strip"' in card
         assert has_strip == (status != "error"), card[:300]
         caption = re.search(r'<p class="caption[^"]*">(.*?)</p>', card, re.S).group(1)
@@ -317,7 +439,9 @@ def test_snakemake_report_in_chromium_shows_every_record(tiny_model, tmp_path):
             assert html.unescape(caption) == CONTROL_CHARS.sub("\ufffd", record["caption"])
     assert "missing file" in cards[2][2]
     strips = sum(1 for r in output if r["caption_meta"]["status"] != "error")
-    assert re.search(rf'<body data-strips-decoded="{strips}">', dom), "thumbnails did not decode in the browser"
+    assert re.search(rf'<body data-strips-decoded="{strips}">', dom), (
+        "thumbnails did not decode in the browser"
+    )
     assert "gibberish" in dom  # the tiny model is named as such
 
     # summary counts match the output file
@@ -331,5 +455,10 @@ def test_snakemake_report_in_chromium_shows_every_record(tiny_model, tmp_path):
     assert planned_jobs(tmp_path, config) == {}
     records[0]["tag"] = "edited"
     write_records(tmp_path / "records.json", records)
-    assert planned_jobs(tmp_path, config) == {"extract_frames": 1, "caption_shard": 1, "merge_captions": 1,
-                                              "build_report": 1, "all": 1}
+    assert planned_jobs(tmp_path, config) == {
+        "extract_frames": 1,
+        "caption_shard": 1,
+        "merge_captions": 1,
+        "build_report": 1,
+        "all": 1,
+    }

@@ -15,12 +15,14 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("--arch", choices=["qwen2_vl", "qwen2_5_vl"], default="qwen2_vl")
     demo = sub.add_parser("demo", help="make synthetic demo videos and a records.json")
     demo.add_argument("dir")
-    stats = sub.add_parser("stats", help="summarize a finished build's output file: status counts, error reasons, "
-                           "lengths")
+    stats = sub.add_parser("stats", help="summarize a finished build's output file: status counts, "
+                           "error reasons, lengths")
     stats.add_argument("output", help="the workflow's output file (.json or .jsonl)")
-    stats.add_argument("--results", help="the workflow's results folder: adds wall time per step from its benchmarks")
+    stats.add_argument("--results", help="the workflow's results folder: adds wall time per step "
+                       "from its benchmark files")
     stats.add_argument("--model", help="model id or folder to name in the summary")
-    stats.add_argument("--caption-key", default="caption", help="record key holding the caption (config keys.caption)")
+    stats.add_argument("--caption-key", default="caption",
+                       help="record key holding the caption (config keys.caption)")
     args = parser.parse_args(argv)
 
     if args.command == "tiny-model":

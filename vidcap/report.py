@@ -27,8 +27,15 @@ import numpy as np
 from vidcap.atomic import atomic_open, read_json
 from vidcap.records import DEFAULT_KEYS, iter_records, record_digest
 from vidcap.shards import shard_of
-from vidcap.stats import (DISTRIBUTIONS, describe, format_summary, is_tiny_model, iter_output, read_benchmarks,
-                          summarize_output)
+from vidcap.stats import (
+    DISTRIBUTIONS,
+    describe,
+    format_summary,
+    is_tiny_model,
+    iter_output,
+    read_benchmarks,
+    summarize_output,
+)
 
 GALLERY_SAMPLE = 48  # records shown in the gallery of a big build (evenly spaced), plus errors
 GALLERY_MAX_ERRORS = 500  # every error up to this many; the reasons table counts all of them
@@ -48,8 +55,10 @@ HISTOGRAM_TITLES = {
 }
 HISTOGRAM_XLABELS = dict(DISTRIBUTIONS, frames="sampled frames per video")
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-TINY_NOTE = ("The model is the random-weight tiny test model (VIDCAP_TINY_MODEL.txt): "
-             "its captions are gibberish by design; only their structure means anything.")
+TINY_NOTE = (
+    "The model is the random-weight tiny test model (VIDCAP_TINY_MODEL.txt): "
+    "its captions are gibberish by design; only their structure means anything."
+)
 
 
 # ------------------------------------------------------------------------------------ histograms
@@ -66,28 +75,35 @@ def histogram_bins(counts: Counter, max_bins: int = 30) -> list[tuple[float, flo
     return [tuple(b) for b in bins]
 
 
-def svg_histogram(counts: Counter, title: str, xlabel: str, ylabel: str = "records", width: int = 480,
-                  height: int = 260) -> str:
+def svg_histogram(
+    counts: Counter, title: str, xlabel: str, ylabel: str = "records", width: int = 480, height: int = 260
+) -> str:
     """A bar chart as standalone SVG markup (no plotting library needed)."""
     bins = histogram_bins(counts)
     left, right, top, bottom = 48, 12, 30, 44
     plot_w, plot_h = width - left - right, height - top - bottom
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
-           f'<rect width="{width}" height="{height}" fill="white"/>',
-           f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="13" font-weight="bold">'
-           f'{html.escape(title)}</text>']
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="13" font-weight="bold">'
+        f"{html.escape(title)}</text>",
+    ]
     if not bins:
-        out.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" fill="#666">no values</text>')
+        out.append(
+            f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" fill="#666">no values</text>'
+        )
     else:
         peak = max(b[2] for b in bins)
         bar_w = plot_w / len(bins)
         for i, (low, high, count) in enumerate(bins):
             h = plot_h * count / peak
             label = f"{low:g}" if high - low == 1 else f"{low:g}-{high - 1:g}"
-            out.append(f'<rect class="bar" x="{left + i * bar_w + 1:.1f}" y="{top + plot_h - h:.1f}" '
-                       f'width="{max(bar_w - 2, 1):.1f}" height="{h:.1f}" fill="#3b7dd8" data-count="{count}">'
-                       f'<title>{label}: {count}</title></rect>')
+            out.append(
+                f'<rect class="bar" x="{left + i * bar_w + 1:.1f}" y="{top + plot_h - h:.1f}" '
+                f'width="{max(bar_w - 2, 1):.1f}" height="{h:.1f}" fill="#3b7dd8" data-count="{count}">'
+                f"<title>{label}: {count}</title></rect>"
+            )
         step = max(1, math.ceil(len(bins) / 8))  # at most ~8 x labels
         for i in range(0, len(bins), step):
             low, high, _ = bins[i]
@@ -96,11 +112,17 @@ def svg_histogram(counts: Counter, title: str, xlabel: str, ylabel: str = "recor
             out.append(f'<text x="{x:.1f}" y="{top + plot_h + 14}" text-anchor="middle">{text}</text>')
         out.append(f'<text x="{left - 4}" y="{top + 4}" text-anchor="end">{peak}</text>')
         out.append(f'<text x="{left - 4}" y="{top + plot_h}" text-anchor="end">0</text>')
-    out.append(f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#333"/>')
+    out.append(
+        f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#333"/>'
+    )
     out.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="#333"/>')
-    out.append(f'<text x="{left + plot_w / 2}" y="{height - 8}" text-anchor="middle">{html.escape(xlabel)}</text>')
-    out.append(f'<text x="12" y="{top + plot_h / 2}" text-anchor="middle" '
-               f'transform="rotate(-90 12 {top + plot_h / 2})">{html.escape(ylabel)}</text>')
+    out.append(
+        f'<text x="{left + plot_w / 2}" y="{height - 8}" text-anchor="middle">{html.escape(xlabel)}</text>'
+    )
+    out.append(
+        f'<text x="12" y="{top + plot_h / 2}" text-anchor="middle" '
+        f'transform="rotate(-90 12 {top + plot_h / 2})">{html.escape(ylabel)}</text>'
+    )
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
@@ -113,8 +135,9 @@ def thumbnail_indices(n_frames: int, limit: int = THUMBS_PER_VIDEO) -> list[int]
     return np.linspace(0, n_frames - 1, limit).round().astype(int).tolist()
 
 
-def contact_sheet(arrays: list[np.ndarray], thumb_height: int = THUMB_HEIGHT, limit: int = THUMBS_PER_VIDEO,
-                  gap: int = 2):
+def contact_sheet(
+    arrays: list[np.ndarray], thumb_height: int = THUMB_HEIGHT, limit: int = THUMBS_PER_VIDEO, gap: int = 2
+):
     """One row of small thumbnails per array (T x H x W x 3 frames, or H x W x 3 for an image)."""
     from PIL import Image
 
@@ -145,8 +168,12 @@ def jpeg_data_uri(image, quality: int = 80) -> str:
 
 
 # ---------------------------------------------------------------------------------------- gallery
-def gallery_selection(n_records: int, error_indices: list[int], sample: int = GALLERY_SAMPLE,
-                      max_errors: int = GALLERY_MAX_ERRORS) -> list[int]:
+def gallery_selection(
+    n_records: int,
+    error_indices: list[int],
+    sample: int = GALLERY_SAMPLE,
+    max_errors: int = GALLERY_MAX_ERRORS,
+) -> list[int]:
     """Record indices to show: all of a small build; else ``sample`` evenly spaced plus the errors."""
     if n_records <= sample:
         return list(range(n_records))
@@ -155,8 +182,9 @@ def gallery_selection(n_records: int, error_indices: list[int], sample: int = GA
     return sorted(chosen)
 
 
-def gallery_items(input_path: str, output_path: str, manifests: list[str], keys: dict,
-                  selected: list[int]) -> list[dict]:
+def gallery_items(
+    input_path: str, output_path: str, manifests: list[str], keys: dict, selected: list[int]
+) -> list[dict]:
     """The selected output records with their manifest entries (frames), in output order.
 
     ``manifests``: one per shard, in shard order (shard s of the records is ``manifests[s]``).
@@ -173,8 +201,16 @@ def gallery_items(input_path: str, output_path: str, manifests: list[str], keys:
         position = positions[shard]
         positions[shard] += 1
         if index in wanted:
-            items.append({"index": out_index, "record": out, "shard": shard, "position": position,
-                          "digest": record_digest(record), "entry": None})
+            items.append(
+                {
+                    "index": out_index,
+                    "record": out,
+                    "shard": shard,
+                    "position": position,
+                    "digest": record_digest(record),
+                    "entry": None,
+                }
+            )
     by_shard = defaultdict(list)
     for item in items:
         by_shard[item["shard"]].append(item)
@@ -207,10 +243,12 @@ def record_strip(entry: dict | None) -> tuple[str | None, str]:
             times = [i / meta["fps"] for i in meta.get("frames_indices", [])] if meta.get("fps") else []
             span = f" at {times[0]:.1f}-{times[-1]:.1f} s" if times else ""
             shown = len(thumbnail_indices(len(array)))
-            notes.append(f"{os.path.basename(media['path'])}: {len(array)} frames{span}, "
-                         f"{meta.get('width')}x{meta.get('height')} from "
-                         f"{meta.get('source_width')}x{meta.get('source_height')}"
-                         + (f" (showing {shown})" if shown < len(array) else ""))
+            notes.append(
+                f"{os.path.basename(media['path'])}: {len(array)} frames{span}, "
+                f"{meta.get('width')}x{meta.get('height')} from "
+                f"{meta.get('source_width')}x{meta.get('source_height')}"
+                + (f" (showing {shown})" if shown < len(array) else "")
+            )
         else:
             notes.append(f"{os.path.basename(media['path'])}: image {array.shape[1]}x{array.shape[0]}")
     if not arrays:
@@ -228,23 +266,36 @@ def gallery_card(item: dict, keys: dict) -> str:
     meta = record.get("caption_meta") or {}
     status = meta.get("status", "unknown")
     uri, note = record_strip(item["entry"])
-    media = [m for k in (keys["video"], keys["image"]) for m in
-             ([record[k]] if isinstance(record.get(k), str) else record.get(k) or [])]
-    facts = [f"{meta.get('frames')} frames" if meta.get("frames") is not None else None,
-             f"{meta.get('prompt_tokens')} prompt tokens" if meta.get("prompt_tokens") is not None else None,
-             f"{meta.get('output_tokens')} output tokens" if meta.get("output_tokens") is not None else None]
-    strip = (f'<img class="strip" src="{uri}" alt="sampled frames of record {item["index"]}">' if uri
-             else '<div class="strip none">no frames</div>')
+    media = [
+        m
+        for k in (keys["video"], keys["image"])
+        for m in ([record[k]] if isinstance(record.get(k), str) else record.get(k) or [])
+    ]
+    facts = [
+        f"{meta.get('frames')} frames" if meta.get("frames") is not None else None,
+        f"{meta.get('prompt_tokens')} prompt tokens" if meta.get("prompt_tokens") is not None else None,
+        f"{meta.get('output_tokens')} output tokens" if meta.get("output_tokens") is not None else None,
+    ]
+    strip = (
+        f'<img class="strip" src="{uri}" alt="sampled frames of record {item["index"]}">'
+        if uri
+        else '<div class="strip none">no frames</div>'
+    )
     caption = record.get(keys["caption"])
-    text = (f'<p class="caption">{clean_text(caption)}</p>' if isinstance(caption, str)
-            else '<p class="caption none">(no caption)</p>')
+    text = (
+        f'<p class="caption">{clean_text(caption)}</p>'
+        if isinstance(caption, str)
+        else '<p class="caption none">(no caption)</p>'
+    )
     error = f'<p class="error">{clean_text(meta["error"])}</p>' if meta.get("error") else ""
-    return (f'<div class="record {html.escape(status)}" data-index="{item["index"]}" '
-            f'data-status="{html.escape(status)}">\n'
-            f'<div class="frames">{strip}<p class="note">{clean_text(note)}</p></div>\n'
-            f'<div class="text"><p class="head"><span class="badge">{html.escape(status)}</span> '
-            f'#{item["index"]} {clean_text(", ".join(media))}'
-            f'<span class="facts">{" · ".join(f for f in facts if f)}</span></p>\n{error}{text}</div>\n</div>\n')
+    return (
+        f'<div class="record {html.escape(status)}" data-index="{item["index"]}" '
+        f'data-status="{html.escape(status)}">\n'
+        f'<div class="frames">{strip}<p class="note">{clean_text(note)}</p></div>\n'
+        f'<div class="text"><p class="head"><span class="badge">{html.escape(status)}</span> '
+        f"#{item['index']} {clean_text(', '.join(media))}"
+        f'<span class="facts">{" · ".join(f for f in facts if f)}</span></p>\n{error}{text}</div>\n</div>\n'
+    )
 
 
 STYLE = """
@@ -279,8 +330,10 @@ window.addEventListener("load", function () {
 
 
 def page(title: str, body: str, script: str = "") -> str:
-    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{STYLE}</style></head>\n<body>\n{body}\n{script}</body></html>\n")
+    return (
+        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{STYLE}</style></head>\n<body>\n{body}\n{script}</body></html>\n"
+    )
 
 
 def counts_line(summary: dict) -> str:
@@ -293,11 +346,15 @@ def gallery_html(summary: dict, items: list[dict], keys: dict, model: str, sampl
     if shown == n:
         scope = f"all {n} records"
     else:
-        scope = (f"{shown} of {n} records: an evenly spaced sample of {sample} plus "
-                 f"{'every error' if errors <= GALLERY_MAX_ERRORS else f'the first {GALLERY_MAX_ERRORS} errors'}")
-    body = [f"<h1>Caption gallery</h1>",
-            f'<p class="scope">Showing {scope}. {n} records: {counts_line(summary)}. Model: '
-            f"<code>{html.escape(model)}</code>.</p>"]
+        scope = (
+            f"{shown} of {n} records: an evenly spaced sample of {sample} plus "
+            f"{'every error' if errors <= GALLERY_MAX_ERRORS else f'the first {GALLERY_MAX_ERRORS} errors'}"
+        )
+    body = [
+        "<h1>Caption gallery</h1>",
+        f'<p class="scope">Showing {scope}. {n} records: {counts_line(summary)}. Model: '
+        f"<code>{html.escape(model)}</code>.</p>",
+    ]
     if is_tiny_model(model):
         body.append(f'<p class="warning">{html.escape(TINY_NOTE)}</p>')
     body += [gallery_card(item, keys) for item in items]
@@ -319,8 +376,11 @@ def caption_throughput(stats_files: list[Path]) -> dict | None:
         seconds += stats.get("generate_seconds") or 0
     if not found:
         return None
-    return {"output_tokens": int(tokens), "generate_seconds": round(seconds, 1),
-            "tokens_per_second": round(tokens / seconds, 1) if seconds else None}
+    return {
+        "output_tokens": int(tokens),
+        "generate_seconds": round(seconds, 1),
+        "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
+    }
 
 
 def table(rows: list[list], header: list[str] | None = None, attrs: str = "") -> str:
@@ -341,24 +401,45 @@ def table(rows: list[list], header: list[str] | None = None, attrs: str = "") ->
     return "\n".join(out)
 
 
-def summary_html(summary: dict, settings: dict, steps: dict, throughput: dict | None,
-                 histograms: dict[str, str]) -> str:
+def summary_html(
+    summary: dict, settings: dict, steps: dict, throughput: dict | None, histograms: dict[str, str]
+) -> str:
     n = summary["records"]
     model = settings.get("model", "?")
     body = ["<h1>vidcap build summary</h1>"]
     if is_tiny_model(model):
         body.append(f'<p class="warning">{html.escape(TINY_NOTE)}</p>')
-    body.append(f"<p>Output <code>{html.escape(summary['output'])}</code>: <b>{n}</b> records. "
-                f"Model <code>{html.escape(model)}</code>.</p>")
+    body.append(
+        f"<p>Output <code>{html.escape(summary['output'])}</code>: <b>{n}</b> records. "
+        f"Model <code>{html.escape(model)}</code>.</p>"
+    )
     body.append("<h2>Status</h2>")
-    body.append(table([[(s, ""), (c, f'class="num" data-status="{html.escape(s)}"'),
-                        f"{100 * c / n:.1f}%" if n else ""] for s, c in summary["status"].items()],
-                      ["status", "records", "share"], 'id="status"'))
+    body.append(
+        table(
+            [
+                [
+                    (s, ""),
+                    (c, f'class="num" data-status="{html.escape(s)}"'),
+                    f"{100 * c / n:.1f}%" if n else "",
+                ]
+                for s, c in summary["status"].items()
+            ],
+            ["status", "records", "share"],
+            'id="status"',
+        )
+    )
     body.append("<h2>Error reasons</h2>")
     if summary["errors"]:
-        body.append(table([[e["reason"], e["count"], e["example_index"], e["example"] or ""]
-                           for e in summary["errors"]], ["reason", "records", "example record", "example message"],
-                          'id="errors"'))
+        body.append(
+            table(
+                [
+                    [e["reason"], e["count"], e["example_index"], e["example"] or ""]
+                    for e in summary["errors"]
+                ],
+                ["reason", "records", "example record", "example message"],
+                'id="errors"',
+            )
+        )
     else:
         body.append("<p>No errors.</p>")
     body.append("<h2>Lengths</h2>")
@@ -371,20 +452,37 @@ def summary_html(summary: dict, settings: dict, steps: dict, throughput: dict | 
     body.append('<div class="histograms">' + "".join(histograms.values()) + "</div>")
     body.append("<h2>Wall time per step</h2>")
     if steps:
-        body.append(table([[rule, s["jobs"], s["wall_seconds"], s["longest_job_seconds"], s["cpu_seconds"],
-                            s["max_rss_mb"]] for rule, s in steps.items()],
-                          ["step", "jobs", "wall s (sum of jobs)", "longest job s", "CPU s", "peak RSS MB"],
-                          'id="steps"'))
+        body.append(
+            table(
+                [
+                    [
+                        rule,
+                        s["jobs"],
+                        s["wall_seconds"],
+                        s["longest_job_seconds"],
+                        s["cpu_seconds"],
+                        s["max_rss_mb"],
+                    ]
+                    for rule, s in steps.items()
+                ],
+                ["step", "jobs", "wall s (sum of jobs)", "longest job s", "CPU s", "peak RSS MB"],
+                'id="steps"',
+            )
+        )
     else:
         body.append("<p>No benchmark files found.</p>")
     if throughput:
-        body.append(f"<p>Captioning: {throughput['output_tokens']} output tokens in "
-                    f"{throughput['generate_seconds']} s of generate time"
-                    + (f" ({throughput['tokens_per_second']} tokens/s)." if throughput["tokens_per_second"]
-                       else "."))
+        body.append(
+            f"<p>Captioning: {throughput['output_tokens']} output tokens in "
+            f"{throughput['generate_seconds']} s of generate time"
+            + (f" ({throughput['tokens_per_second']} tokens/s)." if throughput["tokens_per_second"] else ".")
+        )
     body.append("<h2>Settings</h2>")
-    rows = [["prompt", settings.get("prompt", "")], ["system prompt", settings.get("system_prompt", "")],
-            ["shards", settings.get("shards", "")]]
+    rows = [
+        ["prompt", settings.get("prompt", "")],
+        ["system prompt", settings.get("system_prompt", "")],
+        ["shards", settings.get("shards", "")],
+    ]
     rows += [[f"frames.{k}", json.dumps(v)] for k, v in (settings.get("frames") or {}).items()]
     rows += [[f"sampling.{k}", json.dumps(v)] for k, v in (settings.get("sampling") or {}).items()]
     rows += [[f"engine.{k}", json.dumps(v)] for k, v in (settings.get("engine") or {}).items()]
@@ -400,12 +498,15 @@ def frames_per_video(manifest_paths: list[str]) -> Counter:
         for entry in read_json(path)["records"]:
             for video in entry.get("videos", []):
                 if video and "meta" in video:
-                    counts[video["meta"].get("sampled_frames", len(video["meta"].get("frames_indices", [])))] += 1
+                    counts[
+                        video["meta"].get("sampled_frames", len(video["meta"].get("frames_indices", [])))
+                    ] += 1
     return counts
 
 
-def build_report(input_path: str, output_path: str, files: dict, out: dict, settings: dict,
-                 log=sys.stderr) -> dict:
+def build_report(
+    input_path: str, output_path: str, files: dict, out: dict, settings: dict, log=sys.stderr
+) -> dict:
     """Write summary.html, the histogram SVGs and gallery.html (paths in ``out``); return the summary.
 
     ``files``: the frames ``manifests`` (in shard order), the caption jobs' ``caption_stats`` files and
@@ -413,7 +514,6 @@ def build_report(input_path: str, output_path: str, files: dict, out: dict, sett
     """
     started = time.monotonic()
     keys = {**DEFAULT_KEYS, **settings.get("keys", {})}
-    n_shards = int(settings["shards"])
     summary = summarize_output(output_path, keys, keep_error_indices=GALLERY_MAX_ERRORS)
     print(f"summary of {summary['records']} records: {counts_line(summary)}", file=log, flush=True)
     steps = read_benchmarks(files.get("benchmarks", []))
@@ -421,8 +521,12 @@ def build_report(input_path: str, output_path: str, files: dict, out: dict, sett
     values = dict(summary["values"], frames=frames_per_video(files["manifests"]))
     histograms = {}
     for stem, key in HISTOGRAMS.items():
-        svg = svg_histogram(values[key], HISTOGRAM_TITLES[key], HISTOGRAM_XLABELS[key],
-                            "videos" if key == "frames" else "records")
+        svg = svg_histogram(
+            values[key],
+            HISTOGRAM_TITLES[key],
+            HISTOGRAM_XLABELS[key],
+            "videos" if key == "frames" else "records",
+        )
         histograms[stem] = svg
         with atomic_open(out[stem]) as handle:
             handle.write(svg)
@@ -434,16 +538,28 @@ def build_report(input_path: str, output_path: str, files: dict, out: dict, sett
     items = gallery_items(input_path, output_path, files["manifests"], keys, selected)
     with atomic_open(out["gallery"]) as handle:
         handle.write(gallery_html(summary, items, keys, settings.get("model", "?"), sample))
-    print(f"gallery: {len(items)} of {summary['records']} records; report files in "
-          f"{time.monotonic() - started:.1f} s", file=log, flush=True)
+    print(
+        f"gallery: {len(items)} of {summary['records']} records; report files in "
+        f"{time.monotonic() - started:.1f} s",
+        file=log,
+        flush=True,
+    )
     print(format_summary(summary, steps, settings.get("model")), file=log, flush=True)
     return summary
 
 
 # ------------------------------------------------------------------- viewing a built Snakemake report
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def embedded_results(report_text: str) -> dict:
@@ -462,20 +578,30 @@ def decode_data_uri(uri: str) -> bytes:
 def report_opened_at(report_text: str, result_name: str, category: str) -> str:
     """A copy of the report page that opens one result (e.g. gallery.html) once the app has started."""
     path = next(p for p, r in embedded_results(report_text).items() if r["name"] == result_name)
-    script = ("<script>(function open() {\n"
-              "  if (typeof app === 'undefined' || !app) { return setTimeout(open, 50); }\n"
-              f"  app.showCategory({json.dumps(category)});\n"
-              f"  app.setView({{content: 'html', contentPath: results[{json.dumps(path)}].data_uri, "
-              f"resultPath: {json.dumps(path)}}});\n"
-              "})();</script>\n")
+    script = (
+        "<script>(function open() {\n"
+        "  if (typeof app === 'undefined' || !app) { return setTimeout(open, 50); }\n"
+        f"  app.showCategory({json.dumps(category)});\n"
+        f"  app.setView({{content: 'html', contentPath: results[{json.dumps(path)}].data_uri, "
+        f"resultPath: {json.dumps(path)}}});\n"
+        "})();</script>\n"
+    )
     end = report_text.rindex("</body>")
     return report_text[:end] + script + report_text[end:]
 
 
-def run_chromium(url: str, *args: str, size: str = "1400,900", budget_ms: int = 10000,
-                 timeout: float = 120) -> subprocess.CompletedProcess:
+def run_chromium(
+    url: str, *args: str, size: str = "1400,900", budget_ms: int = 10000, timeout: float = 120
+) -> subprocess.CompletedProcess:
     """Headless Debian chromium on ``url`` with a fresh profile; ``args`` e.g. --dump-dom, --screenshot=X."""
     with tempfile.TemporaryDirectory(prefix="vidcap-chromium-") as profile:
-        cmd = [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={size}",
-               f"--virtual-time-budget={budget_ms}", *args, url]
+        cmd = [
+            CHROMIUM,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            f"--window-size={size}",
+            f"--virtual-time-budget={budget_ms}",
+            *args,
+            url,
+        ]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import os
 import re
-import statistics
 from collections import Counter
 from pathlib import Path
 from typing import Iterator
@@ -52,7 +51,7 @@ def error_reason(message: str, media: list[str] = ()) -> str:
     for path in media:
         for name in (os.path.basename(path), path):
             if name and reason.startswith(name + ": "):
-                reason = reason[len(name) + 2:]
+                reason = reason[len(name) + 2 :]
         reason = reason.replace(path, "<file>")
     reason = reason.split(" (", 1)[0]
     reason = re.sub(r"\d+(\.\d+)?", "N", reason)
@@ -79,11 +78,14 @@ def summarize_output(path: str | os.PathLike, keys: dict | None = None, keep_err
             if len(error_indices) < keep_error_indices:
                 error_indices.append(index)
             reason = error_reason(meta.get("error") or "no reason given", media_of(record, keys))
-            entry = reasons.setdefault(reason, {"reason": reason, "count": 0, "example_index": index,
-                                                "example": meta.get("error")})
+            entry = reasons.setdefault(
+                reason, {"reason": reason, "count": 0, "example_index": index, "example": meta.get("error")}
+            )
             entry["count"] += 1
         for name in ("frames", "prompt_tokens", "output_tokens"):
-            if isinstance(meta.get(name), int) and (state != "error" or (name == "frames" and meta[name] > 0)):
+            if isinstance(meta.get(name), int) and (
+                state != "error" or (name == "frames" and meta[name] > 0)
+            ):
                 values[name][meta[name]] += 1
         caption = record.get(caption_key)
         if isinstance(caption, str):
@@ -91,7 +93,8 @@ def summarize_output(path: str | os.PathLike, keys: dict | None = None, keep_err
     return {
         "output": str(path),
         "records": n,
-        "status": {s: status.get(s, 0) for s in STATUSES} | {s: c for s, c in status.items() if s not in STATUSES},
+        "status": {s: status.get(s, 0) for s in STATUSES}
+        | {s: c for s, c in status.items() if s not in STATUSES},
         "finish_reasons": dict(finish),
         "errors": sorted(reasons.values(), key=lambda e: (-e["count"], e["reason"])),
         "values": values,
@@ -115,8 +118,14 @@ def describe(counts: Counter) -> dict | None:
         return ordered[-1][0]
 
     mean = sum(v * c for v, c in ordered) / total
-    return {"n": total, "min": ordered[0][0], "median": quantile(0.5), "mean": round(mean, 1),
-            "p95": quantile(0.95), "max": ordered[-1][0]}
+    return {
+        "n": total,
+        "min": ordered[0][0],
+        "median": quantile(0.5),
+        "mean": round(mean, 1),
+        "p95": quantile(0.95),
+        "max": ordered[-1][0],
+    }
 
 
 # ------------------------------------------------------------------------------------ benchmarks
@@ -180,13 +189,18 @@ def format_summary(summary: dict, steps: dict | None = None, model: str | None =
     for name, label in DISTRIBUTIONS.items():
         desc = describe(summary["values"][name])
         if desc:
-            lines.append(f"  {name:<16} {desc['n']:>8} " + " ".join(
-                f"{desc[k]:>8}" for k in ("min", "median", "mean", "p95", "max")) + f"   {label}")
+            lines.append(
+                f"  {name:<16} {desc['n']:>8} "
+                + " ".join(f"{desc[k]:>8}" for k in ("min", "median", "mean", "p95", "max"))
+                + f"   {label}"
+            )
     if steps:
         lines.append("wall time per step (from benchmark files):")
         for rule, step in steps.items():
-            lines.append(f"  {rule:<16} {step['jobs']:>5} jobs  {step['wall_seconds']:>9.1f} s total  "
-                         f"longest {step['longest_job_seconds']:.1f} s  peak RSS {step['max_rss_mb']:.0f} MB")
+            lines.append(
+                f"  {rule:<16} {step['jobs']:>5} jobs  {step['wall_seconds']:>9.1f} s total  "
+                f"longest {step['longest_job_seconds']:.1f} s  peak RSS {step['max_rss_mb']:.0f} MB"
+            )
     return "\n".join(lines)
 
 

@@ -1,7 +1,8 @@
 """Screenshot of a built Snakemake report opened at the caption gallery (headless Debian chromium).
 
-    python workflow/scripts/report_screenshot.py report.html docs/report.png [--size 1400,900]
+python workflow/scripts/report_screenshot.py report.html docs/report.png [--size 1400,900]
 """
+
 import argparse
 import sys
 import tempfile
