@@ -138,6 +138,7 @@ def test_read_benchmarks_sums_jobs_per_step(tmp_path):
     assert steps["extract_frames"]["jobs"] == 1 and steps["extract_frames"]["max_rss_mb"] == 0.0
     assert read_benchmarks(benchmark_files(bench))["caption_shard"]["jobs"] == 3
     assert benchmark_files(tmp_path / "nothing") == [] and read_benchmarks([]) == {}
+    assert read_benchmarks([bench / "caption_shard" / "0005.tsv"]) == {}  # not run yet: skipped
 
 
 def test_format_summary_names_the_tiny_model(tmp_path):

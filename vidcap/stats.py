@@ -138,10 +138,13 @@ def benchmark_files(bench_dir: str | os.PathLike) -> list[Path]:
 def read_benchmarks(paths: list[str | os.PathLike]) -> dict[str, dict]:
     """Wall time per step from Snakemake benchmark files, grouped by their folder (the rule's name).
 
+    Missing files are skipped (a job that has not run yet, or a cleaned-up results folder).
     Per step: jobs, total and longest job wall seconds, CPU seconds, peak RSS (MB).
     """
     jobs_by_step: dict[str, list[dict]] = {}
     for path in sorted(map(Path, paths)):
+        if not path.is_file():
+            continue
         with open(path, encoding="utf-8", newline="") as handle:
             rows = list(csv.DictReader(handle, delimiter="\t"))
         if rows:

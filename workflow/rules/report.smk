@@ -6,11 +6,6 @@ rule build_report:
         records=config["input"],
         captions=config["output"],
         manifests=expand(f"{RESULTS}/frames/{{shard}}.json", shard=SHARDS),
-        caption_stats=expand(f"{RESULTS}/captions/{{shard}}.stats.json", shard=SHARDS),
-        benchmarks=expand(
-            [rules.extract_frames.benchmark, rules.caption_shard.benchmark],
-            shard=SHARDS,
-        ),
     output:
         summary=report(
             f"{REPORT_DIR}/summary.html",
@@ -43,6 +38,12 @@ rule build_report:
             category="Histograms",
         ),
     params:
+        # read when present, not inputs: a deleted benchmark or stats file must not rerun a GPU job
+        caption_stats=expand(f"{RESULTS}/captions/{{shard}}.stats.json", shard=SHARDS),
+        benchmarks=expand(
+            [rules.extract_frames.benchmark, rules.caption_shard.benchmark],
+            shard=SHARDS,
+        ),
         # what the report names besides the output file; engine.env may hold secrets: left out
         settings={
             "model": config["model"],
