@@ -8,6 +8,8 @@ PY=.venv/bin/python
 [ -f demo/tiny-qwen2-vl/config.json ] || "$PY" -m vidcap tiny-model demo/tiny-qwen2-vl --arch qwen2_vl
 "$PY" -m vidcap demo demo
 .venv/bin/snakemake --cores "${CORES:-2}" --resources gpu=1 --configfile config/demo.yaml "$@"
+.venv/bin/snakemake --configfile config/demo.yaml --report demo/report.html >/dev/null 2>&1 \
+    && echo "report: demo/report.html (open it in a browser)"
 "$PY" - <<'PY'
 import json
 records = json.load(open("demo/captions.json", encoding="utf-8"))

@@ -54,7 +54,7 @@ rule build_report:
             "frames": frame_params(),
             "sampling": config["sampling"],
             "engine": {k: v for k, v in config["engine"].items() if k != "env"},
-            "gallery_sample": config.get("gallery_sample", 48),
+            "gallery_sample": config["gallery_sample"],
         },
     log:
         f"{RESULTS}/logs/build_report.log",
