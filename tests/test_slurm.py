@@ -120,6 +120,27 @@ def make_dataset(workdir: Path, model: Path) -> Path:
     return configfile
 
 
+def cancel_first_caption_job(snakemake: subprocess.Popen, workdir: Path) -> tuple[str, dict, bool]:
+    """scancel the first caption job once it is at work; leave a torn result file behind, as a writer killed
+    mid-file would (vidcap writes atomically, so the test fakes it). Returns the job id, its scontrol record
+    while it ran, and whether its result existed when it was cancelled."""
+    result_path = workdir / "results" / "captions" / "0000.jsonl"
+    caption_log = workdir / "results" / "logs" / "caption_shard" / "0000.log"
+    while snakemake.poll() is None:
+        time.sleep(0.5)
+        running = [j for j in slurm_jobs() if j["rule"] == "caption_shard" and j["state"] == "RUNNING"]
+        # at work once the rule has opened its log: the nested snakemake is up, vLLM is starting
+        if running and caption_log.exists():
+            job_id = running[0]["id"]
+            record = scontrol_job(job_id, details=True)
+            output_existed = result_path.exists()
+            run(["scancel", job_id], 15, check=True)
+            result_path.parent.mkdir(parents=True, exist_ok=True)
+            result_path.write_text('{"digest": "torn", "capt', encoding="utf-8")
+            return job_id, record, output_existed
+    return "", {}, False
+
+
 @pytest.fixture(scope="module")
 def slurm_cluster():
     """A fresh single-node Slurm cluster, started and stopped by pid (tests/slurm/*.sh)."""
@@ -176,29 +197,13 @@ def slurm_run(slurm_cluster, tiny_model, tmp_path_factory) -> SlurmRun:
     workdir.mkdir()
     configfile = make_dataset(workdir, tiny_model)
     profile = profile_for_test_node(base)
-    result_path = workdir / "results" / "captions" / "0000.jsonl"
-    caption_log = workdir / "results" / "logs" / "caption_shard" / "0000.log"
     cmd = [*hard_timeout(SNAKEMAKE_TIMEOUT), *snakemake_cmd(workdir, configfile, "--workflow-profile", str(profile))]
     out_path, err_path = base / "snakemake.out", base / "snakemake.err"
     started = time.monotonic()
     with open(out_path, "w") as out, open(err_path, "w") as err:
         snakemake = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=ENV, cwd=workdir)
         try:
-            cancelled_id, running_record, output_at_cancel = "", {}, False
-            while snakemake.poll() is None:
-                time.sleep(0.5)
-                if cancelled_id:
-                    continue
-                caption = [j for j in slurm_jobs() if j["rule"] == "caption_shard" and j["state"] == "RUNNING"]
-                # the job has started its work once the rule opened its log (nested snakemake is up)
-                if caption and caption_log.exists():
-                    cancelled_id = caption[0]["id"]
-                    running_record = scontrol_job(cancelled_id, details=True)
-                    output_at_cancel = result_path.exists()
-                    run(["scancel", cancelled_id], 15, check=True)
-                    # what a writer killed mid-file would leave (vidcap writes atomically, so fake it)
-                    result_path.parent.mkdir(parents=True, exist_ok=True)
-                    result_path.write_text('{"digest": "torn", "capt', encoding="utf-8")
+            cancelled_id, running_record, output_at_cancel = cancel_first_caption_job(snakemake, workdir)
             snakemake.wait()
         finally:
             if snakemake.poll() is None:  # only if the test itself failed: timeout KILLs it anyway
