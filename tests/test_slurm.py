@@ -27,8 +27,8 @@ from helpers import BIN, REPO, SNAKEMAKE, make_video, tiny_config, write_records
 SLURM_DIR = Path(__file__).resolve().parent / "slurm"
 SLURM_PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
 DEFAULT_PROFILE = REPO / "profiles" / "default" / "config.yaml"
-SLURM_BINARIES = ("munged", "munge", "unmunge", "slurmctld", "slurmd", "sinfo", "sbatch", "squeue", "scontrol",
-                  "scancel")
+SLURM_BINARIES = ("munged", "munge", "unmunge", "slurmctld", "slurmd", "sinfo", "sbatch", "squeue",
+                  "scontrol", "scancel")
 MISSING = [name for name in SLURM_BINARIES if shutil.which(name) is None]
 needs_slurm = pytest.mark.skipif(
     bool(MISSING), reason=f"Slurm binaries absent ({', '.join(MISSING)}): apt-get install slurm-wlm munge "
@@ -38,11 +38,13 @@ needs_slurm = pytest.mark.skipif(
 # `cpu` and `gpu` (tests/slurm/start-slurm.sh), it has nproc CPUs (>= 2) and one stand-in GPU.
 TEST_SITE = {
     "default-resources": {"slurm_partition": "cpu", "mem_mb": 1000, "runtime": 10},
-    "set-resources": {"caption_shard": {"slurm_partition": "gpu", "cpus_per_task": 2, "mem_mb": 6000, "runtime": 10}},
+    "set-resources": {
+        "caption_shard": {"slurm_partition": "gpu", "cpus_per_task": 2, "mem_mb": 6000, "runtime": 10},
+    },
 }
 # Faster polling than a real cluster wants: the plugin adds 10 s per idle status check on top of these.
-TEST_SPEED = {"slurm-init-seconds-before-status-checks": 1, "seconds-between-status-checks": 1, "latency-wait": 5,
-              "jobs": 2}
+TEST_SPEED = {"slurm-init-seconds-before-status-checks": 1, "seconds-between-status-checks": 1,
+              "latency-wait": 5, "jobs": 2}
 SNAKEMAKE_TIMEOUT = 240  # seconds; the Slurm run takes ~100 s on 2 busy cores
 ENV = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "HF_HUB_OFFLINE": "1",
        "TRANSFORMERS_OFFLINE": "1"}
@@ -91,7 +93,8 @@ def profile_for_test_node(base: Path) -> Path:
         for name, value in values.items():
             assert name in profile[key], f"profiles/slurm has no {key}: {name} (the test overrides it)"
             if isinstance(value, dict):
-                assert set(value) <= set(profile[key][name]), f"profiles/slurm {key}: {name} lacks {set(value)}"
+                missing = set(value) - set(profile[key][name])
+                assert not missing, f"profiles/slurm {key}: {name} lacks {missing}"
                 profile[key][name] = {**profile[key][name], **value}
             else:
                 profile[key][name] = value
@@ -112,7 +115,8 @@ def make_dataset(workdir: Path, model: Path) -> Path:
     records = []
     for i, source in enumerate(["testsrc2", "smptebars"]):
         make_video(workdir / f"clips/clip {i}.mp4", seconds=1.0, source=source)
-        records.append({"video": [f"clips/clip {i}.mp4"], "conversation": [{"from": "human", "value": ""}], "id": i})
+        records.append({"video": [f"clips/clip {i}.mp4"], "conversation": [{"from": "human", "value": ""}],
+                        "id": i})
     write_records(workdir / "records.json", records)
     config = tiny_config(model, shards=1)  # greedy (temperature 0): a rerun anywhere gives the same text
     configfile = workdir / "config.yaml"
@@ -197,7 +201,8 @@ def slurm_run(slurm_cluster, tiny_model, tmp_path_factory) -> SlurmRun:
     workdir.mkdir()
     configfile = make_dataset(workdir, tiny_model)
     profile = profile_for_test_node(base)
-    cmd = [*hard_timeout(SNAKEMAKE_TIMEOUT), *snakemake_cmd(workdir, configfile, "--workflow-profile", str(profile))]
+    cmd = [*hard_timeout(SNAKEMAKE_TIMEOUT),
+           *snakemake_cmd(workdir, configfile, "--workflow-profile", str(profile))]
     out_path, err_path = base / "snakemake.out", base / "snakemake.err"
     started = time.monotonic()
     with open(out_path, "w") as out, open(err_path, "w") as err:
@@ -215,9 +220,10 @@ def slurm_run(slurm_cluster, tiny_model, tmp_path_factory) -> SlurmRun:
     for job in jobs:
         job["record"] = scontrol_job(job["id"])
     print(f"slurm run: {seconds:.1f} s, jobs: {[(j['id'], j['rule'], j['state']) for j in jobs]}")
-    assert proc.returncode == 0, f"slurm run failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-8000:]}"
-    return SlurmRun(workdir, configfile, profile, proc, seconds, local_output, jobs, cancelled_id, running_record,
-                    output_at_cancel)
+    assert proc.returncode == 0, \
+        f"slurm run failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-8000:]}"
+    return SlurmRun(workdir, configfile, profile, proc, seconds, local_output, jobs, cancelled_id,
+                    running_record, output_at_cancel)
 
 
 # ---- the slow tests: real daemons ------------------------------------------------------------------------
@@ -300,7 +306,8 @@ def dry_run_resources(workdir: Path, config: dict, *args: str) -> tuple[str, dic
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log
     resources = {}
-    for rule, line in re.findall(r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", log, flags=re.M):
+    job_block = r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    resources: (.*)$"
+    for rule, line in re.findall(job_block, log, flags=re.M):
         resources[rule] = dict(item.split("=", 1) for item in line.split(", "))
     return log, resources
 
