@@ -65,5 +65,5 @@ def test_rerun_after_kill_matches_uninterrupted_build(tmp_path, reference, kill_
     assert not (tmp_path / "captions.json").exists()
     # the documented recovery: remove the dead run's lock, rerun (jobs it left half-done are rerun)
     run_snakemake(tmp_path, config, "--unlock")
-    run_snakemake(tmp_path, config, "--rerun-incomplete")
+    run_snakemake(tmp_path, config)  # profiles/default sets rerun-incomplete
     assert (tmp_path / "captions.json").read_bytes() == expected

@@ -8,6 +8,8 @@ rule merge_captions:
         settings=merge_settings(),
     log:
         f"{RESULTS}/logs/merge_captions.log",
+    # streams files for seconds: not worth a cluster queue
+    localrule: True
     conda:
         "../../envs/frames.yaml"
     script:
