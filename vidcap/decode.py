@@ -23,6 +23,9 @@ from bisect import bisect_right
 import numpy as np
 
 SEEK_COST_FRAMES = 48  # a new seek (process start, demuxer seek) costs about this many decoded frames
+# containers with a sample index, where a seek lands on the keyframe asked for; others (MPEG-TS/PS,
+# raw streams) seek by byte position and may land late, so they are always read from the start
+EXACT_SEEK_FORMATS = ("mov", "mp4", "matroska", "webm")
 
 
 class FrameError(Exception):
@@ -114,6 +117,8 @@ def probe(path: str, deadline: float) -> dict:
             "duration": duration, "start_time": float(info["format"].get("start_time") or 0.0),
             "stream_index": int(stream["index"]), "codec": stream.get("codec_name"),
             "pix_fmt": stream.get("pix_fmt"), "sar": sar or 1.0,
+            "format": info["format"].get("format_name"),
+            "exact_seek": any(f in EXACT_SEEK_FORMATS for f in info["format"].get("format_name", "").split(",")),
             "vfr": bool(len(gaps)) and float(gaps.max() - gaps.min()) > 0.5 * frame_seconds}
 
 
@@ -198,40 +203,42 @@ def decoded_frames(runs: list[tuple[int, int]], keyframes: list[int]) -> int:
 # -------------------------------------------------------------------------------------- ffmpeg
 def decode_ffmpeg(path: str, info: dict, wanted: list[int], width: int, height: int, deliver,
                   deadline: float, threads: int = 0) -> dict:
-    """Decode the wanted frames (sorted, distinct) run by run; ``deliver(index, frame)`` for each."""
-    runs = plan_runs(wanted, info["keyframes"])
-    wanted_set = set(wanted)
+    """Decode the wanted frames (sorted, distinct) run by run; ``deliver(index, frame)`` for each.
+
+    Inside a run ffmpeg's select filter drops the unwanted frames right after decoding, so only the
+    sampled frames are scaled, converted to RGB and piped.
+    """
+    runs = plan_runs(wanted, info["keyframes"]) if info["exact_seek"] else [(0, wanted[-1])]
     times = info["times"]
-    frame_bytes = width * height * 3
     warnings = []
-    delivered = 0
     for first, last in runs:
+        picks = [i for i in wanted if first <= i <= last]
         cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-threads", str(threads)]
         if first > 0:
             # accurate seek: demuxer jumps to the keyframe before, decoder discards frames before this
             # time; halfway to the previous frame's time so rounding never drops the wanted frame
             seek = (times[first - 1] + times[first]) / 2 - info["start_time"]
             cmd += ["-ss", f"{max(seek, 0.0):.6f}"]
+        chain = f"scale={width}:{height}:flags=bicubic,format=rgb24"
+        if len(picks) < last - first + 1:  # n counts the run's decoded frames from 0
+            chain = "select='" + "+".join(f"eq(n,{i - first})" for i in picks) + "'," + chain
         cmd += ["-i", ffmpeg_url(path), "-map", f"0:{info['stream_index']}", "-an", "-sn", "-dn",
-                "-vf", f"scale={width}:{height}:flags=bicubic,format=rgb24", "-fps_mode", "passthrough",
-                "-frames:v", str(last - first + 1), "-f", "rawvideo", "pipe:"]
-        got, stderr = _read_run(cmd, frame_bytes, first, last, wanted_set, width, height, deliver, deadline)
+                "-vf", chain, "-fps_mode", "passthrough", "-frames:v", str(len(picks)), "-f", "rawvideo", "pipe:"]
+        got, stderr = _read_run(cmd, picks, width, height, deliver, deadline)
         if stderr:
             warnings.append(_last_line(stderr, ""))
-        if got == first and delivered == 0 and first == runs[0][0]:
+        if got == 0 and first == runs[0][0]:
             raise FrameError(f"decode error: {_last_line(stderr, 'no frame could be decoded', first=True)}")
-        if got <= last:  # the decoder stopped early: later wanted frames repeat the last one delivered
-            warnings.append(f"decoder gave frames {first}..{got - 1} of {first}..{last}")
-            for idx in sorted(wanted_set):
-                if got <= idx <= last:
-                    deliver(idx, None)
-        delivered += got - first
+        if got < len(picks):  # the decoder stopped early: later wanted frames repeat the last one delivered
+            warnings.append(f"decoder gave {got} of {len(picks)} frames in {first}..{last}")
+            for idx in picks[got:]:
+                deliver(idx, None)
     return {"runs": len(runs), "decoded_frames": decoded_frames(runs, info["keyframes"]),
             "warnings": [w for w in warnings if w][:5]}
 
 
-def _read_run(cmd, frame_bytes, first, last, wanted, width, height, deliver, deadline):
-    """Run one ffmpeg run; returns (index after the last frame read, stderr text)."""
+def _read_run(cmd, picks, width, height, deliver, deadline):
+    """Run one ffmpeg run, delivering its frames as they arrive; returns (frames read, stderr text)."""
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     errors: list[bytes] = []
     reader = threading.Thread(target=lambda: errors.append(process.stderr.read()), daemon=True)
@@ -244,15 +251,15 @@ def _read_run(cmd, frame_bytes, first, last, wanted, width, height, deliver, dea
 
     timer = threading.Timer(max(deadline - time.monotonic(), 0), kill)
     timer.start()
-    idx = first
+    frame_bytes = width * height * 3
+    got = 0
     try:
-        while idx <= last:
+        while got < len(picks):
             chunk = process.stdout.read(frame_bytes)
             if len(chunk) < frame_bytes:
                 break
-            if idx in wanted:
-                deliver(idx, np.frombuffer(chunk, np.uint8).reshape(height, width, 3))
-            idx += 1
+            deliver(picks[got], np.frombuffer(chunk, np.uint8).reshape(height, width, 3))
+            got += 1
     finally:
         timer.cancel()
         process.stdout.close()
@@ -262,7 +269,7 @@ def _read_run(cmd, frame_bytes, first, last, wanted, width, height, deliver, dea
         reader.join(timeout=5)
     if expired.is_set():
         raise FrameError("timeout: decoding not finished within the per-video limit")
-    return idx, b"".join(errors).decode("utf-8", "replace")
+    return got, b"".join(errors).decode("utf-8", "replace")
 
 
 # -------------------------------------------------------------------------------------- decord

@@ -92,9 +92,14 @@ def sample_video(path: str, params: dict, out=None) -> tuple[np.ndarray, dict]:
             array[slot] = frame
         last["frame"] = array[slots[idx][0]]
 
-    decoder = decode.decode_decord if params["backend"] == "decord" else decode.decode_ffmpeg
+    backend = params["backend"]
+    notes = list(plan["notes"])
+    if backend == "decord" and not info["exact_seek"]:
+        backend = "ffmpeg"  # decord loses the first GOP(s) of MPEG-TS and other index-less containers
+        notes.append(f"decord cannot read {info['format']} exactly: decoded with ffmpeg")
+    decoder = decode.decode_decord if backend == "decord" else decode.decode_ffmpeg
     stats = decoder(path, info, wanted, width, height, deliver, deadline, int(params["decoder_threads"]))
-    notes = list(plan["notes"]) + stats["warnings"]
+    notes += stats["warnings"]
     if len(wanted) < n:
         notes.append(f"short clip: {len(wanted)} distinct frames repeated to {n}")
     times = info["times"]
@@ -121,7 +126,7 @@ def sample_video(path: str, params: dict, out=None) -> tuple[np.ndarray, dict]:
         "vfr": info["vfr"],
         "codec": info["codec"],
         "pix_fmt": info["pix_fmt"],
-        "backend": params["backend"],
+        "backend": backend,
         "decode_runs": stats["runs"],
         "decoded_frames": stats["decoded_frames"],
         "notes": notes,
