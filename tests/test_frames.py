@@ -11,6 +11,7 @@ import os
 import random
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -342,3 +343,14 @@ def test_image_errors(tmp_path):
         load_image(str(tmp_path / "fake.png"), {})
     with pytest.raises(FrameError, match="^missing file"):
         load_image(str(tmp_path / "gone.jpg"), {})
+
+
+def test_pick_expression_selects_exactly_the_picks(tmp_path):
+    # 300 picks: a flat eq()+eq()+... chain this long fails to parse in ffmpeg
+    video = counter_video(tmp_path / "many.mp4", frames=600, rate=50, gop=600, size="32x16")
+    info = decode.probe(str(video), deadline=time.monotonic() + 60)
+    picks = list(range(0, 600, 2))
+    got = {}
+    decode.decode_ffmpeg(str(video), info, picks, 56, 28, lambda i, f: got.__setitem__(i, frame_number(f)),
+                         time.monotonic() + 60)
+    assert [got[i] % 256 for i in picks] == [i % 256 for i in picks]

@@ -221,7 +221,7 @@ def decode_ffmpeg(path: str, info: dict, wanted: list[int], width: int, height: 
             cmd += ["-ss", f"{max(seek, 0.0):.6f}"]
         chain = f"scale={width}:{height}:flags=bicubic,format=rgb24"
         if len(picks) < last - first + 1:  # n counts the run's decoded frames from 0
-            chain = "select='" + "+".join(f"eq(n,{i - first})" for i in picks) + "'," + chain
+            chain = f"select='{_pick_expression([i - first for i in picks])}'," + chain
         cmd += ["-i", ffmpeg_url(path), "-map", f"0:{info['stream_index']}", "-an", "-sn", "-dn",
                 "-vf", chain, "-fps_mode", "passthrough", "-frames:v", str(len(picks)), "-f", "rawvideo", "pipe:"]
         got, stderr = _read_run(cmd, picks, width, height, deliver, deadline)
@@ -235,6 +235,16 @@ def decode_ffmpeg(path: str, info: dict, wanted: list[int], width: int, height: 
                 deliver(idx, None)
     return {"runs": len(runs), "decoded_frames": decoded_frames(runs, info["keyframes"]),
             "warnings": [w for w in warnings if w][:5]}
+
+
+def _pick_expression(picks: list[int]) -> str:
+    """A select expression true for frame numbers in ``picks`` (sorted): a binary search, so each
+    frame costs log2(len) comparisons and nesting stays shallow (ffmpeg's parser allows ~100 levels,
+    a flat a+b+c chain of 100 terms already fails)."""
+    if len(picks) == 1:
+        return f"eq(n,{picks[0]})"
+    mid = len(picks) // 2
+    return f"if(lt(n,{picks[mid]}),{_pick_expression(picks[:mid])},{_pick_expression(picks[mid:])})"
 
 
 def _read_run(cmd, picks, width, height, deliver, deadline):
