@@ -8,36 +8,34 @@ from __future__ import annotations
 
 import contextlib
 import json
-import resource
 import sys
 from collections import Counter
-from pathlib import Path
 
 from vidcap.records import DEFAULT_KEYS, RecordWriter, iter_records, record_digest, record_prompt, with_prompt
-from vidcap.shards import shard_ids, shard_of
+from vidcap.shards import raise_open_file_limit, shard_ids, shard_of
 
 
 class StaleResultError(RuntimeError):
     """A shard result does not match the current input (it was built from other records)."""
 
 
-def _raise_open_file_limit(needed: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed + 64:
-        target = hard if hard == resource.RLIM_INFINITY else min(hard, needed + 64)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, target), hard))
+def merge_results(input_path: str, result_files: list[str], output_path: str, settings: dict,
+                  log=sys.stderr) -> Counter:
+    """Write ``output_path`` (JSON array or JSONL by suffix); return the count of each status.
 
-
-def merge_results(input_path: str, result_dir: str, output_path: str, settings: dict, log=sys.stderr) -> Counter:
-    """Write ``output_path`` (JSON array or JSONL by suffix); return the count of each status."""
+    ``result_files`` holds one caption result file per shard, in shard order.
+    """
     keys = {**DEFAULT_KEYS, **settings.get("keys", {})}
     n_shards = int(settings["shards"])
     ids = shard_ids(n_shards)
+    if len(result_files) != n_shards:
+        raise ValueError(f"{len(result_files)} result files for {n_shards} shards")
     style = settings.get("output_style", "caption")
     counts: Counter = Counter()
-    _raise_open_file_limit(n_shards)
+    if raise_open_file_limit(n_shards) < n_shards:
+        raise OSError(f"cannot open {n_shards} shard results at once: raise the open-file limit (ulimit -n)")
     with contextlib.ExitStack() as stack:
-        results = [stack.enter_context(open(Path(result_dir) / f"{sid}.jsonl", encoding="utf-8")) for sid in ids]
+        results = [stack.enter_context(open(path, encoding="utf-8")) for path in result_files]
         writer = stack.enter_context(RecordWriter(output_path))
         for index, record in iter_records(input_path, keys):
             shard = shard_of(record, keys, n_shards)

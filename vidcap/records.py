@@ -69,11 +69,11 @@ def _iter_json_array(path: Path, chunk_size: int = 1 << 16) -> Iterator[tuple[in
     """Stream the elements of a top-level JSON array without loading the whole file."""
     decoder = json.JSONDecoder()
     utf8 = codecs.getincrementaldecoder("utf-8")()
-    buf, pos, eof, consumed_lines = "", 0, False, 0
+    buf, pos, eof, consumed_lines, bad_utf8 = "", 0, False, 0, None
     with open(path, "rb") as handle:
 
         def more() -> bool:
-            nonlocal buf, pos, eof, consumed_lines
+            nonlocal buf, pos, eof, consumed_lines, bad_utf8
             if eof:
                 return False
             block = handle.read(chunk_size)
@@ -81,12 +81,17 @@ def _iter_json_array(path: Path, chunk_size: int = 1 << 16) -> Iterator[tuple[in
             try:
                 text = utf8.decode(block, final=not block)
             except UnicodeDecodeError as exc:
-                raise InputError(f"{path}: record {index}: not valid UTF-8 ({exc.reason} near byte "
-                                 f"{offset + exc.start})") from None
+                # keep the valid prefix so the error is pinned on the record that holds the bad byte
+                text = exc.object[:exc.start].decode("utf-8", "ignore")
+                bad_utf8 = f"not valid UTF-8 ({exc.reason} near byte {offset + exc.start})"
+                block = b""
             eof = not block
             consumed_lines += buf.count("\n", 0, pos)
             buf, pos = buf[pos:] + text, 0
             return True
+
+        def fail(message: str) -> InputError:
+            return InputError(f"{path}: record {index}: {bad_utf8}" if bad_utf8 else message)
 
         def skip_ws() -> str:
             nonlocal pos
@@ -108,22 +113,21 @@ def _iter_json_array(path: Path, chunk_size: int = 1 << 16) -> Iterator[tuple[in
         first = skip_ws()
         if first != "[":
             hint = " (one object per line? name the file .jsonl)" if first == "{" else ""
-            raise InputError(f"{path}: expected a JSON array of records at {where()}{hint}")
+            raise fail(f"{path}: expected a JSON array of records at {where()}{hint}")
         pos += 1
         if skip_ws() == "]":
             pos += 1
         else:
             while True:
                 if skip_ws() == "":
-                    raise InputError(f"{path}: record {index}: file ends inside the array (truncated?)")
+                    raise fail(f"{path}: record {index}: file ends inside the array (truncated?)")
                 while True:
                     try:
                         value, end = decoder.raw_decode(buf, pos)
                         break
                     except json.JSONDecodeError as exc:
                         if not more():
-                            raise InputError(f"{path}: record {index} ({where()}): invalid JSON: {exc.msg}") \
-                                from None
+                            raise fail(f"{path}: record {index} ({where()}): invalid JSON: {exc.msg}") from None
                 pos = end
                 yield index, value
                 index += 1
@@ -134,10 +138,10 @@ def _iter_json_array(path: Path, chunk_size: int = 1 << 16) -> Iterator[tuple[in
                 if sep == "]":
                     pos += 1
                     break
-                raise InputError(f"{path}: record {index} ({where()}): expected ',' or ']' after record "
+                raise fail(f"{path}: record {index} ({where()}): expected ',' or ']' after record "
                                  f"{index - 1}" + (", found end of file (truncated?)" if sep == "" else ""))
-        if skip_ws() != "":
-            raise InputError(f"{path}: unexpected data after the closing ']' at {where()}")
+        if skip_ws() != "" or bad_utf8:
+            raise fail(f"{path}: unexpected data after the closing ']' at {where()}")
 
 
 def _type_name(value) -> str:

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import resource
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from vidcap.atomic import atomic_open, dumps_line, read_json, write_json
 from vidcap.records import DEFAULT_KEYS, iter_records, media_list
 
 STATE_FILE = ".state.json"
-MAX_OPEN_SHARDS = 200  # file handles held at once while (re)writing shards
+MAX_OPEN_SHARDS = 4000  # file handles held at once while (re)writing shards; more shards take more passes
 
 
 def shard_ids(n_shards: int) -> list[str]:
@@ -37,8 +38,36 @@ def shard_of(record: dict, keys: dict, n_shards: int) -> int:
     return int.from_bytes(digest, "big") % n_shards
 
 
+def raise_open_file_limit(needed: int) -> int:
+    """Raise the soft limit on open files towards ``needed`` (+ slack); return how many may be opened."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed + 64:
+        target = needed + 64 if hard == resource.RLIM_INFINITY else min(hard, needed + 64)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, target), hard))
+        soft = max(soft, target)
+    return needed if soft == resource.RLIM_INFINITY else max(1, soft - 64)
+
+
+def input_fingerprint(input_path, n_shards: int, keys: dict) -> list:
+    st = os.stat(input_path)
+    return [os.path.abspath(input_path), st.st_size, st.st_mtime_ns, n_shards, keys["video"], keys["image"]]
+
+
 def shard_file(shard_dir: str | os.PathLike, shard_id: str) -> Path:
     return Path(shard_dir) / f"{shard_id}.jsonl"
+
+
+def _shards_untouched(shard_dir: Path, ids: list[str], known: dict) -> bool:
+    """True if every shard file still has the size and mtime recorded when it was last checked."""
+    for sid in ids:
+        entry = known.get(sid)
+        try:
+            st = shard_file(shard_dir, sid).stat()
+        except FileNotFoundError:
+            return False
+        if not entry or entry.get("size") != st.st_size or entry.get("mtime_ns") != st.st_mtime_ns:
+            return False
+    return True
 
 
 def _file_sha256(path: Path) -> str | None:
@@ -61,6 +90,19 @@ def sync_shards(input_path: str | os.PathLike, shard_dir: str | os.PathLike, n_s
     keys = {**DEFAULT_KEYS, **(keys or {})}
     shard_dir = Path(shard_dir)
     ids = shard_ids(n_shards)
+    state_path = shard_dir / STATE_FILE
+    try:
+        state = read_json(state_path)
+    except (FileNotFoundError, ValueError):
+        state = {}
+    fingerprint = input_fingerprint(input_path, n_shards, keys)
+    known = state.get("shards", {})
+    if state.get("input") == fingerprint and _shards_untouched(shard_dir, ids, known):
+        # same input file (path, size, mtime) and shard files as last time: it was valid then, nothing to do
+        total = sum(known[sid]["records"] for sid in ids)
+        if log is not None:
+            print(f"vidcap: {total} records in {n_shards} shards; input unchanged", file=log)
+        return {"records": total, "shards": n_shards, "changed": []}
 
     # pass 1: validate everything and hash each shard's would-be content
     hashers = [hashlib.sha256() for _ in ids]
@@ -73,28 +115,17 @@ def sync_shards(input_path: str | os.PathLike, shard_dir: str | os.PathLike, n_s
         total += 1
     wanted = {sid: h.hexdigest() for sid, h in zip(ids, hashers)}
 
-    state_path = shard_dir / STATE_FILE
-    try:
-        state = read_json(state_path).get("shards", {})
-    except (FileNotFoundError, ValueError):
-        state = {}
     changed = []
     for sid in ids:
         path = shard_file(shard_dir, sid)
-        known = state.get(sid, {})
-        try:
-            st = path.stat()
-            same_file = known.get("size") == st.st_size and known.get("mtime_ns") == st.st_mtime_ns
-        except FileNotFoundError:
-            same_file = False
-            known = {}
-        current = known.get("sha256") if same_file else _file_sha256(path)
+        current = known[sid]["sha256"] if _shards_untouched(shard_dir, [sid], known) else _file_sha256(path)
         if current != wanted[sid]:
             changed.append(sid)
 
     # pass 2: rewrite only the shards whose content changed, a bounded batch of handles at a time
-    for start in range(0, len(changed), MAX_OPEN_SHARDS):
-        batch = {int(sid): sid for sid in changed[start:start + MAX_OPEN_SHARDS]}
+    per_pass = min(MAX_OPEN_SHARDS, raise_open_file_limit(min(len(changed), MAX_OPEN_SHARDS)))
+    for start in range(0, len(changed), per_pass):
+        batch = {int(sid): sid for sid in changed[start:start + per_pass]}
         with contextlib.ExitStack() as stack:
             handles = {i: stack.enter_context(atomic_open(shard_file(shard_dir, sid))) for i, sid in batch.items()}
             for _, record in iter_records(input_path, keys):
@@ -112,7 +143,7 @@ def sync_shards(input_path: str | os.PathLike, shard_dir: str | os.PathLike, n_s
         st = shard_file(shard_dir, sid).stat()
         new_state[sid] = {"sha256": wanted[sid], "size": st.st_size, "mtime_ns": st.st_mtime_ns,
                           "records": counts[int(sid)]}
-    write_json(state_path, {"input": str(input_path), "shards": new_state}, indent=None)
+    write_json(state_path, {"input": fingerprint, "shards": new_state}, indent=None)
     summary = {"records": total, "shards": n_shards, "changed": changed}
     if log is not None:
         which = "" if len(changed) > 8 else f" ({', '.join(changed)})" if changed else ""

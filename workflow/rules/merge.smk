@@ -6,7 +6,6 @@ rule merge_captions:
         captions=config["output"],
     params:
         settings=merge_settings(),
-        result_dir=f"{RESULTS}/captions",
     log:
         f"{RESULTS}/logs/merge_captions.log",
     conda:

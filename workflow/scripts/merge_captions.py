@@ -7,5 +7,5 @@ from vidcap.joblog import job_log  # noqa: E402
 from vidcap.merge import merge_results  # noqa: E402
 
 with job_log(snakemake.log[0]) as log:  # noqa: F821
-    merge_results(snakemake.input.records, snakemake.params.result_dir, snakemake.output.captions,  # noqa: F821
+    merge_results(snakemake.input.records, list(snakemake.input.results), snakemake.output.captions,  # noqa: F821
                   snakemake.params.settings, log=log)  # noqa: F821

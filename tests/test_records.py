@@ -1,0 +1,128 @@
+import json
+
+import pytest
+
+from vidcap.records import (DEFAULT_KEYS, InputError, RecordWriter, iter_records, media_list, record_digest,
+                            record_prompt, with_prompt)
+
+KEYS = dict(DEFAULT_KEYS)
+
+
+def records_of(path):
+    return [r for _, r in iter_records(path, KEYS)]
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_reads_both_formats_in_order(tmp_path, suffix):
+    recs = [{"video": [f"v{i}.mp4"], "conversation": [{"from": "human", "value": ""}], "i": i} for i in range(50)]
+    path = tmp_path / f"r{suffix}"
+    if suffix == ".json":
+        path.write_text(json.dumps(recs, indent=3), encoding="utf-8")
+    else:
+        path.write_text("\n".join(json.dumps(r) for r in recs) + "\n\n", encoding="utf-8")
+    assert records_of(path) == recs
+
+
+def test_json_array_is_streamed_across_chunk_boundaries(tmp_path):
+    from vidcap import records
+
+    recs = [{"video": "ü" * (i % 7) + f"{i}.mp4", "pad": "x" * (i * 13 % 300)} for i in range(300)]
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(recs, ensure_ascii=False), encoding="utf-8")
+    got = [r for _, r in records._iter_json_array(path, chunk_size=7)]
+    assert got == recs
+
+
+def test_scalar_video_string_is_a_one_item_list(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text('[{"video": "a.mp4"}]', encoding="utf-8")
+    (rec,) = records_of(path)
+    assert media_list(rec, "video") == ["a.mp4"]
+
+
+def test_empty_array_and_empty_jsonl(tmp_path):
+    (tmp_path / "a.json").write_text(" [ ] ", encoding="utf-8")
+    (tmp_path / "b.jsonl").write_text("\n", encoding="utf-8")
+    assert records_of(tmp_path / "a.json") == [] and records_of(tmp_path / "b.jsonl") == []
+
+
+@pytest.mark.parametrize(
+    "name, content, expected",
+    [
+        ("bad.json", '[{"video": ["a.mp4"]}, {"video": ["b.mp4"], }]', ["record 1", "invalid JSON"]),
+        ("trunc.json", '[{"video": ["a.mp4"]}, {"video": ["b.m', ["record 1", "invalid JSON"]),
+        ("trunc2.json", '[{"video": ["a.mp4"]}', ["record 1", "truncated"]),
+        ("notarray.json", '{"video": ["a.mp4"]}', ["expected a JSON array", ".jsonl"]),
+        ("trail.json", '[{"video": "a.mp4"}] x', ["after the closing"]),
+        ("scalar.json", '[{"video": "a.mp4"}, 5]', ["record 1", "expected a JSON object, got number"]),
+        ("vtype.json", '[{"video": 3}]', ["record 0", "key 'video'", "string or a list of strings, got number"]),
+        ("vlist.json", '[{"video": ["a.mp4", 2]}]', ["record 0", "key 'video'"]),
+        ("itype.json", '[{"video": "a.mp4", "image": {"x": 1}}]', ["record 0", "key 'image'", "got object"]),
+        ("conv.json", '[{"video": "a.mp4", "conversation": "hi"}]', ["record 0", "key 'conversation'"]),
+        ("nokey.json", '[{"video": "a.mp4"}, {"clip": "b.mp4"}]', ["record 1", "missing key 'video'"]),
+        ("bad.jsonl", '{"video": "a.mp4"}\n{"video": \n', ["record 1", "line 2", "invalid JSON"]),
+        ("list.jsonl", '{"video": "a.mp4"}\n[1]\n', ["record 1", "expected a JSON object, got array"]),
+    ],
+)
+def test_malformed_inputs_name_file_record_and_key(tmp_path, name, content, expected):
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(InputError) as err:
+        records_of(path)
+    message = str(err.value)
+    assert str(path) in message
+    for part in expected:
+        assert part in message
+
+
+@pytest.mark.parametrize("name", ["r.json", "r.jsonl"])
+def test_non_utf8_bytes_are_reported(tmp_path, name):
+    path = tmp_path / name
+    body = b'{"video": "a.mp4"}\n{"video": "\xff\xfe.mp4"}\n'
+    path.write_bytes(b"[" + body.replace(b"}\n{", b"},{") + b"]" if name.endswith(".json") else body)
+    with pytest.raises(InputError, match="record 1.*UTF-8"):
+        records_of(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        records_of(tmp_path / "nope.json")
+
+
+def test_with_prompt_fills_first_human_turn_and_keeps_everything_else():
+    rec = {"video": ["a.mp4"], "conversation": [{"from": "human", "value": ""}, {"from": "gpt", "value": "x"}],
+           "extra": {"k": [1, 2]}}
+    out = with_prompt(rec, KEYS, "Describe.")
+    assert out["conversation"] == [{"from": "human", "value": "Describe."}, {"from": "gpt", "value": "x"}]
+    assert out["extra"] == rec["extra"] and rec["conversation"][0]["value"] == ""  # input untouched
+    assert with_prompt({"video": "a"}, KEYS, "P")["conversation"] == [{"from": "human", "value": "P"}]
+
+
+def test_record_prompt_override():
+    keys = {**KEYS, "prompt": "question"}
+    assert record_prompt({"question": "What colour?"}, keys, "default") == "What colour?"
+    assert record_prompt({"question": "  "}, keys, "default") == "default"
+    assert record_prompt({"question": "x"}, KEYS, "default") == "default"
+
+
+def test_digest_ignores_key_order():
+    assert record_digest({"a": 1, "b": [1, "é"]}) == record_digest({"b": [1, "é"], "a": 1})
+    assert record_digest({"a": 1}) != record_digest({"a": 2})
+
+
+@pytest.mark.parametrize("name", ["out.json", "out.jsonl"])
+def test_writer_formats(tmp_path, name):
+    recs = [{"video": ["ä.mp4"], "caption": "视频"}, {"video": ["b.mp4"], "caption": None}]
+    path = tmp_path / name
+    with RecordWriter(path) as writer:
+        for r in recs:
+            writer.write(r)
+    text = path.read_text(encoding="utf-8")
+    assert "视频" in text  # non-ASCII kept
+    if name.endswith(".jsonl"):
+        assert [json.loads(line) for line in text.splitlines()] == recs
+    else:
+        assert json.loads(text) == recs and text.startswith("[\n  {\n    ")
+    with RecordWriter(tmp_path / "empty.json"):
+        pass
+    assert json.loads((tmp_path / "empty.json").read_text()) == []
