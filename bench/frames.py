@@ -5,7 +5,8 @@
 
 Videos are made once with lavfi (testsrc2, libx264, keyframe every 250 frames) under --workdir.
 Every method runs in its own process, so its peak RSS (the process plus its largest child, e.g. ffmpeg)
-is its own. Methods:
+is its own. Wall times on a shared machine swing with the other load; CPU seconds (user + system of
+the process and its children) are steadier, so both are printed with their ratios. Methods:
   floor         ffmpeg decodes every frame to nothing (the least any exact dense method can cost)
   anchor        qwen_vl_utils.fetch_video, decord backend (full-size decode, then torch resize)
   vidcap-ffmpeg vidcap.frames.sample_video, ffmpeg backend, fps 2 (dense)
@@ -58,36 +59,44 @@ def peak_rss_mb() -> float:
     return (own + child) / 1024  # KiB on Linux
 
 
+def cpu_seconds() -> float:
+    own, child = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + child.ru_utime + child.ru_stime
+
+
 def run_method(method: str, video: str, out: str) -> dict:
     """Run one method in this (fresh) process; save its frames to ``out``; return time and indices."""
-    started = time.perf_counter()
+    if method == "anchor":  # imports (torch for the anchor) happen once per job: not timed
+        os.environ["FORCE_QWENVL_VIDEO_READER"] = "decord"
+        from qwen_vl_utils.vision_process import fetch_video
+    else:
+        from vidcap.frames import sample_video
+    started, cpu_started = time.perf_counter(), cpu_seconds()
     indices = None
     frames = None
+    decoded = None
     if method == "floor":
         subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", "file:" + video, "-map", "0:v:0",
                         "-f", "null", "-"], check=True)
     elif method == "anchor":
-        os.environ["FORCE_QWENVL_VIDEO_READER"] = "decord"
-        from qwen_vl_utils.vision_process import fetch_video
-
         video_tensor, meta = fetch_video({"video": video, "fps": 2.0, **PIXELS, "total_pixels": 1e12},
                                          return_video_metadata=True)
         frames = video_tensor.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
         indices = meta["frames_indices"]
     else:
-        from vidcap.frames import sample_video
-
         kind, backend = method.split("-")
         params = {**PIXELS, "backend": backend, "fps": 2.0, "max_vision_tokens": None}
         if kind == "sparse":
             params["max_frames"] = 32
         frames, meta = sample_video(video, params)
         indices = meta["frames_indices"]
+        decoded = f"{meta['decoded_frames']}/{meta['total_num_frames']} in {meta['decode_runs']} runs" \
+            if meta["decode_runs"] else None
     seconds = time.perf_counter() - started
     if frames is not None:
         np.save(out, np.ascontiguousarray(frames))
-    return {"seconds": seconds, "peak_rss_mb": peak_rss_mb(), "indices": indices,
-            "shape": list(frames.shape) if frames is not None else None}
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds() - cpu_started, "peak_rss_mb": peak_rss_mb(),
+            "indices": indices, "shape": list(frames.shape) if frames is not None else None, "decoded": decoded}
 
 
 def compare(a_path: Path, a_idx: list[int], b_path: Path, b_idx: list[int]) -> tuple[float | None, int]:
@@ -138,6 +147,7 @@ def main() -> None:
             results[method]["out"] = out
             print(f"{name} {method}: {results[method]['seconds']:.2f} s", file=sys.stderr, flush=True)
         floor = results.get("floor", {}).get("seconds")
+        floor_cpu = results.get("floor", {}).get("cpu_seconds")
         anchor = results.get("anchor")
         for method, r in results.items():
             diff, matched = (None, 0)
@@ -147,16 +157,20 @@ def main() -> None:
                 "video": name, "method": method, "seconds": round(r["seconds"], 2),
                 "x_floor": round(r["seconds"] / floor, 2) if floor else None,
                 "x_anchor": round(r["seconds"] / anchor["seconds"], 2) if anchor else None,
+                "cpu_s": round(r["cpu_seconds"], 2),
+                "cpu_x_floor": round(r["cpu_seconds"] / floor_cpu, 2) if floor_cpu else None,
+                "cpu_x_anchor": round(r["cpu_seconds"] / anchor["cpu_seconds"], 2) if anchor else None,
                 "peak_rss_mb": round(r["peak_rss_mb"]),
                 "frames": r["shape"][0] if r["shape"] else None,
                 "size": f"{r['shape'][2]}x{r['shape'][1]}" if r["shape"] else None,
                 "mad_vs_anchor": None if diff is None else round(diff, 2),
                 "same_index": f"{matched}/{r['shape'][0]}" if anchor and r["shape"] and method != "anchor" else None,
+                "decoded": r["decoded"],
             })
         for method in results:
             results[method]["out"].unlink(missing_ok=True)
-    header = ["video", "method", "seconds", "x_floor", "x_anchor", "peak_rss_mb", "frames", "size", "mad_vs_anchor",
-              "same_index"]
+    header = ["video", "method", "seconds", "x_floor", "x_anchor", "cpu_s", "cpu_x_floor", "cpu_x_anchor", "peak_rss_mb", "frames", "size", "mad_vs_anchor",
+              "same_index", "decoded"]
     widths = [max(len(h), *(len(str(r[h])) for r in rows)) for h in header]
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     for r in rows:

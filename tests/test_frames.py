@@ -81,6 +81,9 @@ def media(tmp_path_factory) -> dict[str, Path]:
     whole = counter_video(d / "faststart.mp4", frames=40, extra=("-movflags", "+faststart")).read_bytes()
     (d / "truncated.mp4").write_bytes(whole[: len(whole) // 2])
     m["truncated"] = d / "truncated.mp4"
+    index_last = counter_video(d / "index_last.mp4", frames=40).read_bytes()  # moov after the frames
+    (d / "truncated_index.mp4").write_bytes(index_last[: len(index_last) // 2])
+    m["truncated_index"] = d / "truncated_index.mp4"
     garbled = bytearray(whole)
     rng = random.Random(1)
     for i in range(garbled.find(b"mdat") + 200, len(garbled)):
@@ -216,9 +219,10 @@ def test_short_clips_repeat_frames_to_an_even_count(media, backend):
 # ------------------------------------------------------------------------------------ errors
 @pytest.mark.parametrize("name, reason", [
     ("missing", "missing file"),
-    ("not_media", "not a media file"),
+    ("not_media", "not a readable media file"),
     ("audio_only", "no video stream"),
     ("truncated", "truncated file"),
+    ("truncated_index", "truncated file"),
     ("garbled", "decode error"),
 ])
 def test_each_failure_has_its_own_reason(media, name, reason):

@@ -80,7 +80,11 @@ def probe(path: str, deadline: float) -> dict:
     proc = _run(["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json", url], deadline, "probe")
     info = json.loads(proc.stdout or b"{}") if proc.returncode == 0 else {}
     if proc.returncode != 0 or not info.get("format"):
-        raise FrameError(f"not a media file (ffprobe: {_last_line(proc.stderr, 'unrecognised format')})")
+        reason = _last_line(proc.stderr, "unrecognised format")
+        if b"moov atom not found" in proc.stderr and _starts_like_mp4(path):  # the index sits at the end
+            raise FrameError("truncated file: not a readable media file (ffprobe: moov atom not found, "
+                             "the MP4 index at the end of the file is missing)")
+        raise FrameError(f"not a readable media file (ffprobe: {reason})")
     streams = info.get("streams", [])
     videos = [s for s in streams if s.get("codec_type") == "video"
               and not s.get("disposition", {}).get("attached_pic")]
@@ -120,6 +124,11 @@ def probe(path: str, deadline: float) -> dict:
             "format": info["format"].get("format_name"),
             "exact_seek": any(f in EXACT_SEEK_FORMATS for f in info["format"].get("format_name", "").split(",")),
             "vfr": bool(len(gaps)) and float(gaps.max() - gaps.min()) > 0.5 * frame_seconds}
+
+
+def _starts_like_mp4(path: str) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(12)[4:8] == b"ftyp"
 
 
 def _packet_times(text: str) -> tuple[list[float], list[int]]:
