@@ -46,9 +46,31 @@ def make_video(path: Path, seconds: int, size: str) -> Path:
     if not path.exists():
         print(f"encoding {path.name} ...", file=sys.stderr, flush=True)
         tmp = path.with_suffix(".tmp.mp4")
-        subprocess.run(["ffmpeg", "-nostdin", "-y", "-loglevel", "error", "-f", "lavfi", "-i",
-                        f"testsrc2=size={size}:rate=25", "-t", str(seconds), "-pix_fmt", "yuv420p", "-c:v",
-                        "libx264", "-preset", "veryfast", "-g", "250", "file:" + str(tmp)], check=True)
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-nostdin",
+                "-y",
+                "-loglevel",
+                "error",
+                "-f",
+                "lavfi",
+                "-i",
+                f"testsrc2=size={size}:rate=25",
+                "-t",
+                str(seconds),
+                "-pix_fmt",
+                "yuv420p",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "veryfast",
+                "-g",
+                "250",
+                "file:" + str(tmp),
+            ],
+            check=True,
+        )
         tmp.rename(path)
     return path
 
@@ -76,11 +98,26 @@ def run_method(method: str, video: str, out: str) -> dict:
     frames = None
     decoded = None
     if method == "floor":
-        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", "file:" + video, "-map", "0:v:0",
-                        "-f", "null", "-"], check=True)
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-nostdin",
+                "-loglevel",
+                "error",
+                "-i",
+                "file:" + video,
+                "-map",
+                "0:v:0",
+                "-f",
+                "null",
+                "-",
+            ],
+            check=True,
+        )
     elif method == "anchor":
-        video_tensor, meta = fetch_video({"video": video, "fps": 2.0, **PIXELS, "total_pixels": 1e12},
-                                         return_video_metadata=True)
+        video_tensor, meta = fetch_video(
+            {"video": video, "fps": 2.0, **PIXELS, "total_pixels": 1e12}, return_video_metadata=True
+        )
         frames = video_tensor.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
         indices = meta["frames_indices"]
     else:
@@ -90,13 +127,22 @@ def run_method(method: str, video: str, out: str) -> dict:
             params["max_frames"] = 32
         frames, meta = sample_video(video, params)
         indices = meta["frames_indices"]
-        decoded = f"{meta['decoded_frames']}/{meta['total_num_frames']} in {meta['decode_runs']} runs" \
-            if meta["decode_runs"] else None
+        decoded = (
+            f"{meta['decoded_frames']}/{meta['total_num_frames']} in {meta['decode_runs']} runs"
+            if meta["decode_runs"]
+            else None
+        )
     seconds = time.perf_counter() - started
     if frames is not None:
         np.save(out, np.ascontiguousarray(frames))
-    return {"seconds": seconds, "cpu_seconds": cpu_seconds() - cpu_started, "peak_rss_mb": peak_rss_mb(),
-            "indices": indices, "shape": list(frames.shape) if frames is not None else None, "decoded": decoded}
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds() - cpu_started,
+        "peak_rss_mb": peak_rss_mb(),
+        "indices": indices,
+        "shape": list(frames.shape) if frames is not None else None,
+        "decoded": decoded,
+    }
 
 
 def compare(a_path: Path, a_idx: list[int], b_path: Path, b_idx: list[int]) -> tuple[float | None, int]:
@@ -112,11 +158,16 @@ def compare(a_path: Path, a_idx: list[int], b_path: Path, b_idx: list[int]) -> t
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--long", action="store_true", help="also the 10 min 1080p video (slow on 2 cores)")
-    parser.add_argument("--anchor-long", action="store_true",
-                        help="run the anchor on the 10 min video too (holds every sampled frame at full size: "
-                             "~7.5 GB of uint8 frames plus float copies)")
+    parser.add_argument(
+        "--anchor-long",
+        action="store_true",
+        help="run the anchor on the 10 min video too (holds every sampled frame at full size: "
+        "~7.5 GB of uint8 frames plus float copies)",
+    )
     parser.add_argument("--workdir", default="/tmp/vidcap-bench")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--run", nargs=3, metavar=("METHOD", "VIDEO", "OUT"), help=argparse.SUPPRESS)
@@ -138,8 +189,12 @@ def main() -> None:
             if method == "anchor" and name == "10min-1080p" and not args.anchor_long:
                 continue
             out = workdir / f"{name}.{method}.npy"
-            proc = subprocess.run([sys.executable, __file__, "--run", method, str(video), str(out)],
-                                  capture_output=True, text=True)
+            proc = subprocess.run(
+                [sys.executable, __file__, "--run", method, str(video), str(out)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             if proc.returncode != 0:
                 print(f"{name} {method}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
                 continue
@@ -153,24 +208,44 @@ def main() -> None:
             diff, matched = (None, 0)
             if anchor and r["indices"] is not None and method != "anchor":
                 diff, matched = compare(anchor["out"], anchor["indices"], r["out"], r["indices"])
-            rows.append({
-                "video": name, "method": method, "seconds": round(r["seconds"], 2),
-                "x_floor": round(r["seconds"] / floor, 2) if floor else None,
-                "x_anchor": round(r["seconds"] / anchor["seconds"], 2) if anchor else None,
-                "cpu_s": round(r["cpu_seconds"], 2),
-                "cpu_x_floor": round(r["cpu_seconds"] / floor_cpu, 2) if floor_cpu else None,
-                "cpu_x_anchor": round(r["cpu_seconds"] / anchor["cpu_seconds"], 2) if anchor else None,
-                "peak_rss_mb": round(r["peak_rss_mb"]),
-                "frames": r["shape"][0] if r["shape"] else None,
-                "size": f"{r['shape'][2]}x{r['shape'][1]}" if r["shape"] else None,
-                "mad_vs_anchor": None if diff is None else round(diff, 2),
-                "same_index": f"{matched}/{r['shape'][0]}" if anchor and r["shape"] and method != "anchor" else None,
-                "decoded": r["decoded"],
-            })
+            rows.append(
+                {
+                    "video": name,
+                    "method": method,
+                    "seconds": round(r["seconds"], 2),
+                    "x_floor": round(r["seconds"] / floor, 2) if floor else None,
+                    "x_anchor": round(r["seconds"] / anchor["seconds"], 2) if anchor else None,
+                    "cpu_s": round(r["cpu_seconds"], 2),
+                    "cpu_x_floor": round(r["cpu_seconds"] / floor_cpu, 2) if floor_cpu else None,
+                    "cpu_x_anchor": round(r["cpu_seconds"] / anchor["cpu_seconds"], 2) if anchor else None,
+                    "peak_rss_mb": round(r["peak_rss_mb"]),
+                    "frames": r["shape"][0] if r["shape"] else None,
+                    "size": f"{r['shape'][2]}x{r['shape'][1]}" if r["shape"] else None,
+                    "mad_vs_anchor": None if diff is None else round(diff, 2),
+                    "same_index": f"{matched}/{r['shape'][0]}"
+                    if anchor and r["shape"] and method != "anchor"
+                    else None,
+                    "decoded": r["decoded"],
+                }
+            )
         for method in results:
             results[method]["out"].unlink(missing_ok=True)
-    header = ["video", "method", "seconds", "x_floor", "x_anchor", "cpu_s", "cpu_x_floor", "cpu_x_anchor", "peak_rss_mb", "frames", "size", "mad_vs_anchor",
-              "same_index", "decoded"]
+    header = [
+        "video",
+        "method",
+        "seconds",
+        "x_floor",
+        "x_anchor",
+        "cpu_s",
+        "cpu_x_floor",
+        "cpu_x_anchor",
+        "peak_rss_mb",
+        "frames",
+        "size",
+        "mad_vs_anchor",
+        "same_index",
+        "decoded",
+    ]
     widths = [max(len(h), *(len(str(r[h])) for r in rows)) for h in header]
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     for r in rows:

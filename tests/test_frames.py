@@ -16,11 +16,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import write_records
+
 from vidcap import budget, decode
-from vidcap.frames import (FrameError, cache_key, cached_sample, extract_shard, load_frames, load_image,
-                           sample_video, smart_resize)
+from vidcap.frames import (
+    FrameError,
+    cache_key,
+    cached_sample,
+    extract_shard,
+    load_frames,
+    load_image,
+    sample_video,
+    smart_resize,
+)
 
 STRIPES = "format=gray,geq=lum='255*mod(floor(N/pow(2\\,floor(X*8/W)))\\,2)'"
 SMALL = {"min_pixels": 28 * 28 * 4, "max_pixels": 28 * 28 * 4, "max_frames": 64}
@@ -31,12 +39,36 @@ def ffmpeg(*args: str) -> None:
     subprocess.run(["ffmpeg", "-nostdin", "-y", "-loglevel", "error", *args], check=True)
 
 
-def counter_video(path: Path, frames: int = 40, rate: int = 10, size: str = "64x48", gop: int = 8,
-                  vf: str = "", extra: tuple = (), pix_fmt: str = "yuv420p") -> Path:
+def counter_video(
+    path: Path,
+    frames: int = 40,
+    rate: int = 10,
+    size: str = "64x48",
+    gop: int = 8,
+    vf: str = "",
+    extra: tuple = (),
+    pix_fmt: str = "yuv420p",
+) -> Path:
     """A clip whose frame n shows n in binary stripes (libx264 with B-frames, keyframe every ``gop``)."""
     chain = f"nullsrc=size={size}:rate={rate},{STRIPES}" + (f",{vf}" if vf else "")
-    ffmpeg("-f", "lavfi", "-i", chain, "-frames:v", str(frames), "-pix_fmt", pix_fmt, "-c:v", "libx264",
-           "-g", str(gop), "-sc_threshold", "0", *extra, "file:" + str(path))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        chain,
+        "-frames:v",
+        str(frames),
+        "-pix_fmt",
+        pix_fmt,
+        "-c:v",
+        "libx264",
+        "-g",
+        str(gop),
+        "-sc_threshold",
+        "0",
+        *extra,
+        "file:" + str(path),
+    )
     return path
 
 
@@ -62,8 +94,11 @@ def media(tmp_path_factory) -> dict[str, Path]:
     m = {}
     m["cfr"] = counter_video(d / "cfr.mp4")  # 40 frames, 10 fps, 4 s
     # variable frame rate: frames 0-19 every 0.05 s, then every 0.25 s
-    m["vfr"] = counter_video(d / "vfr.mp4", vf="settb=1/1000,setpts='if(lt(N,20),N*0.05,1+(N-20)*0.25)/TB'",
-                             extra=("-fps_mode", "vfr", "-video_track_timescale", "1000"))
+    m["vfr"] = counter_video(
+        d / "vfr.mp4",
+        vf="settb=1/1000,setpts='if(lt(N,20),N*0.05,1+(N-20)*0.25)/TB'",
+        extra=("-fps_mode", "vfr", "-video_track_timescale", "1000"),
+    )
     m["rotated"] = _rotate(counter_video(d / "land.mp4", frames=10, size="96x48"), d / "portrait.mp4")
     m["sar"] = counter_video(d / "sar.mp4", frames=10, vf="setsar=2")
     m["odd"] = counter_video(d / "odd.mp4", frames=10, size="63x47", pix_fmt="yuv444p")
@@ -76,7 +111,9 @@ def media(tmp_path_factory) -> dict[str, Path]:
     # broken inputs
     (d / "notes.mp4").write_text("this is not a video\n" * 10)
     m["not_media"] = d / "notes.mp4"
-    ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:duration=1", "-c:a", "aac", "file:" + str(d / "audio.m4a"))
+    ffmpeg(
+        "-f", "lavfi", "-i", "sine=frequency=440:duration=1", "-c:a", "aac", "file:" + str(d / "audio.m4a")
+    )
     m["audio_only"] = d / "audio.m4a"
     whole = counter_video(d / "faststart.mp4", frames=40, extra=("-movflags", "+faststart")).read_bytes()
     (d / "truncated.mp4").write_bytes(whole[: len(whole) // 2])
@@ -98,21 +135,35 @@ def _rotate(src: Path, dst: Path) -> Path:
     """Set the track's display matrix to a quarter turn (what phones write for portrait video)."""
     data = bytearray(src.read_bytes())
     at = data.find(b"tkhd") + 4 + 40
-    identity = bytes.fromhex("00010000" "00000000" "00000000" "00000000" "00010000" "00000000"
-                             "00000000" "00000000" "40000000")
-    assert data[at:at + 36] == identity
-    quarter = bytes.fromhex("00000000" "00010000" "00000000" "ffff0000" "00000000" "00000000"
-                            "00000000" "00000000" "40000000")
-    data[at:at + 36] = quarter
+    identity = bytes.fromhex("000100000000000000000000000000000001000000000000000000000000000040000000")
+    assert data[at : at + 36] == identity
+    quarter = bytes.fromhex("000000000001000000000000ffff00000000000000000000000000000000000040000000")
+    data[at : at + 36] = quarter
     dst.write_bytes(bytes(data))
     return dst
 
 
 def reference_frames(path: Path, width: int, height: int) -> np.ndarray:
     """Every frame as ffmpeg shows it (autorotate on), for comparing orientation."""
-    out = subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", "file:" + str(path), "-vf",
-                          f"scale={width}:{height},format=rgb24", "-fps_mode", "passthrough", "-f", "rawvideo",
-                          "pipe:"], check=True, capture_output=True).stdout
+    out = subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-i",
+            "file:" + str(path),
+            "-vf",
+            f"scale={width}:{height},format=rgb24",
+            "-fps_mode",
+            "passthrough",
+            "-f",
+            "rawvideo",
+            "pipe:",
+        ],
+        check=True,
+        capture_output=True,
+    ).stdout
     return np.frombuffer(out, np.uint8).reshape(-1, height, width, 3)
 
 
@@ -176,8 +227,9 @@ def test_variable_frame_rate_uses_timestamps(media, backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_rotation_metadata_gives_portrait_frames(media, backend):
-    frames, meta = sample_video(str(media["rotated"]), {"backend": backend, "fps": 4.0, "min_pixels": 3136,
-                                                        "max_pixels": 12544})
+    frames, meta = sample_video(
+        str(media["rotated"]), {"backend": backend, "fps": 4.0, "min_pixels": 3136, "max_pixels": 12544}
+    )
     assert meta["rotation"] % 180 == 90
     assert (meta["source_width"], meta["source_height"]) == (48, 96)
     assert meta["height"] > meta["width"]
@@ -190,7 +242,9 @@ def test_rotation_metadata_gives_portrait_frames(media, backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_non_square_pixels_use_display_aspect(media, backend):
-    frames, meta = sample_video(str(media["sar"]), {"backend": backend, "min_pixels": 3136, "max_pixels": 12544})
+    frames, meta = sample_video(
+        str(media["sar"]), {"backend": backend, "min_pixels": 3136, "max_pixels": 12544}
+    )
     assert (meta["source_width"], meta["source_height"]) == (128, 48)
     assert meta["width"] / meta["height"] == pytest.approx(128 / 48, rel=0.25)
     assert numbers(frames) == meta["frames_indices"]
@@ -217,14 +271,17 @@ def test_short_clips_repeat_frames_to_an_even_count(media, backend):
 
 
 # ------------------------------------------------------------------------------------ errors
-@pytest.mark.parametrize("name, reason", [
-    ("missing", "missing file"),
-    ("not_media", "not a readable media file"),
-    ("audio_only", "no video stream"),
-    ("truncated", "truncated file"),
-    ("truncated_index", "truncated file"),
-    ("garbled", "decode error"),
-])
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("missing", "missing file"),
+        ("not_media", "not a readable media file"),
+        ("audio_only", "no video stream"),
+        ("truncated", "truncated file"),
+        ("truncated_index", "truncated file"),
+        ("garbled", "decode error"),
+    ],
+)
 def test_each_failure_has_its_own_reason(media, name, reason):
     with pytest.raises(FrameError) as info:
         sample_video(str(media[name]), SMALL)
@@ -243,8 +300,15 @@ def test_garbled_video_fails_under_decord_too(media):
 
 # ------------------------------------------------------------------------------------ budget
 def test_budget_lowers_fps_first_then_pixels():
-    params = {"fps": 2.0, "min_frames": 4, "max_frames": 768, "min_pixels": 128 * 784, "max_pixels": 768 * 784,
-              "total_pixels": None, "patch_factor": 28}
+    params = {
+        "fps": 2.0,
+        "min_frames": 4,
+        "max_frames": 768,
+        "min_pixels": 128 * 784,
+        "max_pixels": 768 * 784,
+        "total_pixels": None,
+        "patch_factor": 28,
+    }
     free = budget.plan_video(600, 1080, 1920, {**params, "max_vision_tokens": None})
     assert free["n_frames"] == 768 and free["vision_tokens"] > 100_000
     fps_cut = budget.plan_video(600, 1080, 1920, {**params, "max_vision_tokens": 20_000})
@@ -261,8 +325,9 @@ def test_budget_lowers_fps_first_then_pixels():
 
 
 def test_sampled_video_fits_its_budget(media):
-    frames, meta = sample_video(str(media["cfr"]), {"fps": 10.0, "min_pixels": 3136, "max_pixels": 12544,
-                                                    "max_vision_tokens": 100})
+    frames, meta = sample_video(
+        str(media["cfr"]), {"fps": 10.0, "min_pixels": 3136, "max_pixels": 12544, "max_vision_tokens": 100}
+    )
     tokens = len(frames) // 2 * (frames.shape[1] // 28) * (frames.shape[2] // 28)
     assert tokens == meta["vision_tokens"] <= 100 and meta["budget_tokens"] == 100
     assert numbers(frames) == meta["frames_indices"]
@@ -270,7 +335,11 @@ def test_sampled_video_fits_its_budget(media):
 
 def test_smart_resize_matches_qwen():
     qwen = pytest.importorskip("qwen_vl_utils.vision_process")
-    for h, w, lo, hi in [(1080, 1920, 128 * 784, 768 * 784), (48, 64, 3136, 12544), (720, 1280, 3136, 200 * 784)]:
+    for h, w, lo, hi in [
+        (1080, 1920, 128 * 784, 768 * 784),
+        (48, 64, 3136, 12544),
+        (720, 1280, 3136, 200 * 784),
+    ]:
         assert smart_resize(h, w, 28, lo, hi) == qwen.smart_resize(h, w, 28, lo, hi)
     with pytest.raises(FrameError, match="aspect ratio"):
         smart_resize(1, 500)
@@ -290,7 +359,12 @@ def test_cache_is_reused_across_shards_and_duplicates(media, tmp_path):
     records = [{"video": "clip.mp4", "id": 1}, {"video": "clip.mp4", "id": 2}, {"video": "nowhere.mp4"}]
     write_records(tmp_path / "a.jsonl", records)
     write_records(tmp_path / "b.jsonl", [records[1]])
-    settings = {"media_root": str(tmp_path), "keys": {}, "frames": SMALL, "cache_dir": str(tmp_path / "cache")}
+    settings = {
+        "media_root": str(tmp_path),
+        "keys": {},
+        "frames": SMALL,
+        "cache_dir": str(tmp_path / "cache"),
+    }
     first = extract_shard(str(tmp_path / "a.jsonl"), str(tmp_path / "a.json"), settings, threads=2)
     a, b, missing = first["records"]
     assert a["error"] is None and a["videos"][0]["frames"] == b["videos"][0]["frames"]
@@ -299,14 +373,20 @@ def test_cache_is_reused_across_shards_and_duplicates(media, tmp_path):
     moved = extract_shard(str(tmp_path / "b.jsonl"), str(tmp_path / "b.json"), settings)
     assert moved["records"][0]["videos"][0]["cached"] is True
     manifest = json.loads((tmp_path / "b.json").read_text())
-    assert manifest["records"][0]["videos"][0]["meta"]["frames_indices"] == a["videos"][0]["meta"]["frames_indices"]
-    assert numbers(load_frames(manifest["records"][0]["videos"][0])) == a["videos"][0]["meta"]["frames_indices"]
+    assert (
+        manifest["records"][0]["videos"][0]["meta"]["frames_indices"]
+        == a["videos"][0]["meta"]["frames_indices"]
+    )
+    assert (
+        numbers(load_frames(manifest["records"][0]["videos"][0])) == a["videos"][0]["meta"]["frames_indices"]
+    )
     # changing a frame parameter re-extracts; changing the timeout or threads does not
     key = cache_key(str(video), "video", SMALL)
     assert cache_key(str(video), "video", {**SMALL, "timeout": 5, "decoder_threads": 1}) == key
     assert cache_key(str(video), "video", {**SMALL, "fps": 1.0}) != key
-    changed = extract_shard(str(tmp_path / "b.jsonl"), str(tmp_path / "b.json"),
-                            {**settings, "frames": {**SMALL, "fps": 1.0}})
+    changed = extract_shard(
+        str(tmp_path / "b.jsonl"), str(tmp_path / "b.json"), {**settings, "frames": {**SMALL, "fps": 1.0}}
+    )
     assert changed["records"][0]["videos"][0]["cached"] is False
     # touching the file (new mtime) re-extracts too
     os.utime(video, ns=(1, 1))
@@ -334,7 +414,10 @@ def test_images_resized_and_cached(tmp_path, suffix):
     assert array.shape == (meta["height"], meta["width"], 3)
     assert meta["height"] % 28 == 0 and meta["width"] % 28 == 0 and meta["height"] * meta["width"] <= 64 * 784
     assert (meta["source_width"], meta["source_height"]) == (500, 300)
-    assert array[:, : meta["width"] // 2 - 2, 0].mean() > 200 and array[:, meta["width"] // 2 + 2:, 0].mean() < 30
+    assert (
+        array[:, : meta["width"] // 2 - 2, 0].mean() > 200
+        and array[:, meta["width"] // 2 + 2 :, 0].mean() < 30
+    )
     entry = cached_sample(str(path), "image", params, tmp_path / "cache")
     again = cached_sample(str(path), "image", params, tmp_path / "cache")
     assert entry["cached"] is False and again["cached"] is True
@@ -355,6 +438,13 @@ def test_pick_expression_selects_exactly_the_picks(tmp_path):
     info = decode.probe(str(video), deadline=time.monotonic() + 60)
     picks = list(range(0, 600, 2))
     got = {}
-    decode.decode_ffmpeg(str(video), info, picks, 56, 28, lambda i, f: got.__setitem__(i, frame_number(f)),
-                         time.monotonic() + 60)
+    decode.decode_ffmpeg(
+        str(video),
+        info,
+        picks,
+        56,
+        28,
+        lambda i, f: got.__setitem__(i, frame_number(f)),
+        time.monotonic() + 60,
+    )
     assert [got[i] % 256 for i in picks] == [i % 256 for i in picks]

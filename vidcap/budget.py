@@ -21,7 +21,9 @@ def round_by(x: float, factor: int) -> int:
     return round(x / factor) * factor
 
 
-def smart_resize(height: int, width: int, factor: int, min_pixels: float, max_pixels: float) -> tuple[int, int]:
+def smart_resize(
+    height: int, width: int, factor: int, min_pixels: float, max_pixels: float
+) -> tuple[int, int]:
     """Qwen's smart_resize: both sides multiples of ``factor``, pixels within bounds, aspect kept."""
     if max(height, width) / max(1, min(height, width)) > 200:
         raise BudgetError(f"aspect ratio {width}x{height} is too extreme (over 200:1)")
@@ -81,13 +83,22 @@ def plan_video(seconds: float, height: int, width: int, params: dict) -> dict:
                     break
                 fewer -= FRAME_FACTOR  # even min_frames of the smallest frames do not fit
             if vision_tokens(fewer, h2, w2, factor) > budget:
-                raise BudgetError(f"too long: {fewer} frames of {w2}x{h2} need "
-                                  f"{vision_tokens(fewer, h2, w2, factor)} vision tokens, budget {budget}")
+                raise BudgetError(
+                    f"too long: {fewer} frames of {w2}x{h2} need "
+                    f"{vision_tokens(fewer, h2, w2, factor)} vision tokens, budget {budget}"
+                )
             notes.append(f"token budget {budget}: frames {n} -> {fewer}, size {w}x{h} -> {w2}x{h2}")
             n, h, w = fewer, h2, w2
-    return {"n_frames": n, "height": h, "width": w, "sample_fps": n / seconds if seconds > 0 else None,
-            "vision_tokens": vision_tokens(n, h, w, factor), "budget_tokens": budget, "patch_factor": factor,
-            "notes": notes}
+    return {
+        "n_frames": n,
+        "height": h,
+        "width": w,
+        "sample_fps": n / seconds if seconds > 0 else None,
+        "vision_tokens": vision_tokens(n, h, w, factor),
+        "budget_tokens": budget,
+        "patch_factor": factor,
+        "notes": notes,
+    }
 
 
 def patch_factor_for(model: str) -> int:

@@ -62,7 +62,9 @@ def _run(cmd: list[str], deadline: float, what: str) -> subprocess.CompletedProc
     if remaining <= 0:
         raise FrameError(f"timeout: {what} not finished within the per-video limit")
     try:
-        return subprocess.run(cmd, capture_output=True, timeout=remaining, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            cmd, capture_output=True, timeout=remaining, stdin=subprocess.DEVNULL, check=False
+        )
     except subprocess.TimeoutExpired:
         raise FrameError(f"timeout: {what} not finished within the per-video limit") from None
 
@@ -77,17 +79,24 @@ def probe(path: str, deadline: float) -> dict:
     if os.path.getsize(path) == 0:
         raise FrameError("empty file (0 bytes)")
     url = ffmpeg_url(path)
-    proc = _run(["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json", url], deadline, "probe")
+    proc = _run(
+        ["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json", url], deadline, "probe"
+    )
     info = json.loads(proc.stdout or b"{}") if proc.returncode == 0 else {}
     if proc.returncode != 0 or not info.get("format"):
         reason = _last_line(proc.stderr, "unrecognised format")
         if b"moov atom not found" in proc.stderr and _starts_like_mp4(path):  # the index sits at the end
-            raise FrameError("truncated file: not a readable media file (ffprobe: moov atom not found, "
-                             "the MP4 index at the end of the file is missing)")
+            raise FrameError(
+                "truncated file: not a readable media file (ffprobe: moov atom not found, "
+                "the MP4 index at the end of the file is missing)"
+            )
         raise FrameError(f"not a readable media file (ffprobe: {reason})")
     streams = info.get("streams", [])
-    videos = [s for s in streams if s.get("codec_type") == "video"
-              and not s.get("disposition", {}).get("attached_pic")]
+    videos = [
+        s
+        for s in streams
+        if s.get("codec_type") == "video" and not s.get("disposition", {}).get("attached_pic")
+    ]
     if not videos:
         kinds = sorted({s.get("codec_type", "?") for s in streams})
         raise FrameError(f"no video stream (streams: {', '.join(kinds) or 'none'})")
@@ -103,27 +112,54 @@ def probe(path: str, deadline: float) -> dict:
     if rotation % 180 == 90:
         width, height = height, width
 
-    proc = _run(["ffprobe", "-v", "error", "-select_streams", str(stream["index"]), "-show_entries",
-                 "packet=pts_time,dts_time,flags", "-of", "csv=p=0", url], deadline, "reading packet times")
+    proc = _run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            str(stream["index"]),
+            "-show_entries",
+            "packet=pts_time,dts_time,flags",
+            "-of",
+            "csv=p=0",
+            url,
+        ],
+        deadline,
+        "reading packet times",
+    )
     times, keys = _packet_times(proc.stdout.decode("ascii", "replace"))
     if not times:
         raise FrameError(f"decode error: no video packets ({_last_line(proc.stderr, 'empty stream')})")
     header_frames = int(stream.get("nb_frames") or 0)
     if header_frames and len(times) < header_frames:
-        raise FrameError(f"truncated file: {len(times)} of {header_frames} frames present "
-                         f"({_last_line(proc.stderr, 'stream ends early')})")
+        raise FrameError(
+            f"truncated file: {len(times)} of {header_frames} frames present "
+            f"({_last_line(proc.stderr, 'stream ends early')})"
+        )
     avg_fps = _ratio(stream.get("avg_frame_rate"), "/") or _ratio(stream.get("r_frame_rate"), "/") or 25.0
     gaps = np.diff(times)
     frame_seconds = float(np.median(gaps)) if len(gaps) else 1.0 / avg_fps
     duration = times[-1] - times[0] + frame_seconds
-    return {"width": width, "height": height, "coded_width": coded_w, "coded_height": coded_h,
-            "rotation": rotation, "times": times, "keyframes": keys, "fps": len(times) / duration,
-            "duration": duration, "start_time": float(info["format"].get("start_time") or 0.0),
-            "stream_index": int(stream["index"]), "codec": stream.get("codec_name"),
-            "pix_fmt": stream.get("pix_fmt"), "sar": sar or 1.0,
-            "format": info["format"].get("format_name"),
-            "exact_seek": any(f in EXACT_SEEK_FORMATS for f in info["format"].get("format_name", "").split(",")),
-            "vfr": bool(len(gaps)) and float(gaps.max() - gaps.min()) > 0.5 * frame_seconds}
+    return {
+        "width": width,
+        "height": height,
+        "coded_width": coded_w,
+        "coded_height": coded_h,
+        "rotation": rotation,
+        "times": times,
+        "keyframes": keys,
+        "fps": len(times) / duration,
+        "duration": duration,
+        "start_time": float(info["format"].get("start_time") or 0.0),
+        "stream_index": int(stream["index"]),
+        "codec": stream.get("codec_name"),
+        "pix_fmt": stream.get("pix_fmt"),
+        "sar": sar or 1.0,
+        "format": info["format"].get("format_name"),
+        "exact_seek": any(f in EXACT_SEEK_FORMATS for f in info["format"].get("format_name", "").split(",")),
+        "vfr": bool(len(gaps)) and float(gaps.max() - gaps.min()) > 0.5 * frame_seconds,
+    }
 
 
 def _starts_like_mp4(path: str) -> bool:
@@ -161,7 +197,7 @@ def _ratio(text: str | None, sep: str) -> float:
 def _rotation(stream: dict) -> int:
     for side in stream.get("side_data_list", []) or []:
         if "rotation" in side:
-            return int(round(float(side["rotation"]))) % 360
+            return round(float(side["rotation"])) % 360
     try:
         return int(stream.get("tags", {}).get("rotate", 0)) % 360
     except ValueError:
@@ -182,7 +218,9 @@ def frames_shown_at(times: list[float], targets: list[float]) -> list[int]:
     return [max(0, bisect_right(times, t + eps) - 1) for t in targets]
 
 
-def plan_runs(wanted: list[int], keyframes: list[int], seek_cost: int = SEEK_COST_FRAMES) -> list[tuple[int, int]]:
+def plan_runs(
+    wanted: list[int], keyframes: list[int], seek_cost: int = SEEK_COST_FRAMES
+) -> list[tuple[int, int]]:
     """Group sorted distinct frame indices into (first, last) decode runs.
 
     Within a run every frame is decoded; a new run (a seek) starts when a keyframe lies more than
@@ -210,8 +248,16 @@ def decoded_frames(runs: list[tuple[int, int]], keyframes: list[int]) -> int:
 
 
 # -------------------------------------------------------------------------------------- ffmpeg
-def decode_ffmpeg(path: str, info: dict, wanted: list[int], width: int, height: int, deliver,
-                  deadline: float, threads: int = 0) -> dict:
+def decode_ffmpeg(
+    path: str,
+    info: dict,
+    wanted: list[int],
+    width: int,
+    height: int,
+    deliver,
+    deadline: float,
+    threads: int = 0,
+) -> dict:
     """Decode the wanted frames (sorted, distinct) run by run; ``deliver(index, frame)`` for each.
 
     Inside a run ffmpeg's select filter drops the unwanted frames right after decoding, so only the
@@ -231,8 +277,24 @@ def decode_ffmpeg(path: str, info: dict, wanted: list[int], width: int, height: 
         chain = f"scale={width}:{height}:flags=bicubic,format=rgb24"
         if len(picks) < last - first + 1:  # n counts the run's decoded frames from 0
             chain = f"select='{_pick_expression([i - first for i in picks])}'," + chain
-        cmd += ["-i", ffmpeg_url(path), "-map", f"0:{info['stream_index']}", "-an", "-sn", "-dn",
-                "-vf", chain, "-fps_mode", "passthrough", "-frames:v", str(len(picks)), "-f", "rawvideo", "pipe:"]
+        cmd += [
+            "-i",
+            ffmpeg_url(path),
+            "-map",
+            f"0:{info['stream_index']}",
+            "-an",
+            "-sn",
+            "-dn",
+            "-vf",
+            chain,
+            "-fps_mode",
+            "passthrough",
+            "-frames:v",
+            str(len(picks)),
+            "-f",
+            "rawvideo",
+            "pipe:",
+        ]
         got, stderr = _read_run(cmd, picks, width, height, deliver, deadline)
         if stderr:
             warnings.append(_last_line(stderr, ""))
@@ -242,8 +304,11 @@ def decode_ffmpeg(path: str, info: dict, wanted: list[int], width: int, height: 
             warnings.append(f"decoder gave {got} of {len(picks)} frames in {first}..{last}")
             for idx in picks[got:]:
                 deliver(idx, None)
-    return {"runs": len(runs), "decoded_frames": decoded_frames(runs, info["keyframes"]),
-            "warnings": [w for w in warnings if w][:5]}
+    return {
+        "runs": len(runs),
+        "decoded_frames": decoded_frames(runs, info["keyframes"]),
+        "warnings": [w for w in warnings if w][:5],
+    }
 
 
 def _pick_expression(picks: list[int]) -> str:
@@ -292,8 +357,17 @@ def _read_run(cmd, picks, width, height, deliver, deadline):
 
 
 # -------------------------------------------------------------------------------------- decord
-def decode_decord(path: str, info: dict, wanted: list[int], width: int, height: int, deliver,
-                  deadline: float, threads: int = 0, chunk: int = 32) -> dict:
+def decode_decord(
+    path: str,
+    info: dict,
+    wanted: list[int],
+    width: int,
+    height: int,
+    deliver,
+    deadline: float,
+    threads: int = 0,
+    chunk: int = 32,
+) -> dict:
     """decord with the size set at open (scaled in its decoder).
 
     decord (0.6) applies the rotation metadata itself and takes the display size at open; the tests
@@ -306,20 +380,22 @@ def decode_decord(path: str, info: dict, wanted: list[int], width: int, height: 
     try:
         reader = decord.VideoReader(path, width=width, height=height, num_threads=threads)
         total = len(reader)
-    except Exception as exc:  # decord raises DECORDError / RuntimeError with C++ traces
+    except Exception as exc:  # noqa: BLE001 -- decord raises DECORDError / RuntimeError with C++ traces
         raise FrameError(f"decode error (decord): {_decord_reason(exc)}") from None
     if total != len(info["times"]):
         raise FrameError(f"decode error (decord): {total} frames, the container lists {len(info['times'])}")
     for start in range(0, len(wanted), chunk):
         if time.monotonic() > deadline:
             raise FrameError("timeout: decoding not finished within the per-video limit")
-        part = wanted[start:start + chunk]
+        part = wanted[start : start + chunk]
         try:
             batch = reader.get_batch(part).asnumpy()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- as above
             raise FrameError(f"decode error (decord): {_decord_reason(exc)}") from None
         if batch.shape[1:] != (height, width, 3):
-            raise FrameError(f"decode error (decord): frames of shape {batch.shape[1:]}, asked for {height}x{width}")
+            raise FrameError(
+                f"decode error (decord): frames of shape {batch.shape[1:]}, asked for {height}x{width}"
+            )
         for idx, frame in zip(part, batch):
             deliver(idx, frame)
     return {"runs": None, "decoded_frames": None, "warnings": []}

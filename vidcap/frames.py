@@ -24,18 +24,32 @@ from pathlib import Path
 import numpy as np
 
 from vidcap import budget, decode
-from vidcap.atomic import read_json, iter_jsonl, write_json
+from vidcap.atomic import iter_jsonl, read_json, write_json
 from vidcap.budget import FRAME_FACTOR
 from vidcap.decode import FrameError
 from vidcap.records import DEFAULT_KEYS, media_list, record_digest, resolve_media
 
 PATCH_FACTOR = 28  # patch 14 x spatial merge 2 (Qwen2-VL / Qwen2.5-VL); Qwen3-VL: 32
-__all__ = ["FrameError", "PATCH_FACTOR", "FRAME_FACTOR", "smart_resize", "sample_video", "load_image",
-           "cached_sample", "load_frames", "extract_shard"]
+__all__ = [
+    "FRAME_FACTOR",
+    "PATCH_FACTOR",
+    "FrameError",
+    "cached_sample",
+    "extract_shard",
+    "load_frames",
+    "load_image",
+    "sample_video",
+    "smart_resize",
+]
 
 
-def smart_resize(height: int, width: int, factor: int = PATCH_FACTOR, min_pixels: int = 56 * 56,
-                 max_pixels: int = 28 * 28 * 1280) -> tuple[int, int]:
+def smart_resize(
+    height: int,
+    width: int,
+    factor: int = PATCH_FACTOR,
+    min_pixels: int = 56 * 56,
+    max_pixels: int = 28 * 28 * 1280,
+) -> tuple[int, int]:
     """Qwen's smart_resize: both sides multiples of ``factor``, pixels within bounds, aspect kept."""
     try:
         return budget.smart_resize(height, width, factor, min_pixels, max_pixels)
@@ -152,16 +166,23 @@ def load_image(path: str, params: dict) -> tuple[np.ndarray, dict]:
         with Image.open(path) as img:
             fmt = img.format
             img = ImageOps.exif_transpose(img).convert("RGB")
-            height, width = smart_resize(img.height, img.width, factor, params["image_min_pixels"],
-                                         params["image_max_pixels"])
+            height, width = smart_resize(
+                img.height, img.width, factor, params["image_min_pixels"], params["image_max_pixels"]
+            )
             array = np.asarray(img.resize((width, height), Image.BICUBIC), dtype=np.uint8)
             source = (img.width, img.height)
     except UnidentifiedImageError:
         raise FrameError("not an image file (unrecognised format)") from None
     except OSError as exc:
         raise FrameError(f"image decode error ({exc})") from None
-    return array, {"width": width, "height": height, "source_width": source[0], "source_height": source[1],
-                   "format": fmt, "vision_tokens": (height // factor) * (width // factor)}
+    return array, {
+        "width": width,
+        "height": height,
+        "source_width": source[0],
+        "source_height": source[1],
+        "format": fmt,
+        "vision_tokens": (height // factor) * (width // factor),
+    }
 
 
 # ----------------------------------------------------------------------------------------- cache
@@ -206,7 +227,7 @@ def _array_file(path: Path):
 
 
 def cached_sample(path: str, kind: str, params: dict, cache_dir: Path) -> dict:
-    """Frames of one video/image from the cache, extracting them first if needed; an entry for the manifest."""
+    """Frames of one video/image from the cache (extracted first if missing); its manifest entry."""
     params = {**DEFAULT_FRAMES, **params}
     key = cache_key(path, kind, params)
     array_path = Path(cache_dir) / key[:2] / f"{key}.npy"
@@ -214,7 +235,7 @@ def cached_sample(path: str, kind: str, params: dict, cache_dir: Path) -> dict:
     if meta_path.exists() and array_path.exists():  # the sidecar is written last: it marks a complete entry
         meta = read_json(meta_path)
         return {"path": path, "frames": str(array_path), "meta": meta, "cached": True}
-    with _array_file(array_path) as (create, holder):
+    with _array_file(array_path) as (create, _):
         if kind == "video":
             array, meta = sample_video(path, params, out=create)
         else:
@@ -230,7 +251,9 @@ def load_frames(entry: dict) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------- shard
-def extract_shard(shard_path: str, manifest_path: str, settings: dict, threads: int = 1, log=sys.stderr) -> dict:
+def extract_shard(
+    shard_path: str, manifest_path: str, settings: dict, threads: int = 1, log=sys.stderr
+) -> dict:
     """Sample the media of every record in a shard; write a manifest with one entry per record.
 
     A pool of ``threads`` workers goes over the distinct media files (a file listed twice is
@@ -246,8 +269,12 @@ def extract_shard(shard_path: str, manifest_path: str, settings: dict, threads: 
     for slot, record in enumerate(records):
         videos = media_list(record, keys["video"])
         images = media_list(record, keys["image"])
-        entry = {"digest": record_digest(record), "videos": [None] * len(videos), "images": [None] * len(images),
-                 "error": None}
+        entry = {
+            "digest": record_digest(record),
+            "videos": [None] * len(videos),
+            "images": [None] * len(images),
+            "error": None,
+        }
         if not videos and not images:
             entry["error"] = "no media: empty video and image lists"
         entries.append(entry)
@@ -267,15 +294,20 @@ def extract_shard(shard_path: str, manifest_path: str, settings: dict, threads: 
             result = cached_sample(path, kind, params, cache_dir)
         except FrameError as exc:
             result = {"path": path, "error": str(exc)}
-        except Exception as exc:  # a bug or an exotic file must not sink the other records
+        except Exception as exc:  # noqa: BLE001 -- a bug or an exotic file must not sink the other records
             result = {"path": path, "error": f"{type(exc).__name__}: {exc}"}
         with lock:
             done += 1
             rate = done / max(time.monotonic() - started, 1e-6)
             eta = (len(jobs) - done) / rate if rate else 0
-            state = "error: " + result["error"] if "error" in result else ("cached" if result["cached"] else "ok")
-            print(f"[{done}/{len(jobs)}] {kind} {path}: {state} ({rate:.2f}/s, eta {eta:.0f} s)", file=log,
-                  flush=True)
+            state = (
+                "error: " + result["error"] if "error" in result else ("cached" if result["cached"] else "ok")
+            )
+            print(
+                f"[{done}/{len(jobs)}] {kind} {path}: {state} ({rate:.2f}/s, eta {eta:.0f} s)",
+                file=log,
+                flush=True,
+            )
         return job, result
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
@@ -290,6 +322,10 @@ def extract_shard(shard_path: str, manifest_path: str, settings: dict, threads: 
     manifest = {"shard": Path(shard_path).stem, "records": entries}
     write_json(manifest_path, manifest, indent=None)
     n_err = sum(1 for e in entries if e["error"])
-    print(f"shard {manifest['shard']}: {len(entries)} records, {len(jobs)} media files, {n_err} with errors, "
-          f"{time.monotonic() - started:.1f} s", file=log, flush=True)
+    print(
+        f"shard {manifest['shard']}: {len(entries)} records, {len(jobs)} media files, {n_err} with errors, "
+        f"{time.monotonic() - started:.1f} s",
+        file=log,
+        flush=True,
+    )
     return manifest
