@@ -108,6 +108,9 @@ def media(tmp_path_factory) -> dict[str, Path]:
     m["long_gop"] = counter_video(d / "long_gop.mp4", frames=200, rate=25, gop=25)
     m["ts"] = counter_video(d / "long_gop.ts", frames=200, rate=25, gop=25)  # starts at 1.4 s, no index
     m["mkv"] = counter_video(d / "long_gop.mkv", frames=200, rate=25, gop=25)
+    m["offset"] = counter_video(  # time stamps start at 3 s: seeks must add the start time
+        d / "offset.mp4", frames=200, rate=25, gop=25, extra=("-output_ts_offset", "3")
+    )
     # broken inputs
     (d / "notes.mp4").write_text("this is not a video\n" * 10)
     m["not_media"] = d / "notes.mp4"
@@ -200,7 +203,7 @@ def test_sparse_sampling_seeks_and_stays_exact(media, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("container", ["ts", "mkv"])
+@pytest.mark.parametrize("container", ["ts", "mkv", "offset"])
 def test_other_containers_stay_exact(media, backend, container):
     # MPEG-TS seeks by byte position (may land late) and decord drops its first GOP: read from the start
     frames, meta = sample_video(str(media[container]), {**SMALL, "backend": backend, "fps": 0.5})

@@ -5,9 +5,10 @@ only, no decoding), so sampling works on time stamps: the frame taken for time t
 whose time stamp is <= t, which stays right for variable frame rate. ``plan_runs`` groups the wanted
 frames into decode runs: a run starts at a seek (to the keyframe before its first frame) and decodes
 forward; a new run starts only when a keyframe lies well past the current position, so dense sampling
-is one decoding pass and sparse sampling skips whole GOPs. Frames are scaled inside the decoder
-(libswscale, rotation and pixel aspect applied) and written to ``out`` as they arrive.
-Every failure raises FrameError with a readable reason.
+is one decoding pass and sparse sampling skips whole GOPs. In ffmpeg, the select filter drops unwanted
+frames right after decoding; only the wanted ones are rotated, scaled (libswscale, pixel aspect
+applied) and converted to RGB, and each is handed over as it arrives. ffmpeg's fps= filter is not
+used: it takes the frame after each time stamp. Every failure raises FrameError with a readable reason.
 """
 
 from __future__ import annotations
