@@ -9,8 +9,9 @@ is its own. Wall times on a shared machine swing with the other load; CPU second
 the process and its children) are steadier, so both are printed with their ratios. Methods:
   floor         ffmpeg decodes every frame to nothing (the least any exact dense method can cost)
   anchor        qwen_vl_utils.fetch_video, decord backend (full-size decode, then torch resize)
-  vidcap-ffmpeg vidcap.frames.sample_video, ffmpeg backend, fps 2 (dense)
-  vidcap-decord vidcap.frames.sample_video, decord backend, fps 2 (dense)
+  vidcap-ffmpeg vidcap.frames.cached_sample (what the frames job runs: frames streamed to the
+                .npy cache file as they are decoded), ffmpeg backend, fps 2 (dense)
+  vidcap-decord the same, decord backend
   sparse-ffmpeg / sparse-decord   the same with max_frames 32 (seeks when keyframes allow)
 The pixel check compares each method's frames with the anchor's where both took the same frame
 index (vidcap takes the frame on screen at each time, qwen rounds to the nearest index, so some
@@ -25,6 +26,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -92,7 +94,7 @@ def run_method(method: str, video: str, out: str) -> dict:
         os.environ["FORCE_QWENVL_VIDEO_READER"] = "decord"
         from qwen_vl_utils.vision_process import fetch_video
     else:
-        from vidcap.frames import sample_video
+        from vidcap.frames import cached_sample
     started, cpu_started = time.perf_counter(), cpu_seconds()
     indices = None
     frames = None
@@ -125,7 +127,12 @@ def run_method(method: str, video: str, out: str) -> dict:
         params = {**PIXELS, "backend": backend, "fps": 2.0, "max_vision_tokens": None}
         if kind == "sparse":
             params["max_frames"] = 32
-        frames, meta = sample_video(video, params)
+        # as the workflow runs it: frames streamed into the cache, then read from there
+        with tempfile.TemporaryDirectory(dir=Path(out).parent) as cache:
+            entry = cached_sample(video, "video", params, Path(cache))
+            os.replace(entry["frames"], out)
+        meta = entry["meta"]
+        frames = np.load(out, mmap_mode="r")
         indices = meta["frames_indices"]
         decoded = (
             f"{meta['decoded_frames']}/{meta['total_num_frames']} in {meta['decode_runs']} runs"
@@ -133,7 +140,7 @@ def run_method(method: str, video: str, out: str) -> dict:
             else None
         )
     seconds = time.perf_counter() - started
-    if frames is not None:
+    if method == "anchor":
         np.save(out, np.ascontiguousarray(frames))
     return {
         "seconds": seconds,

@@ -451,3 +451,13 @@ def test_pick_expression_selects_exactly_the_picks(tmp_path):
         time.monotonic() + 60,
     )
     assert [got[i] % 256 for i in picks] == [i % 256 for i in picks]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_streamed_cache_file_equals_in_memory_frames(media, tmp_path, backend):
+    params = {**SMALL, "backend": backend, "min_frames": 6}  # 3-frame clip: repeats must stream too
+    frames, meta = sample_video(str(media["short"]), params)
+    entry = cached_sample(str(media["short"]), "video", params, tmp_path)
+    stored = load_frames(entry)
+    assert stored.shape == frames.shape and np.array_equal(stored, frames)
+    assert entry["meta"]["frames_indices"] == meta["frames_indices"] == [0, 0, 0, 1, 1, 2]  # t = 0..0.2 s

@@ -10,12 +10,10 @@ parameters, so a video moved to another shard, reordered or listed twice is deco
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from vidcap import budget, decode
-from vidcap.atomic import iter_jsonl, read_json, write_json
+from vidcap.atomic import atomic_open, iter_jsonl, read_json, write_json
 from vidcap.budget import FRAME_FACTOR
 from vidcap.decode import FrameError
 from vidcap.records import DEFAULT_KEYS, media_list, record_digest, resolve_media
@@ -79,7 +77,8 @@ CACHE_VERSION = 2  # bump when the sampled frames for the same parameters would 
 def sample_video(path: str, params: dict, out=None) -> tuple[np.ndarray, dict]:
     """Sample frames from one video: (uint8 array T x H x W x 3, metadata for the model).
 
-    ``out(shape)`` may supply the array to fill (a memory map, so frames go to disk as they come).
+    With ``out`` (an NpyStream) the frames are written to it as they are decoded and the returned
+    array is None: memory stays at a frame or two, whatever the video's length.
     """
     params = {**DEFAULT_FRAMES, **params}
     started = time.monotonic()
@@ -96,15 +95,22 @@ def sample_video(path: str, params: dict, out=None) -> tuple[np.ndarray, dict]:
     slots: dict[int, list[int]] = {}
     for slot, idx in enumerate(indices):
         slots.setdefault(idx, []).append(slot)
-    array = out((n, height, width, 3)) if out else np.empty((n, height, width, 3), np.uint8)
-    last = {}
+    array = None if out else np.empty((n, height, width, 3), np.uint8)
+    if out:
+        out.start((n, height, width, 3))
+    last = {"idx": -1}
 
-    def deliver(idx: int, frame):
+    def deliver(idx: int, frame):  # called in increasing idx order, which is slot order
+        if idx <= last["idx"]:
+            raise RuntimeError(f"frame {idx} delivered after frame {last['idx']}")
         if frame is None:  # decoder ended early: repeat the last frame it gave
             frame = last["frame"]
         for slot in slots[idx]:
-            array[slot] = frame
-        last["frame"] = array[slots[idx][0]]
+            if out:
+                out.write(frame)
+            else:
+                array[slot] = frame
+        last.update(idx=idx, frame=frame)
 
     backend = params["backend"]
     notes = list(plan["notes"])
@@ -201,29 +207,29 @@ def cache_key(path: str, kind: str, params: dict) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
-@contextlib.contextmanager
-def _array_file(path: Path):
-    """An .npy memory map created on demand in a temp file, renamed over ``path`` on success."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    holder = {}
+class NpyStream:
+    """Writes a uint8 .npy array frame by frame, in order: memory stays at one frame."""
 
-    def create(shape):
-        holder["array"] = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-        return holder["array"]
+    def __init__(self, handle):
+        self.handle = handle
+        self.shape = None
+        self.written = 0
 
-    try:
-        yield create, holder
-        if "array" in holder:
-            holder["array"].flush()
-            del holder["array"]
-        os.replace(tmp, path)
-    except BaseException:
-        holder.clear()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    def start(self, shape: tuple) -> NpyStream:
+        self.shape = tuple(shape)
+        header = {"descr": "|u1", "fortran_order": False, "shape": self.shape}
+        np.lib.format.write_array_header_1_0(self.handle, header)
+        return self
+
+    def write(self, frame: np.ndarray) -> None:
+        if frame.shape != self.shape[1:]:
+            raise ValueError(f"frame of shape {frame.shape} for an array of {self.shape}")
+        self.handle.write(np.ascontiguousarray(frame, dtype=np.uint8).data)
+        self.written += 1
+
+    def finish(self) -> None:
+        if self.shape is None or self.written != self.shape[0]:
+            raise ValueError(f"{self.written} frames written for an array of {self.shape}")
 
 
 def cached_sample(path: str, kind: str, params: dict, cache_dir: Path) -> dict:
@@ -235,13 +241,14 @@ def cached_sample(path: str, kind: str, params: dict, cache_dir: Path) -> dict:
     if meta_path.exists() and array_path.exists():  # the sidecar is written last: it marks a complete entry
         meta = read_json(meta_path)
         return {"path": path, "frames": str(array_path), "meta": meta, "cached": True}
-    with _array_file(array_path) as (create, _):
+    with atomic_open(array_path, "wb") as handle:  # a failed extraction leaves no file
         if kind == "video":
-            array, meta = sample_video(path, params, out=create)
+            stream = NpyStream(handle)
+            _, meta = sample_video(path, params, out=stream)
+            stream.finish()
         else:
             array, meta = load_image(path, params)
-            create(array.shape)[...] = array
-        del array
+            np.save(handle, array)
     write_json(meta_path, meta)
     return {"path": path, "frames": str(array_path), "meta": meta, "cached": False}
 
