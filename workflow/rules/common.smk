@@ -7,7 +7,7 @@ from snakemake.utils import validate
 # the vidcap package sits at the repository root; importable with or without `pip install -e .`
 sys.path.insert(0, workflow.basedir)
 
-from vidcap import records, shards  # noqa: E402
+from vidcap import budget, records, shards  # noqa: E402
 
 
 validate(config, "../../config/schemas/config.schema.yaml")
@@ -44,11 +44,13 @@ def frames_settings():
 
 
 def frame_params():
-    params = {k: v for k, v in config["frames"].items() if k != "threads"}
-    if params.get("total_pixels") is None:
-        # keep every video's vision tokens within the context left after the caption
-        budget = config["engine"]["max_model_len"] - config["sampling"]["max_tokens"] - 512
-        params["total_pixels"] = max(budget, 1) * 28 * 28 * 2
+    """Frame settings, with each video's vision-token budget: the context left for the video."""
+    params = {k: v for k, v in config["frames"].items() if k not in ("threads", "prompt_tokens")}
+    if params.get("max_vision_tokens") is None:
+        left = config["engine"]["max_model_len"] - config["sampling"]["max_tokens"]
+        params["max_vision_tokens"] = max(left - config["frames"].get("prompt_tokens", 512), 1)
+    if params.get("patch_factor") is None:
+        params["patch_factor"] = budget.patch_factor_for(config["model"])
     return params
 
 

@@ -1,0 +1,118 @@
+"""How many frames, and how large, one video may send to the model.
+
+Qwen-VL turns every pair of frames (temporal patch 2) into (H/f) x (W/f) tokens, f = patch x merge
+(14 x 2 = 28 for Qwen2/2.5-VL, 16 x 2 = 32 for Qwen3-VL). A video must fit the context left after the
+prompt and the caption; a long one first gets a lower frame rate (down to ``min_frames``), then smaller
+frames, and only if even two tiny frames do not fit is it refused. Pure arithmetic, no decoding.
+"""
+
+from __future__ import annotations
+
+import math
+
+FRAME_FACTOR = 2  # temporal patch: frame counts are even
+
+
+class BudgetError(ValueError):
+    """The video cannot fit the token budget at any size."""
+
+
+def round_by(x: float, factor: int) -> int:
+    return round(x / factor) * factor
+
+
+def smart_resize(
+    height: int, width: int, factor: int, min_pixels: float, max_pixels: float
+) -> tuple[int, int]:
+    """Qwen's smart_resize: both sides multiples of ``factor``, pixels within bounds, aspect kept."""
+    if max(height, width) / max(1, min(height, width)) > 200:
+        raise BudgetError(f"aspect ratio {width}x{height} is too extreme (over 200:1)")
+    h_bar = max(factor, round_by(height, factor))
+    w_bar = max(factor, round_by(width, factor))
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def even_floor(n: float) -> int:
+    return max(FRAME_FACTOR, math.floor(n / FRAME_FACTOR) * FRAME_FACTOR)
+
+
+def vision_tokens(n_frames: int, height: int, width: int, factor: int) -> int:
+    return math.ceil(n_frames / FRAME_FACTOR) * (height // factor) * (width // factor)
+
+
+def plan_video(seconds: float, height: int, width: int, params: dict) -> dict:
+    """Frame count and frame size for a video of ``seconds`` shown at ``width`` x ``height``.
+
+    Returns n_frames, height, width, sample_fps, vision_tokens and a list of notes saying what the
+    budget changed. ``params``: fps, min_frames, max_frames, min_pixels, max_pixels, total_pixels,
+    max_vision_tokens (None: unlimited), patch_factor.
+    """
+    factor = int(params.get("patch_factor") or 28)
+    lo = math.ceil(params["min_frames"] / FRAME_FACTOR) * FRAME_FACTOR
+    hi = even_floor(params["max_frames"])
+    n = even_floor(min(max(seconds * params["fps"], lo), hi))
+    budget = params.get("max_vision_tokens")
+    notes = []
+
+    def size_for(n_frames: int, cap: float, floor: float) -> tuple[int, int]:
+        if params.get("total_pixels"):
+            cap = min(cap, params["total_pixels"] / n_frames * FRAME_FACTOR)
+        return smart_resize(height, width, factor, min(floor, cap), max(cap, factor * factor))
+
+    h, w = size_for(n, params["max_pixels"], params["min_pixels"])
+    if budget is not None and vision_tokens(n, h, w, factor) > budget:
+        per_pair = (h // factor) * (w // factor)
+        fewer = min(n, even_floor(budget // per_pair * FRAME_FACTOR))
+        if fewer >= lo and vision_tokens(fewer, h, w, factor) <= budget:
+            notes.append(f"token budget {budget}: frames {n} -> {fewer} (lower fps)")
+            n = fewer
+        else:
+            fewer = min(n, lo)
+            while True:  # fewest frames allowed, then the largest frames that fit
+                cap = budget / (fewer / FRAME_FACTOR) * factor * factor
+                h2, w2 = size_for(fewer, min(cap, params["max_pixels"]), params["min_pixels"])
+                if vision_tokens(fewer, h2, w2, factor) <= budget or fewer == FRAME_FACTOR:
+                    break
+                fewer -= FRAME_FACTOR  # even min_frames of the smallest frames do not fit
+            if vision_tokens(fewer, h2, w2, factor) > budget:
+                raise BudgetError(
+                    f"too long: {fewer} frames of {w2}x{h2} need "
+                    f"{vision_tokens(fewer, h2, w2, factor)} vision tokens, budget {budget}"
+                )
+            notes.append(f"token budget {budget}: frames {n} -> {fewer}, size {w}x{h} -> {w2}x{h2}")
+            n, h, w = fewer, h2, w2
+    return {
+        "n_frames": n,
+        "height": h,
+        "width": w,
+        "sample_fps": n / seconds if seconds > 0 else None,
+        "vision_tokens": vision_tokens(n, h, w, factor),
+        "budget_tokens": budget,
+        "patch_factor": factor,
+        "notes": notes,
+    }
+
+
+def patch_factor_for(model: str) -> int:
+    """Pixels per side of one vision token: patch size x spatial merge (28 for Qwen2/2.5-VL, 32 for Qwen3-VL).
+
+    Read from a local checkpoint's config.json; for a hub id, guessed from the name.
+    """
+    import json
+    import os
+
+    config_path = os.path.join(model, "config.json")
+    if os.path.isfile(config_path):
+        with open(config_path, encoding="utf-8") as handle:
+            vision = json.load(handle).get("vision_config", {})
+        if vision.get("patch_size"):
+            return int(vision["patch_size"]) * int(vision.get("spatial_merge_size") or 2)
+    return 32 if "qwen3" in model.lower() else 28
