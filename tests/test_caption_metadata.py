@@ -1,0 +1,91 @@
+"""Video metadata reaches vLLM's Qwen-VL processors so that temporal positions are right.
+
+Runs vLLM's own multimodal processor (no engine) on frames sampled by the frames step from a clip
+with a known frame rate, and checks the model input it builds: Qwen2.5-VL's ``second_per_grid_ts``
+(seconds per temporal token group, which scales the temporal rope) and the video token count.
+"""
+
+import os
+
+import pytest
+from helpers import make_video
+
+from vidcap.caption import kept_frames, video_item, vision_tokens
+from vidcap.frames import sample_video
+
+VIDEO_PROMPT = "<|vision_start|><|video_pad|><|vision_end|>Describe."
+
+
+@pytest.fixture(scope="module")
+def processor_25(tiny_model_25):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from vllm.config import ModelConfig
+    from vllm.multimodal import MULTIMODAL_REGISTRY
+
+    config = ModelConfig(model=str(tiny_model_25), dtype="float32", max_model_len=4096)
+    return MULTIMODAL_REGISTRY.create_processor(config)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """4 s at 8 fps (32 frames) sampled at 2 fps: 8 frames, one every 0.5 s."""
+    path = make_video(tmp_path_factory.mktemp("clip") / "clip.mp4", seconds=4, size="112x112", rate=8)
+    frames, meta = sample_video(str(path), {"fps": 2.0, "min_frames": 4, "max_frames": 64, "min_pixels": 3136,
+                                            "max_pixels": 12544})
+    npy = tmp_path_factory.mktemp("frames") / "clip.npy"
+    import numpy as np
+
+    np.save(npy, frames)
+    return {"path": str(path), "frames": str(npy), "meta": meta}
+
+
+def model_input(processor, item):
+    items = processor.info.parse_mm_data({"video": item})
+    out = processor(VIDEO_PROMPT, items)
+    video = out["mm_kwargs"]["video"][0]
+    n_video_tokens = out["prompt_token_ids"].count(processor.info.get_hf_config().video_token_id)
+    return {key: elem.data for key, elem in video.items()}, n_video_tokens
+
+
+def test_metadata_describes_the_source_video(clip):
+    meta = clip["meta"]
+    assert meta["total_num_frames"] == 32 and meta["fps"] == pytest.approx(8.0)
+    assert len(meta["frames_indices"]) == 8
+    frames, metadata = video_item(clip)
+    assert frames.shape[0] == 8
+    assert metadata["fps"] == pytest.approx(8.0)  # source fps, not the sampling rate
+    assert metadata["frames_indices"] == meta["frames_indices"]
+    assert metadata["do_sample_frames"] is False
+
+
+def test_qwen25_temporal_step_matches_sampling_rate(processor_25, clip):
+    data, n_tokens = model_input(processor_25, video_item(clip))
+    grid_t, grid_h, grid_w = data["video_grid_thw"].tolist()
+    assert grid_t == 4  # 8 frames in temporal pairs
+    # 2 frames per group sampled at 2 fps: each temporal position step is 1 second
+    assert float(data["second_per_grid_ts"]) == pytest.approx(1.0)
+    assert n_tokens == grid_t * grid_h * grid_w // 4 == vision_tokens({"videos": [clip], "images": []})
+
+
+def test_qwen25_half_the_frames_doubles_the_step(processor_25, clip):
+    keep = kept_frames(8, 4)
+    frames, metadata = video_item(clip, keep)
+    assert frames.shape[0] == 4 and len(metadata["frames_indices"]) == 4
+    data, n_tokens = model_input(processor_25, (frames, metadata))
+    assert data["video_grid_thw"].tolist()[0] == 2
+    # 4 frames over the same 4 s: 1 fps, so each pair spans 2 s; time positions keep their meaning
+    assert float(data["second_per_grid_ts"]) == pytest.approx(2.0)
+    assert n_tokens == vision_tokens({"videos": [clip], "images": []}, [keep])
+
+
+def test_sampled_rate_as_fps_would_be_wrong(processor_25, clip):
+    """The classic mistake (fps = the sampling rate with the source frame count) changes the model input."""
+    frames, metadata = video_item(clip)
+    data, _ = model_input(processor_25, (frames, {**metadata, "fps": 2.0}))
+    assert float(data["second_per_grid_ts"]) != pytest.approx(1.0)
+
+
+def test_kept_frames_are_even_and_spread():
+    assert kept_frames(8, 4) == [0, 2, 5, 7]
+    assert kept_frames(10, 5) == [0, 3, 6, 9]  # rounded down to an even count
+    assert kept_frames(4, 1) == [0, 3]  # never below one temporal pair
