@@ -37,7 +37,8 @@ DEFAULT_ENGINE = {
     "cpu_kvcache_space_gb": 4,
     "env": {},
 }
-TOO_LONG_MARKERS = ("longer than the maximum model length", "too long")
+# how vLLM says a prompt does not fit (multimodal prompts are checked after processing, text while tokenizing)
+TOO_LONG_MARKERS = ("longer than the maximum model length", "maximum context length", "too long")
 
 
 def is_cpu_build() -> bool:
@@ -202,7 +203,7 @@ class Pending:
     halved: bool = False
 
 
-def _is_too_long(error: Exception) -> bool:
+def is_too_long(error: Exception) -> bool:
     message = str(error)
     return any(marker in message for marker in TOO_LONG_MARKERS)
 
@@ -353,12 +354,12 @@ def _caption_pending(llm, pending: list[Pending], results: list, settings: dict,
         for item, output in zip(ready, outputs):
             meta = results[item.slot]["caption_meta"]
             if isinstance(output, Exception):
-                if _is_too_long(output) and not item.halved and item.entry["videos"]:
+                if is_too_long(output) and not item.halved and item.entry["videos"]:
                     _halve(item)
                     retry.append(item)
                     continue
                 first_line = (str(output).splitlines() or [type(output).__name__])[0][:300]
-                kind = "too long" if _is_too_long(output) else "engine error"
+                kind = "too long" if is_too_long(output) else "engine error"
                 fail(item, f"{kind}: {first_line}")
                 continue
             completion = output.outputs[0]
