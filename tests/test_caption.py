@@ -157,3 +157,13 @@ def test_engine_too_long_retries_with_half_the_frames(llm, tiny_model_25, media,
     metas = [json.loads(line)["caption_meta"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert metas[0]["status"] != "error" and metas[0]["halved"] is True and metas[0]["frames"] == 16
     assert metas[1]["status"] != "error" and metas[1]["halved"] is False
+
+
+def test_a_fresh_engine_rebuilds_the_same_bytes(llm, tiny_model_25, media, tmp_path):
+    """Two builds: this module's engine and a new one started by caption_shard itself (as a job does)."""
+    shard, manifest = build_shard(tmp_path, media, [conversation(video="short.mp4"), conversation(image="red.png")])
+    sampled = {"temperature": 0.7, "top_p": 0.9, "max_tokens": 8, "seed": 7}
+    run(llm, tiny_model_25, shard, manifest, tmp_path / "a.jsonl", **sampled)
+    stats = caption_shard(str(shard), str(manifest), str(tmp_path / "b.jsonl"), settings_for(tiny_model_25, **sampled))
+    assert stats["engine_seconds"] > 0  # it did start its own engine
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
