@@ -89,3 +89,48 @@ def test_kept_frames_are_even_and_spread():
     assert kept_frames(8, 4) == [0, 2, 5, 7]
     assert kept_frames(10, 5) == [0, 3, 6, 9]  # rounded down to an even count
     assert kept_frames(4, 1) == [0, 3]  # never below one temporal pair
+
+
+def build_tiny_qwen3_vl_processor(out, tokenizer_dir):
+    """Config and processor of a tiny Qwen3-VL (no weights: vLLM's processor does not need them)."""
+    from transformers import AutoTokenizer, Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLProcessor
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_end|>", "<|image_pad|>", "<|video_pad|>",
+                                                     "<|vision_start|>", "<|vision_end|>")}
+    text = dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=1, head_dim=64, max_position_embeddings=65536,
+                rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [8, 12, 12],
+                                 "mrope_interleaved": True},
+                bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"])
+    vision = dict(depth=2, hidden_size=64, out_hidden_size=128, intermediate_size=128, num_heads=2, patch_size=16,
+                  spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64, deepstack_visual_indexes=[1])
+    Qwen3VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+                  video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                  vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False).save_pretrained(out)
+    Qwen3VLProcessor(image_processor=Qwen2VLImageProcessor(patch_size=16, min_pixels=32 * 32 * 4,
+                                                           max_pixels=32 * 32 * 16),
+                     video_processor=Qwen3VLVideoProcessor(patch_size=16, size={"shortest_edge": 32 * 32 * 4,
+                                                                                 "longest_edge": 32 * 32 * 128}),
+                     tokenizer=tok, chat_template=tok.chat_template).save_pretrained(out)
+    return out
+
+
+def test_qwen3_vl_time_stamps_follow_the_source_frames(tiny_model_25, clip, tmp_path):
+    from vllm.config import ModelConfig
+    from vllm.multimodal import MULTIMODAL_REGISTRY
+
+    from vidcap.caption import vision_geometry
+
+    model = build_tiny_qwen3_vl_processor(tmp_path / "qwen3", tiny_model_25)
+    processor = MULTIMODAL_REGISTRY.create_processor(ModelConfig(model=str(model), dtype="float32",
+                                                                 max_model_len=4096))
+    data, n_tokens = model_input(processor, video_item(clip))
+    indices = clip["meta"]["frames_indices"]  # [0, 4, 9, 13, 18, 22, 27, 31] at 8 fps
+    expected = [(indices[i] + indices[i + 1]) / 2 / 8.0 for i in range(0, 8, 2)]
+    assert list(data["timestamps"]) == pytest.approx(expected)  # mid-time of each frame pair, in seconds
+    geometry = vision_geometry(str(model))
+    assert geometry.factor == 32 and geometry.tokens_per_frame_group > 0
+    assert n_tokens == vision_tokens({"videos": [clip], "images": []}, None, geometry) - 4 * \
+        geometry.tokens_per_frame_group  # 112 px frames become 4x4 patches of 32 px
