@@ -24,7 +24,7 @@ from vidcap.atomic import atomic_open, dumps_line, iter_jsonl, read_json, write_
 from vidcap.frames import FRAME_FACTOR, load_frames
 from vidcap.records import DEFAULT_KEYS, record_digest, record_prompt
 
-DEFAULT_SAMPLING = {"temperature": 0.7, "top_p": 0.9, "max_tokens": 2048, "seed": 0}
+DEFAULT_SAMPLING = {"temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.0, "max_tokens": 2048, "seed": 0}
 DEFAULT_ENGINE = {
     "tensor_parallel_size": 1,
     "max_model_len": 51200,
@@ -34,6 +34,7 @@ DEFAULT_ENGINE = {
     "max_num_batched_tokens": None,
     "enforce_eager": False,
     "mm_processor_cache_gb": 0,
+    "gpu_wait_timeout": None,
     "cpu_kvcache_space_gb": 4,
     "env": {},
 }
@@ -271,7 +272,8 @@ def caption_shard(shard_path: str, manifest_path: str, result_path: str, setting
     with contextlib.ExitStack() as stack:
         if pending:
             if llm is None:
-                stats["devices"] = stack.enter_context(device_slots(engine["tensor_parallel_size"], log=log))
+                stats["devices"] = stack.enter_context(
+                    device_slots(engine["tensor_parallel_size"], timeout=engine["gpu_wait_timeout"], log=log))
                 limits = {"video": max(len(p.entry["videos"]) for p in pending),
                           "image": max(len(p.entry["images"]) for p in pending)}
                 t0 = time.monotonic()
@@ -344,7 +346,8 @@ def _caption_pending(llm, pending: list[Pending], results: list, settings: dict,
         seed = record_seed(int(sampling["seed"]), item.digest) if sampling["seed"] is not None else None
         results[item.slot]["caption_meta"]["seed"] = seed
         return SamplingParams(temperature=sampling["temperature"], top_p=sampling["top_p"],
-                              max_tokens=sampling["max_tokens"], seed=seed)
+                              repetition_penalty=sampling["repetition_penalty"], max_tokens=sampling["max_tokens"],
+                              seed=seed)
 
     while ready:
         t0 = time.monotonic()
