@@ -15,6 +15,7 @@ import importlib.metadata
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -271,6 +272,9 @@ def caption_shard(shard_path: str, manifest_path: str, result_path: str, setting
              "output_tokens": 0, "engine_seconds": 0.0, "generate_seconds": 0.0, "tokens_per_second": None}
     with contextlib.ExitStack() as stack:
         if pending:
+            # hashing the model folder and asking ffmpeg its version overlap with engine start and generate
+            pool = stack.enter_context(ThreadPoolExecutor(max_workers=1))
+            provenance = pool.submit(job_provenance, settings, engine, settings.get("frames"))
             if llm is None:
                 stats["devices"] = stack.enter_context(
                     device_slots(engine["tensor_parallel_size"], timeout=engine["gpu_wait_timeout"], log=log))
@@ -282,7 +286,9 @@ def caption_shard(shard_path: str, manifest_path: str, result_path: str, setting
                 print(f"engine up in {stats['engine_seconds']:.1f} s ({model}, limits {limits})", file=log,
                       flush=True)
             _caption_pending(llm, pending, results, settings, sampling, engine, stats, log)
-            stats["provenance"] = job_provenance(settings, engine, settings.get("frames"))
+            t0 = time.monotonic()
+            stats["provenance"] = provenance.result()
+            stats["provenance_wait_seconds"] = round(time.monotonic() - t0, 3)
     with atomic_open(result_path) as handle:
         for result in results:
             handle.write(dumps_line(result))
@@ -302,6 +308,7 @@ def _caption_pending(llm, pending: list[Pending], results: list, settings: dict,
                      engine: dict, stats: dict, log) -> None:
     from vllm import SamplingParams
 
+    prepare_started = time.monotonic()
     model = settings["model"]
     geometry = vision_geometry(model)
     tokenizer = llm.get_tokenizer()
@@ -343,12 +350,15 @@ def _caption_pending(llm, pending: list[Pending], results: list, settings: dict,
         return {"prompt": item.text, "multi_modal_data": data}
 
     def params(item: Pending):
-        seed = record_seed(int(sampling["seed"]), item.digest) if sampling["seed"] is not None else None
+        # greedy needs no seed, and seeded requests take vLLM's slower per-request sampling path
+        seeded = sampling["seed"] is not None and sampling["temperature"] > 0
+        seed = record_seed(int(sampling["seed"]), item.digest) if seeded else None
         results[item.slot]["caption_meta"]["seed"] = seed
         return SamplingParams(temperature=sampling["temperature"], top_p=sampling["top_p"],
                               repetition_penalty=sampling["repetition_penalty"], max_tokens=sampling["max_tokens"],
                               seed=seed)
 
+    stats["prepare_seconds"] = round(time.monotonic() - prepare_started, 3)  # templates, estimates
     while ready:
         t0 = time.monotonic()
         outputs = generate_isolating(llm, [request(i) for i in ready], [params(i) for i in ready])
