@@ -38,6 +38,7 @@ DEFAULT_ENGINE = {
     "gpu_wait_timeout": None,
     "cpu_kvcache_space_gb": 4,
     "env": {},
+    "backend": "offline",  # offline: a vLLM engine in the job; server: requests to engine.url
 }
 # how vLLM says a prompt does not fit (multimodal prompts are checked after processing, text while tokenizing)
 TOO_LONG_MARKERS = ("longer than the maximum model length", "maximum context length", "too long")
@@ -275,7 +276,9 @@ def caption_shard(shard_path: str, manifest_path: str, result_path: str, setting
             # hashing the model folder and asking ffmpeg its version overlap with engine start and generate
             pool = stack.enter_context(ThreadPoolExecutor(max_workers=1))
             provenance = pool.submit(job_provenance, settings, engine, settings.get("frames"))
-            if llm is None:
+            if engine.get("backend") == "server":
+                _caption_pending_server(pending, results, settings, sampling, engine, stats, log)
+            elif llm is None:
                 stats["devices"] = stack.enter_context(
                     device_slots(engine["tensor_parallel_size"], timeout=engine["gpu_wait_timeout"], log=log))
                 limits = {"video": max(len(p.entry["videos"]) for p in pending),
@@ -285,7 +288,8 @@ def caption_shard(shard_path: str, manifest_path: str, result_path: str, setting
                 stats["engine_seconds"] = round(time.monotonic() - t0, 3)
                 print(f"engine up in {stats['engine_seconds']:.1f} s ({model}, limits {limits})", file=log,
                       flush=True)
-            _caption_pending(llm, pending, results, settings, sampling, engine, stats, log)
+            if engine.get("backend") != "server":
+                _caption_pending(llm, pending, results, settings, sampling, engine, stats, log)
             t0 = time.monotonic()
             stats["provenance"] = provenance.result()
             stats["provenance_wait_seconds"] = round(time.monotonic() - t0, 3)
@@ -376,16 +380,67 @@ def _caption_pending(llm, pending: list[Pending], results: list, settings: dict,
                 fail(item, f"{kind}: {first_line}")
                 continue
             completion = output.outputs[0]
-            meta.update(status="truncated" if completion.finish_reason == "length" else "ok", error=None,
-                        prompt_tokens=len(output.prompt_token_ids), output_tokens=len(completion.token_ids),
-                        finish_reason=completion.finish_reason)
-            if item.halved:
-                meta.update(frames=sum(len(k) for k in item.keep), halved=True)
-                stats["halved"] += 1
             results[item.slot]["caption"] = completion.text
-            stats["prompt_tokens"] += meta["prompt_tokens"]
-            stats["output_tokens"] += meta["output_tokens"]
+            _record_done(item, meta, completion.text, len(output.prompt_token_ids), len(completion.token_ids),
+                         completion.finish_reason, stats)
         if retry:
             print(f"{len(retry)} prompt(s) too long for the engine: retrying with half the frames", file=log,
                   flush=True)
+        ready = retry
+
+
+def _record_done(item: Pending, meta: dict, caption: str, prompt_tokens: int, output_tokens: int,
+                 finish_reason: str, stats: dict) -> None:
+    meta.update(status="truncated" if finish_reason == "length" else "ok", error=None, prompt_tokens=prompt_tokens,
+                output_tokens=output_tokens, finish_reason=finish_reason)
+    if item.halved:
+        meta.update(frames=sum(len(k) for k in item.keep), halved=True)
+        stats["halved"] += 1
+    stats["prompt_tokens"] += prompt_tokens
+    stats["output_tokens"] += output_tokens
+
+
+def _caption_pending_server(pending: list[Pending], results: list, settings: dict, sampling: dict, engine: dict,
+                            stats: dict, log) -> None:
+    """The same records through an OpenAI-compatible ``vllm serve`` (engine.backend: server)."""
+    from vidcap.server import DEFAULT_SERVER, chat_body, run_bodies
+
+    server = {**DEFAULT_SERVER, **{k: v for k, v in engine.items() if k in DEFAULT_SERVER and v is not None}}
+    served_model = server["served_model"] or settings["model"]
+    ready = []
+    for item in pending:
+        if len(item.entry["videos"]) > 1:  # media_io_kwargs carry one video's metadata per request
+            results[item.slot]["caption_meta"]["error"] = "server backend: one video per record at most"
+        else:
+            ready.append(item)
+    print(f"server {server['url']}: {len(ready)} requests, {server['concurrency']} at a time", file=log, flush=True)
+    while ready:
+        bodies = []
+        for item in ready:
+            seeded = sampling["seed"] is not None and sampling["temperature"] > 0
+            seed = record_seed(int(sampling["seed"]), item.digest) if seeded else None
+            results[item.slot]["caption_meta"]["seed"] = seed
+            images = [np.array(load_frames(i)) for i in item.entry["images"]]
+            video = video_item(item.entry["videos"][0], item.keep[0]) if item.entry["videos"] else None
+            bodies.append(chat_body(served_model, settings.get("system_prompt", ""), item.prompt, images, video,
+                                    sampling, seed))
+        t0 = time.monotonic()
+        answers = run_bodies(server["url"], bodies, server["concurrency"], server["retries"],
+                             server["request_timeout"])
+        stats["generate_seconds"] = round(stats["generate_seconds"] + time.monotonic() - t0, 3)
+        retry = []
+        for item, answer in zip(ready, answers):
+            meta = results[item.slot]["caption_meta"]
+            if isinstance(answer, Exception):
+                if is_too_long(answer) and not item.halved and item.entry["videos"]:
+                    _halve(item)
+                    retry.append(item)
+                    continue
+                kind = "too long" if is_too_long(answer) else "engine error"
+                meta.update(error=f"{kind}: {str(answer)[:300]}", halved=item.halved)
+                continue
+            choice, usage = answer["choices"][0], answer.get("usage") or {}
+            results[item.slot]["caption"] = choice["message"]["content"]
+            _record_done(item, meta, choice["message"]["content"], usage.get("prompt_tokens"),
+                         usage.get("completion_tokens"), choice["finish_reason"], stats)
         ready = retry
