@@ -134,3 +134,42 @@ def test_qwen3_vl_time_stamps_follow_the_source_frames(tiny_model_25, clip, tmp_
     assert geometry.factor == 32 and geometry.tokens_per_frame_group > 0
     assert n_tokens == vision_tokens({"videos": [clip], "images": []}, None, geometry) - 4 * \
         geometry.tokens_per_frame_group  # 112 px frames become 4x4 patches of 32 px
+
+
+@pytest.mark.slow
+def test_qwen3_vl_captions_through_vllm(tiny_model_25, clip, tmp_path):
+    """A tiny random Qwen3-VL (weights too) captions video, image + video and image-only records."""
+    import torch
+    from PIL import Image
+    from transformers import AutoConfig, Qwen3VLForConditionalGeneration
+
+    from helpers import write_records
+    from vidcap.caption import caption_shard
+    from vidcap.frames import extract_shard
+
+    model = build_tiny_qwen3_vl_processor(tmp_path / "qwen3", tiny_model_25)
+    torch.manual_seed(0)
+    config = AutoConfig.from_pretrained(model)
+    weights = Qwen3VLForConditionalGeneration(config).eval()
+    weights.generation_config.eos_token_id = config.text_config.eos_token_id
+    weights.save_pretrained(model)
+
+    Image.new("RGB", (112, 84), (10, 200, 90)).save(tmp_path / "g.png")
+    records = [{"video": clip["path"]}, {"image": "g.png", "video": clip["path"]}, {"image": "g.png"}]
+    write_records(tmp_path / "s.jsonl", records)
+    frames = {"fps": 2.0, "min_frames": 4, "max_frames": 8, "min_pixels": 3136, "max_pixels": 12544}
+    extract_shard(str(tmp_path / "s.jsonl"), str(tmp_path / "m.json"),
+                  {"keys": {}, "frames": frames, "cache_dir": str(tmp_path / "cache"), "media_root": str(tmp_path)})
+    settings = {"model": str(model), "prompt": "Describe.", "system_prompt": "", "keys": {},
+                "sampling": {"temperature": 0.0, "top_p": 1.0, "max_tokens": 4, "seed": 0},
+                "engine": {"max_model_len": 2048, "dtype": "bfloat16", "enforce_eager": True,
+                           "cpu_kvcache_space_gb": 1}}
+    stats = caption_shard(str(tmp_path / "s.jsonl"), str(tmp_path / "m.json"), str(tmp_path / "out.jsonl"), settings)
+    import json
+
+    metas = [json.loads(line)["caption_meta"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert all(m["status"] != "error" for m in metas), metas
+    assert stats["ok"] + stats["truncated"] == 3
+    # video (4 groups of 16 tokens plus time stamps) vs image only (12 tokens + 2 markers)
+    assert metas[0]["prompt_tokens"] - metas[2]["prompt_tokens"] > 4 * 16 - 14
+    assert metas[1]["prompt_tokens"] - metas[0]["prompt_tokens"] == 12 + 2  # the image came along
