@@ -15,7 +15,8 @@ rule caption_shard:
         shard=r"\d+",
     threads: config["engine"]["threads"]
     resources:
-        gpu=config["engine"]["tensor_parallel_size"],
+        # GPUs this job locks (vidcap.gpus); none when a vllm serve elsewhere does the work
+        gpu=0 if config["engine"].get("backend") == "server" else config["engine"]["tensor_parallel_size"],
     conda:
         "../../envs/caption.yaml"
     script:

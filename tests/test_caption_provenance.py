@@ -1,0 +1,54 @@
+"""Provenance: model identity, versions and settings per caption job, gathered next to the output."""
+
+import json
+import shutil
+
+from vidcap.atomic import write_json
+from vidcap.provenance import job_provenance, model_identity, provenance_path, write_provenance
+
+SETTINGS = {"model": None, "prompt": "Describe.", "system_prompt": "", "keys": {}, "sampling": {"seed": 0}}
+
+
+def test_model_identity_pins_the_weights(tiny_model, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model, copy)
+    first = model_identity(str(copy))
+    assert first == {**model_identity(str(copy)), "model": str(copy)}
+    assert first["weights_bytes"] > 0 and len(first["weights_hash"]) == 64
+    weights = next(copy.glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of one weight
+    weights.write_bytes(bytes(data))
+    assert model_identity(str(copy))["weights_hash"] != first["weights_hash"]
+
+
+def test_hub_id_without_cache_records_no_revision():
+    assert model_identity("nobody/not-a-model") == {"model": "nobody/not-a-model", "revision": None}
+
+
+def test_job_provenance_and_gathering(tiny_model, tmp_path):
+    settings = {**SETTINGS, "model": str(tiny_model)}
+    engine = {"max_model_len": 4096, "dtype": "bfloat16", "env": {"X": "1"}, "threads": 2}
+    record = job_provenance(settings, engine, {"fps": 2.0})
+    versions = record["versions"]
+    assert versions["vllm"].startswith("vllm") and versions["torch"].startswith("torch")
+    assert versions["transformers"].startswith("transformers") and versions["ffmpeg"].startswith("ffmpeg version")
+    assert record["frames"] == {"fps": 2.0} and "env" not in record["engine"]
+    assert job_provenance(settings, {**engine, "threads": 8}, {"fps": 2.0})["config_hash"] == record["config_hash"]
+    assert job_provenance(settings, engine, {"fps": 1.0})["config_hash"] != record["config_hash"]
+
+    write_json(tmp_path / "0000.stats.json", {"records": 2, "provenance": record})
+    write_json(tmp_path / "0001.stats.json", {"records": 0})  # nothing to caption: no engine, no provenance
+    write_json(tmp_path / "0002.stats.json", {"records": 1, "provenance": record})
+    out = provenance_path(tmp_path / "captions.json")
+    assert out == tmp_path / "provenance.json"
+    stats = [str(tmp_path / f"000{i}.stats.json") for i in range(3)]
+    result = write_provenance(stats, out, extra={"output": "captions.json"})
+    assert json.loads(out.read_text()) == result
+    assert result["consistent"] and result["config_hash"] == record["config_hash"]
+
+    other = {**record, "versions": {**versions, "vllm": "vllm 0.0.1"}}
+    write_json(tmp_path / "0002.stats.json", {"records": 1, "provenance": other})
+    result = write_provenance(stats, out)
+    assert not result["consistent"]
+    assert [v["shards"] for v in result["variants"]] == [["0000"], ["0002"]]

