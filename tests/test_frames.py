@@ -461,3 +461,17 @@ def test_streamed_cache_file_equals_in_memory_frames(media, tmp_path, backend):
     stored = load_frames(entry)
     assert stored.shape == frames.shape and np.array_equal(stored, frames)
     assert entry["meta"]["frames_indices"] == meta["frames_indices"] == [0, 0, 0, 1, 1, 2]  # t = 0..0.2 s
+
+
+def test_timeout_while_decoding_kills_ffmpeg(media):
+    info = decode.probe(str(media["long_gop"]), time.monotonic() + 60)
+    with pytest.raises(FrameError, match="^timeout: decoding"):
+        decode.decode_ffmpeg(
+            str(media["long_gop"]),
+            info,
+            list(range(200)),
+            56,
+            56,
+            lambda i, f: None,
+            deadline=time.monotonic(),
+        )
