@@ -200,7 +200,8 @@ def frame_params_key(params: dict) -> str:
 def cache_key(path: str, kind: str, params: dict) -> str:
     try:
         st = os.stat(path)
-        identity = [path, st.st_size, st.st_mtime_ns]
+        # the real file: links and other spellings of one file share its frames
+        identity = [os.path.realpath(path), st.st_size, st.st_mtime_ns]
     except OSError:
         identity = [path, None, None]
     text = json.dumps([CACHE_VERSION, kind, identity, frame_params_key(params)])
