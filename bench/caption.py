@@ -34,7 +34,7 @@ from vidcap.frames import extract_shard  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=48)
-    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--max-tokens", type=int, default=256, help="a typical caption length")
     parser.add_argument("--seconds", type=float, default=2.0, help="clip length")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each; the best is reported")
     args = parser.parse_args()
@@ -90,7 +90,7 @@ def main() -> None:
     print(f"bare generate (baseline):  {bare:7.2f} s, {bare_tokens} tokens, {bare_tokens / bare:7.1f} tokens/s")
     print(f"caption job:               {stats['seconds']:7.2f} s, of which generate {stats['generate_seconds']:.2f} s, "
           f"{stats['output_tokens']} tokens, {stats['tokens_per_second']} tokens/s")
-    print(f"  before generate {stats['prepare_seconds']:.3f} s (templates, token estimates), waiting for provenance "
+    print(f"  preparing {stats['prepare_seconds']:.3f} s (templates, token estimates, loading frames), waiting for provenance "
           f"{stats['provenance_wait_seconds']:.3f} s")
     print(f"outside generate:          {outside:7.2f} s = {outside / stats['seconds']:.1%} of the job (target <= 5%)")
     print(f"caption job / bare generate: {stats['seconds'] / bare:.3f}")

@@ -10,6 +10,7 @@ file has one line per shard record, in shard order, and no timings, so rebuilds 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.metadata
 import os
@@ -118,11 +119,13 @@ class VisionGeometry:
     tokens_per_frame_group: int = 0  # Qwen3-VL writes a "<t seconds>" text and vision markers per group
 
 
-def vision_geometry(model: str) -> VisionGeometry:
+def vision_geometry(model: str, config=None) -> VisionGeometry:
+    """The model's patch geometry, from its Hugging Face config (given, e.g. the engine's, or loaded)."""
     try:
-        from transformers import AutoConfig
+        if config is None:
+            from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(model)
+            config = AutoConfig.from_pretrained(model)
         vision = config.vision_config
         factor = int(vision.patch_size) * int(getattr(vision, "spatial_merge_size", 2))
         extra = 10 if str(config.model_type).startswith("qwen3") else 0
@@ -180,16 +183,27 @@ def vision_tokens(entry: dict, keep: list[list[int] | None] | None = None,
 
 
 def _chat_template(model: str, tokenizer):
-    """The model's own chat template: its processor's if it has one, else its tokenizer's."""
+    """The model's own chat template: its processor's if it has one (as vLLM uses), else its tokenizer's.
+
+    Returns a memoised renderer: records differ only in prompt and media counts, so a shard renders
+    a handful of distinct texts.
+    """
+    apply = tokenizer.apply_chat_template
     try:
         from transformers import AutoProcessor
 
         processor = AutoProcessor.from_pretrained(model)
         if getattr(processor, "chat_template", None):
-            return processor.apply_chat_template
+            apply = processor.apply_chat_template
     except Exception:  # no processor config: fall back to the tokenizer
         pass
-    return tokenizer.apply_chat_template
+
+    @functools.lru_cache(maxsize=4096)
+    def render(system_prompt: str, n_images: int, n_videos: int, prompt: str) -> str:
+        return apply(build_messages(system_prompt, n_images, n_videos, prompt), tokenize=False,
+                     add_generation_prompt=True)
+
+    return render
 
 
 # ---------------------------------------------------------------------------------------- shard
@@ -314,14 +328,22 @@ def _caption_pending(llm, pending: list[Pending], results: list, settings: dict,
 
     prepare_started = time.monotonic()
     model = settings["model"]
-    geometry = vision_geometry(model)
+    try:  # the config the engine already loaded
+        hf_config = llm.llm_engine.model_config.hf_config
+    except AttributeError:
+        hf_config = None
+    geometry = vision_geometry(model, hf_config)
     tokenizer = llm.get_tokenizer()
     template = _chat_template(model, tokenizer)
     # the prompt must leave room for a whole caption
     budget = engine["max_model_len"] - int(sampling["max_tokens"])
 
+    @functools.lru_cache(maxsize=4096)
+    def count_tokens(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False))
+
     def estimate(item: Pending) -> int:
-        text_tokens = len(tokenizer.encode(item.text, add_special_tokens=False))
+        text_tokens = count_tokens(item.text)
         placeholders = len(item.entry["videos"]) + len(item.entry["images"])
         return text_tokens - placeholders + vision_tokens(item.entry, item.keep, geometry)
 
@@ -330,9 +352,8 @@ def _caption_pending(llm, pending: list[Pending], results: list, settings: dict,
 
     ready = []
     for item in pending:
-        messages = build_messages(settings.get("system_prompt", ""), len(item.entry["images"]),
-                                  len(item.entry["videos"]), item.prompt)
-        item.text = template(messages, tokenize=False, add_generation_prompt=True)
+        item.text = template(settings.get("system_prompt", ""), len(item.entry["images"]), len(item.entry["videos"]),
+                             item.prompt)
         tokens = estimate(item)
         if tokens > budget and item.entry["videos"]:
             _halve(item)
@@ -362,11 +383,15 @@ def _caption_pending(llm, pending: list[Pending], results: list, settings: dict,
                               repetition_penalty=sampling["repetition_penalty"], max_tokens=sampling["max_tokens"],
                               seed=seed)
 
-    stats["prepare_seconds"] = round(time.monotonic() - prepare_started, 3)  # templates, estimates
+    stats["prepare_seconds"] = 0.0
     while ready:
+        requests, sampling_params = [request(i) for i in ready], [params(i) for i in ready]  # frames loaded here
         t0 = time.monotonic()
-        outputs = generate_isolating(llm, [request(i) for i in ready], [params(i) for i in ready])
-        stats["generate_seconds"] = round(stats["generate_seconds"] + time.monotonic() - t0, 3)
+        stats["prepare_seconds"] = round(stats["prepare_seconds"] + t0 - prepare_started, 3)
+        outputs = generate_isolating(llm, requests, sampling_params)
+        del requests  # the frames
+        prepare_started = time.monotonic()
+        stats["generate_seconds"] = round(stats["generate_seconds"] + prepare_started - t0, 3)
         retry = []
         for item, output in zip(ready, outputs):
             meta = results[item.slot]["caption_meta"]
