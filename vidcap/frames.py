@@ -254,6 +254,19 @@ def cached_sample(path: str, kind: str, params: dict, cache_dir: Path) -> dict:
     return {"path": path, "frames": str(array_path), "meta": meta, "cached": False}
 
 
+def disk_usage(folder: str | os.PathLike) -> tuple[int, int]:
+    """Files and bytes under ``folder`` (the frame cache), reported at the end of a build."""
+    files = size = 0
+    for root, _, names in os.walk(folder):
+        for name in names:
+            try:
+                size += os.lstat(os.path.join(root, name)).st_size
+                files += 1
+            except FileNotFoundError:
+                pass
+    return files, size
+
+
 def load_frames(entry: dict) -> np.ndarray:
     return np.load(entry["frames"], mmap_mode="r")
 
@@ -270,6 +283,7 @@ def extract_shard(
     keys = {**DEFAULT_KEYS, **settings.get("keys", {})}
     params = {**DEFAULT_FRAMES, **settings.get("frames", {})}
     cache_dir = Path(settings["cache_dir"])
+    cache_dir.mkdir(parents=True, exist_ok=True)  # may be this shard's own output folder (frames.keep false)
     media_root = settings["media_root"]
     records = list(iter_jsonl(shard_path))
     wanted: dict[tuple[str, str], list[tuple[int, str, int]]] = {}  # (kind, path) -> places in entries

@@ -2,6 +2,7 @@ rule caption_shard:
     input:
         shard=f"{SHARD_DIR}/{{shard}}.jsonl",
         manifest=f"{RESULTS}/frames/{{shard}}.json",
+        **frames_store(),
     output:
         result=f"{RESULTS}/captions/{{shard}}.jsonl",
         stats=f"{RESULTS}/captions/{{shard}}.stats.json",

@@ -7,7 +7,7 @@ from snakemake.utils import validate
 # the vidcap package sits at the repository root; importable with or without `pip install -e .`
 sys.path.insert(0, workflow.basedir)
 
-from vidcap import budget, records, shards  # noqa: E402
+from vidcap import budget, provenance, records, shards  # noqa: E402
 
 
 validate(config, "../../config/schemas/config.schema.yaml")
@@ -33,19 +33,28 @@ if workflow.is_main_process:
               file=sys.stderr)
 
 
-def frames_settings():
+def frames_store():
+    """With frames.keep false, a shard's frames live in a temp() folder of its own, removed once the
+    shard is captioned (no sharing between shards); by default they live in the shared cache."""
+    if config["frames"]["keep"]:
+        return {}
+    return {"frames": temp(directory(f"{RESULTS}/frames/{{shard}}.frames"))}
+
+
+def frames_settings(shard):
     """What the frames step's output depends on (changing it re-extracts)."""
+    keep = config["frames"]["keep"]
     return {
         "media_root": MEDIA_ROOT,
         "keys": config["keys"],
         "frames": frame_params(),
-        "cache_dir": f"{RESULTS}/frames/cache",
+        "cache_dir": f"{RESULTS}/frames/cache" if keep else f"{RESULTS}/frames/{shard}.frames",
     }
 
 
 def frame_params():
     """Frame settings, with each video's vision-token budget: the context left for the video."""
-    params = {k: v for k, v in config["frames"].items() if k not in ("threads", "prompt_tokens")}
+    params = {k: v for k, v in config["frames"].items() if k not in ("threads", "prompt_tokens", "keep")}
     if params.get("max_vision_tokens") is None:
         left = config["engine"]["max_model_len"] - config["sampling"]["max_tokens"]
         params["max_vision_tokens"] = max(left - config["frames"].get("prompt_tokens", 512), 1)

@@ -3,8 +3,9 @@ rule extract_frames:
         shard=f"{SHARD_DIR}/{{shard}}.jsonl",
     output:
         manifest=f"{RESULTS}/frames/{{shard}}.json",
+        **frames_store(),
     params:
-        settings=frames_settings(),
+        settings=lambda wildcards: frames_settings(wildcards.shard),
     log:
         f"{RESULTS}/logs/extract_frames/{{shard}}.log",
     benchmark:
