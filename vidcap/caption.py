@@ -396,13 +396,7 @@ def _caption_pending(llm, pending: list[Pending], results: list, settings: dict,
         for item, output in zip(ready, outputs):
             meta = results[item.slot]["caption_meta"]
             if isinstance(output, Exception):
-                if is_too_long(output) and not item.halved and item.entry["videos"]:
-                    _halve(item)
-                    retry.append(item)
-                    continue
-                first_line = (str(output).splitlines() or [type(output).__name__])[0][:300]
-                kind = "too long" if is_too_long(output) else "engine error"
-                fail(item, f"{kind}: {first_line}")
+                _request_failed(item, output, meta, retry)
                 continue
             completion = output.outputs[0]
             results[item.slot]["caption"] = completion.text
@@ -412,6 +406,17 @@ def _caption_pending(llm, pending: list[Pending], results: list, settings: dict,
             print(f"{len(retry)} prompt(s) too long for the engine: retrying with half the frames", file=log,
                   flush=True)
         ready = retry
+
+
+def _request_failed(item: Pending, exc: Exception, meta: dict, retry: list) -> None:
+    """A request the engine refused: once more with half the frames if it was too long, else an error."""
+    if is_too_long(exc) and not item.halved and item.entry["videos"]:
+        _halve(item)
+        retry.append(item)
+        return
+    first_line = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+    kind = "too long" if is_too_long(exc) else "engine error"
+    meta.update(error=f"{kind}: {first_line}", halved=item.halved)
 
 
 def _record_done(item: Pending, meta: dict, caption: str, prompt_tokens: int, output_tokens: int,
@@ -457,12 +462,7 @@ def _caption_pending_server(pending: list[Pending], results: list, settings: dic
         for item, answer in zip(ready, answers):
             meta = results[item.slot]["caption_meta"]
             if isinstance(answer, Exception):
-                if is_too_long(answer) and not item.halved and item.entry["videos"]:
-                    _halve(item)
-                    retry.append(item)
-                    continue
-                kind = "too long" if is_too_long(answer) else "engine error"
-                meta.update(error=f"{kind}: {str(answer)[:300]}", halved=item.halved)
+                _request_failed(item, answer, meta, retry)
                 continue
             choice, usage = answer["choices"][0], answer.get("usage") or {}
             results[item.slot]["caption"] = choice["message"]["content"]
