@@ -126,3 +126,15 @@ def test_writer_formats(tmp_path, name):
     with RecordWriter(tmp_path / "empty.json"):
         pass
     assert json.loads((tmp_path / "empty.json").read_text()) == []
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    from vidcap.atomic import write_json
+
+    write_json(tmp_path / "x.json", {"a": 1})
+    (tmp_path / "plain").write_text("x")
+    mode = stat.S_IMODE(os.stat(tmp_path / "x.json").st_mode)
+    assert mode == stat.S_IMODE(os.stat(tmp_path / "plain").st_mode)
