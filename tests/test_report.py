@@ -42,6 +42,10 @@ from vidcap.stats import (
 
 BENCH_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
 
+# the files build_report writes, by output name
+REPORT_FILES = ["summary", "gallery", "hist_frames", "hist_prompt_tokens", "hist_output_tokens",
+                "hist_caption_words"]
+
 
 def out_record(video, status, caption=None, error=None, frames=4, prompt=90, output=8):
     meta = {
@@ -303,14 +307,7 @@ def test_build_report_writes_summary_histograms_and_gallery(tmp_path):
     stats = tmp_path / "results" / "captions" / "0000.stats.json"
     stats.parent.mkdir(parents=True)
     stats.write_text(json.dumps({"output_tokens": 40, "generate_seconds": 2.0}))
-    names = [
-        "summary",
-        "gallery",
-        "hist_frames",
-        "hist_prompt_tokens",
-        "hist_output_tokens",
-        "hist_caption_words",
-    ]
+    names = REPORT_FILES
     out = {
         name: str(tmp_path / "report" / (name + (".html" if name in ("summary", "gallery") else ".svg")))
         for name in names
@@ -350,14 +347,7 @@ def test_big_build_gallery_shows_a_sample_plus_every_error(tmp_path):
     records, output, manifests = fake_build(tmp_path, n=12, n_shards=2)
     out = {
         name: str(tmp_path / "report" / f"{name}.out")
-        for name in [
-            "summary",
-            "gallery",
-            "hist_frames",
-            "hist_prompt_tokens",
-            "hist_output_tokens",
-            "hist_caption_words",
-        ]
+        for name in REPORT_FILES
     }
     settings = {"model": "m", "shards": 2, "gallery_sample": 3}
     build_report(
