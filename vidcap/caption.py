@@ -231,16 +231,33 @@ def _halve(item: Pending) -> None:
     item.halved = True
 
 
-def generate_isolating(llm, requests: list, params: list) -> list:
+def log_progress(log):
+    """A tqdm class for vLLM's ``use_tqdm`` that writes whole lines (done/total, rate, ETA) to ``log``."""
+    from tqdm import tqdm
+
+    class LogProgress(tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs.update(file=log, mininterval=10, ascii=True, dynamic_ncols=False, ncols=120)
+            super().__init__(*args, **kwargs)
+
+        def display(self, msg=None, pos=None):  # a line per update, not a bar redrawn with \r
+            log.write((msg or str(self)) + "\n")
+            log.flush()
+            return True
+
+    return LogProgress
+
+
+def generate_isolating(llm, requests: list, params: list, progress=False) -> list:
     """``llm.generate`` on all requests; when the batch fails, bisect so only the bad requests fail.
 
     vLLM validates requests while adding them and aborts the whole call on the first bad one.
-    Returns one RequestOutput or Exception per request, in order.
+    Returns one RequestOutput or Exception per request, in order. ``progress``: vLLM's ``use_tqdm``.
     """
     if not requests:
         return []
     try:
-        return list(llm.generate(requests, params, use_tqdm=False))
+        return list(llm.generate(requests, params, use_tqdm=progress))
     except Exception as exc:
         if len(requests) == 1:
             return [exc]
@@ -388,7 +405,7 @@ def _caption_pending(llm, pending: list[Pending], results: list, settings: dict,
         requests, sampling_params = [request(i) for i in ready], [params(i) for i in ready]  # frames loaded here
         t0 = time.monotonic()
         stats["prepare_seconds"] = round(stats["prepare_seconds"] + t0 - prepare_started, 3)
-        outputs = generate_isolating(llm, requests, sampling_params)
+        outputs = generate_isolating(llm, requests, sampling_params, progress=log_progress(log))
         del requests  # the frames
         prepare_started = time.monotonic()
         stats["generate_seconds"] = round(stats["generate_seconds"] + prepare_started - t0, 3)
