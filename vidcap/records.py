@@ -182,6 +182,11 @@ def media_list(record: dict, key: str) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
+def record_media(record: dict, keys: dict) -> list[str]:
+    """All of a record's media paths: its videos, then its images."""
+    return media_list(record, keys["video"]) + media_list(record, keys["image"])
+
+
 def record_digest(record: dict) -> str:
     """Content hash of a record (key order ignored), used to check results belong to their record."""
     canonical = json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":"))

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from vidcap.atomic import atomic_open, read_json
-from vidcap.records import DEFAULT_KEYS, iter_records, record_digest
+from vidcap.records import DEFAULT_KEYS, iter_records, record_digest, record_media
 from vidcap.shards import shard_of
 from vidcap.stats import (
     DISTRIBUTIONS,
@@ -266,11 +266,7 @@ def gallery_card(item: dict, keys: dict) -> str:
     meta = record.get("caption_meta") or {}
     status = meta.get("status", "unknown")
     uri, note = record_strip(item["entry"])
-    media = [
-        m
-        for k in (keys["video"], keys["image"])
-        for m in ([record[k]] if isinstance(record.get(k), str) else record.get(k) or [])
-    ]
+    media = record_media(record, keys)
     facts = [
         f"{meta.get('frames')} frames" if meta.get("frames") is not None else None,
         f"{meta.get('prompt_tokens')} prompt tokens" if meta.get("prompt_tokens") is not None else None,

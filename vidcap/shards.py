@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from vidcap.atomic import atomic_open, dumps_line, read_json, write_json
-from vidcap.records import DEFAULT_KEYS, iter_records, media_list
+from vidcap.records import DEFAULT_KEYS, iter_records, record_media
 
 STATE_FILE = ".state.json"
 MAX_OPEN_SHARDS = 4000  # file handles held at once while (re)writing shards; more shards take more passes
@@ -29,7 +29,7 @@ def shard_ids(n_shards: int) -> list[str]:
 
 
 def shard_of(record: dict, keys: dict, n_shards: int) -> int:
-    media = media_list(record, keys["video"]) + media_list(record, keys["image"])
+    media = record_media(record, keys)
     if media:
         identity = json.dumps(media, ensure_ascii=False)
     else:  # no media at all: the record's content is all there is to go by

@@ -14,7 +14,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
-from vidcap.records import _iter_json_array, _iter_jsonl, is_jsonl  # the output is ours: no input checks
+# the output is ours: read without the input checks
+from vidcap.records import DEFAULT_KEYS, _iter_json_array, _iter_jsonl, is_jsonl, record_media
 
 STATUSES = ("ok", "truncated", "error")
 DISTRIBUTIONS = {  # summary key -> what it counts
@@ -30,15 +31,6 @@ def iter_output(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """(index, record) for every record of a vidcap output file (.jsonl or JSON array), streaming."""
     path = Path(path)
     return _iter_jsonl(path) if is_jsonl(path) else _iter_json_array(path)
-
-
-def media_of(record: dict, keys: dict | None = None) -> list[str]:
-    keys = keys or {}
-    media = []
-    for key in (keys.get("video", "video"), keys.get("image", "image")):
-        value = record.get(key)
-        media += [value] if isinstance(value, str) else list(value or [])
-    return media
 
 
 def error_reason(message: str, media: list[str] = ()) -> str:
@@ -77,7 +69,7 @@ def summarize_output(path: str | os.PathLike, keys: dict | None = None, keep_err
         if state == "error":
             if len(error_indices) < keep_error_indices:
                 error_indices.append(index)
-            reason = error_reason(meta.get("error") or "no reason given", media_of(record, keys))
+            reason = error_reason(meta.get("error") or "no reason given", record_media(record, {**DEFAULT_KEYS, **(keys or {})}))
             entry = reasons.setdefault(
                 reason, {"reason": reason, "count": 0, "example_index": index, "example": meta.get("error")}
             )
