@@ -88,7 +88,7 @@ def draw_bars(axes, bins: list[tuple[float, float, int]], name: str) -> None:
         axes.set_xticks(centers, [bin_label(low, high) for low, high, _ in bins])
     else:
         axes.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))
-    middle, half = (centers[0] + centers[-1]) / 2, max(len(bins), 5) * width / 2  # one value: not a slab
+    middle, half = (centers[0] + centers[-1]) / 2, (max(len(bins), 5) + 0.5) * width / 2  # 1 value: no slab
     axes.set_xlim(middle - half, middle + half)
     axes.yaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
 
