@@ -78,7 +78,10 @@ def svg_histogram(
 
 
 def draw_bars(axes, bins: list[tuple[float, float, int]], name: str) -> None:
-    """One bar per bin, ids ``NAME-barN`` (unique when the summary page inlines every chart); a few bins get a tick each, many get ~8 integer ticks."""
+    """One bar per bin, ids ``NAME-barN`` (unique when the summary page inlines every chart).
+
+    A few bins get a tick each; many get ~8 integer ticks.
+    """
     centers = [(low + high - 1) / 2 for low, high, _ in bins]  # a bin holds the values low..high-1
     width = bins[0][1] - bins[0][0]
     bars = axes.bar(centers, [c for _, _, c in bins], width=0.9 * width, color=BAR_COLOR)
