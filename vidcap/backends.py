@@ -82,6 +82,9 @@ class OfflineBackend:
     def has_room(self, item: Pending) -> bool:
         return self.window.has_room(item)
 
+    def unsupported(self, item: Pending) -> str | None:
+        return None
+
     def params(self, item: Pending):
         from vllm import SamplingParams
 
@@ -167,9 +170,12 @@ class ServerBackend:
         e = self.engine
         return self.server.post_chat(e["url"], body, e["retries"], e["request_timeout"])
 
-    def submit(self, item: Pending) -> None:
+    def unsupported(self, item: Pending) -> str | None:
         if len(item.entry["videos"]) > 1:  # media_io_kwargs carry one video's metadata per request
-            raise ValueError("server backend: one video per record at most")
+            return "server backend: one video per record at most"
+        return None
+
+    def submit(self, item: Pending) -> None:
         self.futures[self.pool.submit(self._post, item)] = item
 
     def collect(self) -> list[tuple[Pending, Answer | Exception]]:

@@ -237,8 +237,14 @@ def fit_to_context(llm, pending: list[Pending], results: list[dict], settings: d
 
 def feed(backend, ready: list[Pending], results: list[dict], stats: dict, journal: Journal, log) -> None:
     """Keep the backend's window full until every record has its answer or its error."""
-    queue = deque(ready)
-    progress = Progress(len(ready), log)
+    queue = deque()
+    for item in ready:
+        reason = backend.unsupported(item)
+        if reason:
+            results[item.slot]["caption_meta"]["error"] = reason
+        else:
+            queue.append(item)
+    progress = Progress(len(queue), log)
     failures = {"request": 0, "ok": 0}
     while queue or len(backend):
         while queue and backend.has_room(queue[0]):
