@@ -22,8 +22,18 @@ import yaml
 # (Qwen models slipping into Chinese), which a script share detects exactly and deterministically.
 SCRIPTS: dict[str, tuple[tuple[int, int], ...]] = {
     "latin": ((0x0041, 0x024F), (0x1E00, 0x1EFF), (0x2C60, 0x2C7F), (0xA720, 0xA7FF), (0xFF21, 0xFF5A)),
-    "cjk": ((0x2E80, 0x2FDF), (0x3040, 0x30FF), (0x3100, 0x31FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF),
-            (0xAC00, 0xD7AF), (0x1100, 0x11FF), (0xF900, 0xFAFF), (0xFF66, 0xFF9F), (0x20000, 0x3134F)),
+    "cjk": (
+        (0x2E80, 0x2FDF),
+        (0x3040, 0x30FF),
+        (0x3100, 0x31FF),
+        (0x3400, 0x4DBF),
+        (0x4E00, 0x9FFF),
+        (0xAC00, 0xD7AF),
+        (0x1100, 0x11FF),
+        (0xF900, 0xFAFF),
+        (0xFF66, 0xFF9F),
+        (0x20000, 0x3134F),
+    ),
     "cyrillic": ((0x0400, 0x052F), (0x1C80, 0x1C8F), (0x2DE0, 0x2DFF), (0xA640, 0xA69F)),
     "greek": ((0x0370, 0x03FF), (0x1F00, 0x1FFF)),
     "arabic": ((0x0600, 0x06FF), (0x0750, 0x077F), (0x08A0, 0x08FF), (0xFB50, 0xFDFF), (0xFE70, 0xFEFF)),
@@ -42,7 +52,11 @@ def settings(section: str, given: dict | None = None) -> dict:
     """``given`` over the schema defaults of a flat config section (``quality``, ``candidates``, ``audit``)."""
     # vidcap.config.with_defaults does this once merged; the packaged schema copy wins when present
     packaged = Path(__file__).with_name("config.schema.yaml")
-    schema_path = packaged if packaged.exists() else Path(__file__).resolve().parents[1] / "config/schemas/config.schema.yaml"
+    schema_path = (
+        packaged
+        if packaged.exists()
+        else Path(__file__).resolve().parents[1] / "config/schemas/config.schema.yaml"
+    )
     with open(schema_path, encoding="utf-8") as handle:
         props = yaml.safe_load(handle)["properties"][section]["properties"]
     return {**{key: node["default"] for key, node in props.items()}, **(given or {})}
