@@ -13,9 +13,8 @@ import re
 import unicodedata
 import zlib
 from collections import Counter
-from pathlib import Path
 
-import yaml
+from vidcap.config import with_defaults
 
 # Unicode blocks per script; a letter outside every listed block counts as "other". Ranges, not a
 # language-id model: the failure we guard against is a caption drifting into another script
@@ -49,17 +48,8 @@ _TOKEN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf90
 
 
 def settings(section: str, given: dict | None = None) -> dict:
-    """``given`` over the schema defaults of a flat config section (``quality``, ``candidates``, ``audit``)."""
-    # vidcap.config.with_defaults does this once merged; the packaged schema copy wins when present
-    packaged = Path(__file__).with_name("config.schema.yaml")
-    schema_path = (
-        packaged
-        if packaged.exists()
-        else Path(__file__).resolve().parents[1] / "config/schemas/config.schema.yaml"
-    )
-    with open(schema_path, encoding="utf-8") as handle:
-        props = yaml.safe_load(handle)["properties"][section]["properties"]
-    return {**{key: node["default"] for key, node in props.items()}, **(given or {})}
+    """``given`` over the schema defaults of a config section (``quality``, ``candidates``, ``audit``)."""
+    return with_defaults(section, given)
 
 
 def tokens(text: str) -> list[str]:
