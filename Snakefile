@@ -28,8 +28,8 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         config["output"],
         # built with every run, so `snakemake --report report.html` can embed them
         rules.build_report.output,
-    default_target: True

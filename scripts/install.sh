@@ -74,7 +74,9 @@ fi
 
 extras="slurm"
 [ "$WITH_TEST" = 1 ] && extras="slurm,test"
+# decord (frames.backend: decord) ships wheels for x86_64 only; ffmpeg, the default, decodes everywhere
+[ "$(uname -m)" = x86_64 ] && extras="$extras,decord"
 "${PIP[@]}" -e ".[$extras]"
 
-"$VENV/bin/python" -c "import vllm, torch, torchvision, transformers, snakemake, ffmpeg, decord; print('install: vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
+"$VENV/bin/python" -c "import vllm, torch, torchvision, transformers, snakemake, ffmpeg; print('install: vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
 stamp_of | sha256sum > "$STAMP"

@@ -32,9 +32,14 @@ def test_job_provenance_and_gathering(tiny_model, tmp_path):
     record = job_provenance(settings, engine, {"fps": 2.0})
     versions = record["versions"]
     assert versions["vllm"].startswith("vllm") and versions["torch"].startswith("torch")
-    assert versions["transformers"].startswith("transformers") and versions["ffmpeg"].startswith("ffmpeg version")
+    assert versions["transformers"].startswith("transformers") and versions["ffmpeg"].startswith(
+        "ffmpeg version"
+    )
     assert record["frames"] == {"fps": 2.0} and "env" not in record["engine"]
-    assert job_provenance(settings, {**engine, "threads": 8}, {"fps": 2.0})["config_hash"] == record["config_hash"]
+    assert (
+        job_provenance(settings, {**engine, "threads": 8}, {"fps": 2.0})["config_hash"]
+        == record["config_hash"]
+    )
     assert job_provenance(settings, engine, {"fps": 1.0})["config_hash"] != record["config_hash"]
 
     write_json(tmp_path / "0000.stats.json", {"records": 2, "provenance": record})

@@ -4,12 +4,20 @@ import json
 import shutil
 
 import pytest
-
 from helpers import jobs_run, make_video, planned_jobs, run_snakemake, tiny_config, write_records
 
 pytestmark = pytest.mark.slow
 
-SOURCES = ["testsrc2", "mandelbrot", "smptebars", "rgbtestsrc", "testsrc", "yuvtestsrc", "pal75bars", "cellauto"]
+SOURCES = [
+    "testsrc2",
+    "mandelbrot",
+    "smptebars",
+    "rgbtestsrc",
+    "testsrc",
+    "yuvtestsrc",
+    "pal75bars",
+    "cellauto",
+]
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +82,34 @@ def test_malformed_input_fails_before_any_job(tiny_model, tmp_path):
     assert "record 1" in proc.stderr and "'video'" in proc.stderr
     assert jobs_run(proc.stdout + proc.stderr) == {}
     assert not (tmp_path / "results" / "frames").exists()
+
+
+@pytest.mark.parametrize(
+    "override, named, nearest",
+    [
+        ({"frames": {"fsp": 3}}, "frames.fsp", "frames.fps"),
+        ({"shard": 3}, "shard", "shards"),
+        ({"engine": {"max_num_seq": 8}}, "engine.max_num_seq", "engine.max_num_seqs"),
+    ],
+)
+def test_misspelt_config_key_fails_before_any_job(tiny_model, tmp_path, override, named, nearest):
+    write_records(tmp_path / "records.json", [{"video": ["a.mp4"]}])
+    proc = run_snakemake(tmp_path, tiny_config(tiny_model, **override), check=False)
+    assert proc.returncode != 0
+    assert f"unknown config key '{named}'" in proc.stderr and f"did you mean '{nearest}'" in proc.stderr
+    assert jobs_run(proc.stdout + proc.stderr) == {}
+
+
+def test_unreachable_server_fails_the_build_and_writes_no_result(tiny_model, tmp_path):
+    """engine.backend server at a closed port: snakemake fails (after the profile's retry), no output file,
+    no shard result: a later run captions the records instead of keeping 'server unreachable' errors."""
+    make_video(tmp_path / "a.mp4", seconds=1)
+    write_records(tmp_path / "records.json", [{"video": ["a.mp4"]}, {"video": ["a.mp4"], "id": 2}])
+    config = tiny_config(
+        tiny_model, shards=1, engine={"backend": "server", "url": "http://127.0.0.1:9", "retries": 0}
+    )
+    proc = run_snakemake(tmp_path, config, check=False)
+    assert proc.returncode != 0
+    assert "server unreachable" in proc.stdout + proc.stderr
+    assert not (tmp_path / "captions.json").exists()
+    assert not list((tmp_path / "results" / "captions").glob("*.jsonl"))

@@ -10,26 +10,49 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vidcap", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    tiny = sub.add_parser("tiny-model", help="build a tiny random-weight Qwen-VL checkpoint (gibberish captions)")
+    tiny = sub.add_parser(
+        "tiny-model", help="build a tiny random-weight Qwen-VL checkpoint (gibberish captions)"
+    )
     tiny.add_argument("dir")
     tiny.add_argument("--arch", choices=["qwen2_vl", "qwen2_5_vl"], default="qwen2_vl")
+    errors = sub.add_parser(
+        "errors",
+        help="error records of a finished build, their reasons, and the "
+        "snakemake command that re-captions only their shards",
+    )
+    errors.add_argument("output", help="the workflow's output file (.json or .jsonl)")
+    errors.add_argument(
+        "--configfile", help="the build's config file (shards, results, keys); default: the schema's"
+    )
     demo = sub.add_parser("demo", help="make synthetic demo videos and a records.json")
     demo.add_argument("dir")
-    stats = sub.add_parser("stats", help="summarize a finished build's output file: status counts, "
-                           "error reasons, lengths")
+    stats = sub.add_parser(
+        "stats", help="summarize a finished build's output file: status counts, error reasons, lengths"
+    )
     stats.add_argument("output", help="the workflow's output file (.json or .jsonl)")
-    stats.add_argument("--results", help="the workflow's results folder: adds wall time per step "
-                       "from its benchmark files")
+    stats.add_argument(
+        "--results", help="the workflow's results folder: adds wall time per step from its benchmark files"
+    )
     stats.add_argument("--model", help="model id or folder to name in the summary")
-    stats.add_argument("--caption-key", default="caption",
-                       help="record key holding the caption (config keys.caption)")
+    stats.add_argument(
+        "--caption-key", default="caption", help="record key holding the caption (config keys.caption)"
+    )
     _add_quality_commands(sub)
     args = parser.parse_args(argv)
 
     if args.command == "tiny-model":
         from vidcap.tiny_model import build_tiny_model
 
-        print(f"tiny {args.arch} model (random weights, gibberish captions) in {build_tiny_model(args.dir, args.arch)}")
+        print(
+            f"tiny {args.arch} model (random weights, gibberish captions) in {build_tiny_model(args.dir, args.arch)}"
+        )
+    elif args.command == "errors":
+        from vidcap import config
+        from vidcap.errors import error_shards, format_errors
+
+        cfg = config.load(args.configfile, {"input": args.output} if not args.configfile else None)
+        extra = ["--configfile", args.configfile] if args.configfile else []
+        print(format_errors(error_shards(args.output, cfg["shards"], cfg["keys"]), cfg["results"], extra))
     elif args.command == "demo":
         from vidcap.demo import make_demo
 
@@ -46,17 +69,28 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _add_quality_commands(sub) -> None:
-    audit = sub.add_parser("audit", help="duplicate and near-duplicate captions, boilerplate openings, "
-                           "length outliers, status counts of an output file")
+    audit = sub.add_parser(
+        "audit",
+        help="duplicate and near-duplicate captions, boilerplate openings, "
+        "length outliers, status counts of an output file",
+    )
     audit.add_argument("output", help="the workflow's output file (.json or .jsonl)")
     audit.add_argument("--json", action="store_true", help="print the audit as JSON")
-    audit.add_argument("--caption-key", default="caption", help="record key holding the caption (config keys.caption)")
-    audit.add_argument("--jaccard", type=float, help="near-duplicate threshold (config audit.near_duplicate_jaccard)")
-    diff = sub.add_parser("diff", help="records whose caption changed between two builds of the same input, and why")
+    audit.add_argument(
+        "--caption-key", default="caption", help="record key holding the caption (config keys.caption)"
+    )
+    audit.add_argument(
+        "--jaccard", type=float, help="near-duplicate threshold (config audit.near_duplicate_jaccard)"
+    )
+    diff = sub.add_parser(
+        "diff", help="records whose caption changed between two builds of the same input, and why"
+    )
     diff.add_argument("old")
     diff.add_argument("new")
     diff.add_argument("--json", action="store_true", help="print the diff as JSON (changes held in memory)")
-    diff.add_argument("--caption-key", default="caption", help="record key holding the caption (config keys.caption)")
+    diff.add_argument(
+        "--caption-key", default="caption", help="record key holding the caption (config keys.caption)"
+    )
 
 
 def _run_quality_command(args) -> int:

@@ -14,7 +14,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from vidcap.engine import EngineFailure, is_engine_failure
+from vidcap.engine import EngineFailure, EngineWatchdog, is_engine_failure
 from vidcap.prompts import Pending, frame_bytes, image_array, video_item
 
 # host bytes a queued request holds per byte of its uint8 frames: the frames plus vLLM's float32 patches
@@ -72,8 +72,9 @@ def media_data(item: Pending) -> dict:
 class OfflineBackend:
     """A vLLM engine in this process, fed request by request (``LLM.enqueue``) and stepped."""
 
-    def __init__(self, llm, sampling: dict, engine: dict):
+    def __init__(self, llm, sampling: dict, engine: dict, log=None):
         self.llm, self.sampling = llm, sampling
+        self.watchdog = EngineWatchdog(llm, log)
         seqs = llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
         # a few waiting requests keep the batch full when running ones finish
         self.window = Window(math.ceil(seqs * 1.5), int(engine["in_flight_gb"] * 2**30))
@@ -130,6 +131,9 @@ class OfflineBackend:
         finally:
             self.engine_seconds += time.monotonic() - t0
         return done
+
+    def close(self) -> None:
+        self.watchdog.stop()
 
     @staticmethod
     def _answer(output) -> Answer:
@@ -196,7 +200,15 @@ class ServerBackend:
             choice, usage = answer["choices"][0], answer.get("usage") or {}
             text = choice["message"]["content"]
             done.append(
-                (item, Answer(text, usage.get("prompt_tokens"), usage.get("completion_tokens"), choice["finish_reason"]))
+                (
+                    item,
+                    Answer(
+                        text,
+                        usage.get("prompt_tokens"),
+                        usage.get("completion_tokens"),
+                        choice["finish_reason"],
+                    ),
+                )
             )
         return done
 

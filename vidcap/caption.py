@@ -104,7 +104,9 @@ def plan_records(shard_path: str, manifest_path: str, settings: dict) -> tuple[l
             seed = sampling_seed(settings["sampling"], digest)
             pending.append(Pending(slot, digest, entry, prompt, seed, keep=[None] * len(entry["videos"])))
     if len(results) != len(entries):
-        raise RuntimeError(f"{manifest_path} has {len(entries)} entries for {len(results)} shard records: stale")
+        raise RuntimeError(
+            f"{manifest_path} has {len(entries)} entries for {len(results)} shard records: stale"
+        )
     return results, pending
 
 
@@ -165,7 +167,9 @@ def caption_pending(pending, results, settings, stats, journal, log, llm=None) -
         provenance = pool.submit(job_provenance, settings, engine, settings.get("frames"))
         stack.callback(journal.close)
         if engine["backend"] == "server":
-            backend = ServerBackend(settings["model"], settings["system_prompt"], settings["sampling"], engine)
+            backend = ServerBackend(
+                settings["model"], settings["system_prompt"], settings["sampling"], engine
+            )
             stack.callback(backend.close)
             ready = pending
         else:
@@ -174,7 +178,8 @@ def caption_pending(pending, results, settings, stats, journal, log, llm=None) -
                     device_slots(engine["tensor_parallel_size"], timeout=engine["gpu_wait_timeout"], log=log)
                 )
                 llm = start_logged(settings, pending, stats, log)
-            backend = OfflineBackend(llm, settings["sampling"], engine)
+            backend = OfflineBackend(llm, settings["sampling"], engine, log)
+            stack.callback(backend.close)
             ready = fit_to_context(llm, pending, results, settings)
         feed(backend, ready, results, stats, journal, log)
         stats["prepare_seconds"] = round(backend.prepare_seconds, 3)
@@ -275,7 +280,10 @@ def settle(item: Pending, outcome, results, stats, journal, queue: deque, failur
         return
     else:
         first_line = (str(outcome).splitlines() or [type(outcome).__name__])[0][:300]
-        meta.update(error=f"{'too long' if is_too_long(outcome) else 'engine error'}: {first_line}", halved=item.halved)
+        meta.update(
+            error=f"{'too long' if is_too_long(outcome) else 'engine error'}: {first_line}",
+            halved=item.halved,
+        )
         failures["request"] += 1
         if failures["ok"] == 0 and failures["request"] >= FAILURES_BEFORE_ANY_SUCCESS:
             raise EngineFailure(f"the first {failures['request']} requests all failed, e.g.: {first_line}")

@@ -87,3 +87,44 @@ def start_engine(model: str, engine: dict, limits: dict, seed: int):
     from vllm import LLM
 
     return LLM(**engine_kwargs(model, engine, limits, seed))
+
+
+class EngineWatchdog:
+    """Turns a dead engine core process into an error where vLLM would wait forever.
+
+    With the engine core in its own process (vLLM's default on GPUs), vLLM 0.32 notices the process
+    died and shuts its client down, but a caller blocked in ``LLMEngine.step()`` keeps waiting on the
+    output queue. This thread checks the client's ``engine_dead`` flag and wakes that caller with an
+    error; if even that does not return within ``grace`` seconds, it ends the job (non-zero, no result
+    written, finished records already in the journal) rather than leave it hanging until a time limit.
+    """
+
+    def __init__(self, llm, log, poll: float = 1.0, grace: float = 30.0):
+        import threading
+
+        self.client = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        self.log, self.poll, self.grace = log, poll, grace
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True, name="vidcap-engine-watchdog")
+        if getattr(self.client, "resources", None) is not None:  # only multiprocess clients can die apart
+            self.thread.start()
+
+    def _watch(self) -> None:
+        while not self.stopped.wait(self.poll):
+            if getattr(self.client.resources, "engine_dead", False):
+                break
+        else:
+            return
+        print("engine core process died: failing the job", file=self.log, flush=True)
+        try:
+            from vllm.v1.engine.exceptions import EngineDeadError
+
+            self.client.outputs_queue.put_nowait(EngineDeadError("the engine core process died"))
+        except Exception as exc:  # noqa: BLE001 -- any vLLM layout: fall back to ending the job below
+            print(f"could not wake the waiting caller ({exc})", file=self.log, flush=True)
+        if not self.stopped.wait(self.grace):
+            print("engine dead and the job still waiting: exiting", file=self.log, flush=True)
+            os._exit(70)
+
+    def stop(self) -> None:
+        self.stopped.set()

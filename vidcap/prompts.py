@@ -31,7 +31,9 @@ def sampling_seed(sampling: dict, digest: str) -> int | None:
 
 def build_messages(system_prompt: str, n_images: int, n_videos: int, prompt: str) -> list[dict]:
     # images first, then videos, then the text, as DataFlow-MM does
-    content = [{"type": "image"}] * n_images + [{"type": "video"}] * n_videos + [{"type": "text", "text": prompt}]
+    content = (
+        [{"type": "image"}] * n_images + [{"type": "video"}] * n_videos + [{"type": "text", "text": prompt}]
+    )
     messages = [{"role": "user", "content": content}]
     if system_prompt:
         messages.insert(0, {"role": "system", "content": system_prompt})
@@ -57,7 +59,9 @@ def chat_template(model: str, tokenizer):
     @functools.lru_cache(maxsize=4096)
     def render(system_prompt: str, n_images: int, n_videos: int, prompt: str) -> str:
         return apply(
-            build_messages(system_prompt, n_images, n_videos, prompt), tokenize=False, add_generation_prompt=True
+            build_messages(system_prompt, n_images, n_videos, prompt),
+            tokenize=False,
+            add_generation_prompt=True,
         )
 
     return render
@@ -101,9 +105,10 @@ def image_array(image: dict) -> np.ndarray:
 
 
 def vision_tokens(
-    entry: dict, keep: list[list[int] | None] | None = None, geometry: VisionGeometry = VisionGeometry()
+    entry: dict, keep: list[list[int] | None] | None = None, geometry: VisionGeometry | None = None
 ) -> int:
     """Placeholder tokens the model will see for one manifest entry's media (``keep``: frames per video)."""
+    geometry = geometry or VisionGeometry()
     total = 0
     for i, video in enumerate(entry["videos"]):
         meta = video["meta"]
@@ -150,5 +155,6 @@ class Pending:
 
     def frames_sent(self) -> int:
         return sum(
-            len(v["meta"]["frames_indices"]) if k is None else len(k) for v, k in zip(self.entry["videos"], self.keep)
+            len(v["meta"]["frames_indices"]) if k is None else len(k)
+            for v, k in zip(self.entry["videos"], self.keep)
         )

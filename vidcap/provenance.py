@@ -68,7 +68,9 @@ def model_identity(model: str) -> dict:
         return {"model": model, **_hub_revision(model)}
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not _hidden(p.relative_to(folder)))
     stats = [(str(p.relative_to(folder)), p.stat()) for p in files]
-    identity = canonical_hash([str(folder.resolve()), [(name, st.st_size, st.st_mtime_ns) for name, st in stats]])
+    identity = canonical_hash(
+        [str(folder.resolve()), [(name, st.st_size, st.st_mtime_ns) for name, st in stats]]
+    )
     cached = _identity_cache() / f"{identity}.json"
     if cached.exists():
         return {"model": model, **read_json(cached)}
@@ -101,7 +103,9 @@ def _hash_folder(folder: Path, files: list[Path]) -> dict:
         listing.append([str(path.relative_to(folder)), fingerprint])
     return {
         "weights_bytes": total,
-        "weights_hash_kind": "sha256 of every file" if full else "sha256 of small files, head+tail of weights",
+        "weights_hash_kind": "sha256 of every file"
+        if full
+        else "sha256 of small files, head+tail of weights",
         "weights_hash": canonical_hash(listing),
     }
 
@@ -133,10 +137,15 @@ def software_versions() -> dict:
 
 def job_provenance(settings: dict, engine: dict, frames: dict | None) -> dict:
     """Provenance of one caption job."""
-    caption_config = {"model": settings["model"], "prompt": settings.get("prompt"),
-                      "system_prompt": settings.get("system_prompt"), "keys": settings.get("keys"),
-                      "sampling": settings.get("sampling"), "frames": frames,
-                      "engine": {k: v for k, v in engine.items() if k not in ("env", "threads")}}
+    caption_config = {
+        "model": settings["model"],
+        "prompt": settings.get("prompt"),
+        "system_prompt": settings.get("system_prompt"),
+        "keys": settings.get("keys"),
+        "sampling": settings.get("sampling"),
+        "frames": frames,
+        "engine": {k: v for k, v in engine.items() if k not in ("env", "threads")},
+    }
     return {
         **model_identity(settings["model"]),
         "versions": software_versions(),

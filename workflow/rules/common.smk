@@ -4,12 +4,9 @@ import sys
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-# The vidcap package sits at the repository root: importable here with or without `pip install -e .`,
-# and in every job (conda envs and cluster nodes do not install it) through PYTHONPATH.
+# The vidcap package sits at the repository root: importable here with or without `pip install -e .`;
+# job scripts reach it through workflow/scripts/vidcap (a link), as conda envs do not install it.
 sys.path.insert(0, workflow.basedir)
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (workflow.basedir, os.environ.get("PYTHONPATH")) if p
-)
 
 from vidcap import provenance, records, settings, shards
 from vidcap.config import ConfigError, check_keys
@@ -36,7 +33,9 @@ except ConfigError as exc:
 if workflow.is_main_process:
     if os.path.exists(config["input"]):
         try:
-            shards.sync_shards(config["input"], SHARD_DIR, config["shards"], config["keys"])
+            shards.sync_shards(
+                config["input"], SHARD_DIR, config["shards"], config["keys"]
+            )
         except records.InputError as exc:
             raise WorkflowError(f"invalid input: {exc}") from None
     else:  # not fatal here, so --lint works without data; Snakemake then stops on the missing input
@@ -48,7 +47,8 @@ if workflow.is_main_process:
 
 def frames_store():
     """With frames.keep false, a shard's frames live in a temp() folder of its own, removed once the
-    shard is captioned (no sharing between shards); by default they live in the shared cache."""
+    shard is captioned (no sharing between shards); by default they live in the shared cache.
+    """
     if config["frames"]["keep"]:
         return {}
     return {"frames": temp(directory(f"{RESULTS}/frames/{{shard}}.frames"))}

@@ -37,6 +37,12 @@ rule build_report:
             caption="../report/histogram.rst",
             category="Histograms",
         ),
+    log:
+        f"{RESULTS}/logs/build_report.log",
+    # a few seconds of reading and drawing: not worth a cluster queue
+    localrule: True
+    conda:
+        "../../envs/frames.yaml"
     params:
         # read when present, not inputs: a deleted benchmark or stats file must not rerun a GPU job
         caption_stats=expand(f"{RESULTS}/captions/{{shard}}.stats.json", shard=SHARDS),
@@ -45,11 +51,5 @@ rule build_report:
             shard=SHARDS,
         ),
         settings=settings.report_settings(config),
-    log:
-        f"{RESULTS}/logs/build_report.log",
-    # a few seconds of reading and drawing: not worth a cluster queue
-    localrule: True
-    conda:
-        "../../envs/frames.yaml"
     script:
         "../scripts/build_report.py"
