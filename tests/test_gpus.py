@@ -29,14 +29,23 @@ with device_slots(tp, timeout=60, poll=0.05, log=sys.stderr) as ids:
 def start_jobs(tmp_path, n, tp, devices="0,1,2,3", tag="job", env_update=None):
     script = tmp_path / "job.py"
     script.write_text(JOB.format(repo=str(REPO)))
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "VIDCAP_GPU_IDS", "VIDCAP_GPU_LOCK_DIR")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "VIDCAP_GPU_IDS", "VIDCAP_GPU_LOCK_DIR")
+    }
     env.update(env_update or {"VIDCAP_GPU_IDS": devices, "VIDCAP_GPU_LOCK_DIR": str(tmp_path / "locks")})
     procs, outs = [], []
     for i in range(n):
         out = tmp_path / f"{tag}{i}.txt"
-        procs.append(subprocess.Popen([sys.executable, str(script), str(out), str(tmp_path / "go"), str(tp)],
-                                      env=env, stderr=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script), str(out), str(tmp_path / "go"), str(tp)],
+                env=env,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
         outs.append(out)
     return procs, outs
 
@@ -97,12 +106,18 @@ def test_jobs_inside_a_slurm_allocation_share_its_devices(tmp_path):
     finish(procs, tmp_path / "go")
     assert sorted(d for ids in got for d in ids) == ["0", "1"]
     # the locks live in a folder of that Slurm job: another allocation's device 0 is another GPU
-    assert sorted(p.name for p in (tmpdir / f"vidcap-gpu-locks-{os.getuid()}-slurm4242").iterdir()) == \
-        ["gpu0.lock", "gpu1.lock"]
+    assert sorted(p.name for p in (tmpdir / f"vidcap-gpu-locks-{os.getuid()}-slurm4242").iterdir()) == [
+        "gpu0.lock",
+        "gpu1.lock",
+    ]
 
 
 def test_a_third_job_in_the_allocation_waits(tmp_path):
-    allocation = {"SLURM_JOB_ID": "4243", "CUDA_VISIBLE_DEVICES": "0,1", "VIDCAP_GPU_LOCK_DIR": str(tmp_path / "l")}
+    allocation = {
+        "SLURM_JOB_ID": "4243",
+        "CUDA_VISIBLE_DEVICES": "0,1",
+        "VIDCAP_GPU_LOCK_DIR": str(tmp_path / "l"),
+    }
     procs, outs = start_jobs(tmp_path, 2, 1, env_update=allocation)
     wait_for(outs)
     late, late_out = start_jobs(tmp_path, 1, 1, tag="late", env_update=allocation)
@@ -114,8 +129,11 @@ def test_a_third_job_in_the_allocation_waits(tmp_path):
 
 
 def test_a_tp2_job_in_a_four_gpu_allocation_locks_two(tmp_path):
-    allocation = {"SLURM_JOB_ID": "4244", "CUDA_VISIBLE_DEVICES": "4,5,6,7",
-                  "VIDCAP_GPU_LOCK_DIR": str(tmp_path / "l")}
+    allocation = {
+        "SLURM_JOB_ID": "4244",
+        "CUDA_VISIBLE_DEVICES": "4,5,6,7",
+        "VIDCAP_GPU_LOCK_DIR": str(tmp_path / "l"),
+    }
     procs, outs = start_jobs(tmp_path, 2, 2, env_update=allocation)
     got = wait_for(outs)
     finish(procs, tmp_path / "go")
@@ -151,9 +169,8 @@ def test_slurm_gave_fewer_devices_than_needed(monkeypatch, tmp_path):
     monkeypatch.setenv("SLURM_JOB_ID", "42")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     monkeypatch.setenv("VIDCAP_GPU_LOCK_DIR", str(tmp_path))
-    with pytest.raises(RuntimeError, match="needs 2 GPUs but only 1"):
-        with device_slots(2):
-            pass
+    with pytest.raises(RuntimeError, match="needs 2 GPUs but only 1"), device_slots(2):
+        pass
 
 
 def test_node_devices_ignore_cuda_visible_devices(monkeypatch, tmp_path):
@@ -181,6 +198,5 @@ def test_more_devices_than_visible_is_an_error(monkeypatch, tmp_path):
 
     monkeypatch.setenv("VIDCAP_GPU_IDS", "0")
     monkeypatch.setenv("VIDCAP_GPU_LOCK_DIR", str(tmp_path))
-    with pytest.raises(RuntimeError, match="needs 2 GPUs"):
-        with device_slots(2):
-            pass
+    with pytest.raises(RuntimeError, match="needs 2 GPUs"), device_slots(2):
+        pass

@@ -36,8 +36,13 @@ def _nvidia_smi_devices() -> list[str]:
     if shutil.which("nvidia-smi") is None:
         return []
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=30, check=True).stdout
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return []  # no driver, or a GPU-less node with the tools installed
     return [line.strip() for line in out.splitlines() if line.strip()]
@@ -76,7 +81,7 @@ def lock_dir() -> Path:
 
 
 def _try_lock(path: Path):
-    handle = open(path, "a+")
+    handle = open(path, "a+")  # noqa: SIM115 -- the open descriptor is the lock: it outlives this call
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -95,8 +100,11 @@ def device_slots(count: int, timeout: float | None = None, poll: float = 0.5, lo
     """
     assigned = scheduler_assigned()
     if assigned is not None and len(assigned) == count:
-        print(f"GPU(s) {','.join(assigned)} assigned by Slurm (job {os.environ['SLURM_JOB_ID']})", file=log,
-              flush=True)
+        print(
+            f"GPU(s) {','.join(assigned)} assigned by Slurm (job {os.environ['SLURM_JOB_ID']})",
+            file=log,
+            flush=True,
+        )
         yield assigned
         return
     devices = assigned if assigned is not None else visible_devices()
@@ -104,7 +112,9 @@ def device_slots(count: int, timeout: float | None = None, poll: float = 0.5, lo
         yield []
         return
     if count > len(devices):
-        raise RuntimeError(f"a job needs {count} GPUs but only {len(devices)} are visible: {','.join(devices)}")
+        raise RuntimeError(
+            f"a job needs {count} GPUs but only {len(devices)} are visible: {','.join(devices)}"
+        )
     folder = lock_dir()
     started = time.monotonic()
     waited = False
