@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 # envs/caption.yaml pin the same; tests/test_engine_build.py checks they agree)
 VLLM_VERSION=0.32.0
 
-usage() { sed -n '3,9p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
 WITH_TEST=0
 ENGINE=""
 while [ $# -gt 0 ]; do
