@@ -234,7 +234,7 @@ def main() -> None:
     t0 = time.monotonic()
     llm = start_engine(model, engine, {"video": 1, "image": 0}, 0)
     print(
-        f"engine: max_model_len {max_model_len} (about {vision} vision tokens per video), "
+        f"engine: max_model_len {max_model_len} ({vision} vision tokens per video planned), "
         f"start {time.monotonic() - t0:.1f} s (not counted)"
     )
 
@@ -275,9 +275,11 @@ def main() -> None:
     bare_seconds, outputs = min(bare_runs, key=lambda run: run[0])
     job_seconds, stats = min(job_runs, key=lambda run: run[0])
 
+    pairs = sorted(bare[0] / job[0] for bare, job in zip(bare_runs, job_runs))
     print(
         f"best of {args.repeat}: bare {', '.join(f'{r[0]:.2f}' for r in bare_runs)} s; "
-        f"job {', '.join(f'{r[0]:.2f}' for r in job_runs)} s"
+        f"job {', '.join(f'{r[0]:.2f}' for r in job_runs)} s; job/bare per pair: median "
+        f"{pairs[len(pairs) // 2]:.3f}, range {pairs[0]:.3f}..{pairs[-1]:.3f}"
     )
     bare = report(
         "bare generate",
