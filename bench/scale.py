@@ -99,8 +99,8 @@ def main() -> None:
     for handle in handles.values():
         handle.close()
     settings = {"shards": args.shards, "prompt": "Please describe the video in detail.", "keys": keys}
-    code = ("import json,sys; sys.path.insert(0, sys.argv[1]); from vidcap.merge import merge_results; "
-            "merge_results(sys.argv[2], json.loads(sys.argv[3]), sys.argv[4], json.loads(sys.argv[5]), log=None)")
+    code = ("import json,sys; sys.path.insert(0, sys.argv[1]); from vidcap.merge import merge_captions; "
+            "merge_captions(sys.argv[2], json.loads(sys.argv[3]), sys.argv[4], json.loads(sys.argv[5]), log=None)")
     files = [str(results / f"{sid}.jsonl") for sid in ids]
     merged = measure([sys.executable, "-c", code, str(REPO), str(work / "records.jsonl"), json.dumps(files),
                       str(work / "captions.json"), json.dumps(settings)])

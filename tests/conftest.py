@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# model-folder hashes (vidcap.provenance) cached per test session, not in the user's ~/.cache
+os.environ.setdefault("VIDCAP_CACHE_DIR", tempfile.mkdtemp(prefix="vidcap-cache-"))
 
 
 def _build_tiny(tmp_path_factory, arch: str) -> Path:

@@ -11,13 +11,18 @@ import shutil
 import pytest
 from helpers import make_video, write_records
 
-from vidcap.caption import DEFAULT_ENGINE, caption_shard, generate_isolating, is_too_long, start_engine
+from vidcap.backends import OfflineBackend
+from vidcap.caption import caption_shard, feed
+from vidcap.config import defaults
+from vidcap.engine import is_too_long, start_engine
+from vidcap.journal import Journal
+from vidcap.prompts import Pending
 from vidcap.frames import extract_shard
 
 pytestmark = pytest.mark.slow
 
 MAX_MODEL_LEN = 256
-ENGINE = {**DEFAULT_ENGINE, "max_model_len": MAX_MODEL_LEN, "dtype": "bfloat16", "enforce_eager": True,
+ENGINE = {**defaults("engine"), "max_model_len": MAX_MODEL_LEN, "dtype": "bfloat16", "enforce_eager": True,
           "cpu_kvcache_space_gb": 1}
 FRAMES = {"fps": 2.0, "min_frames": 4, "max_frames": 64, "min_pixels": 3136, "max_pixels": 12544,
           "image_min_pixels": 3136, "image_max_pixels": 12544}
@@ -110,14 +115,18 @@ def test_truncated_when_max_tokens_is_reached(llm, tiny_model_25, media, tmp_pat
         assert meta["status"] == "truncated"
 
 
-def test_engine_rejections_are_isolated_per_request(llm, tiny_model_25):
-    from vllm import SamplingParams
-
-    params = [SamplingParams(max_tokens=2, temperature=0.0) for _ in range(3)]
-    requests = [{"prompt": "a the video"}, {"prompt": "a the " * 400}, {"prompt": "red blue green"}]
-    outputs = generate_isolating(llm, requests, params)
-    assert not isinstance(outputs[0], Exception) and not isinstance(outputs[2], Exception)
-    assert isinstance(outputs[1], Exception) and is_too_long(outputs[1])
+def test_engine_rejections_are_isolated_per_request(llm, tiny_model_25, tmp_path):
+    """vLLM refuses the middle request while it is added: only that record fails, the others are captioned."""
+    no_media = {"videos": [], "images": []}
+    items = [Pending(i, f"d{i}", no_media, "", text=text, key=f"k{i}")
+             for i, text in enumerate(["a the video", "a the " * 400, "red blue green"])]
+    results = [{"caption": None, "caption_meta": {"error": None}} for _ in items]
+    stats = {"requests": 0, "halved": 0, "prompt_tokens": 0, "output_tokens": 0}
+    backend = OfflineBackend(llm, {**defaults("sampling"), "temperature": 0.0, "max_tokens": 2}, ENGINE)
+    feed(backend, items, results, stats, Journal(tmp_path / "journal"), log=None)
+    assert {results[0]["caption_meta"]["status"], results[2]["caption_meta"]["status"]} <= {"ok", "truncated"}
+    assert results[1]["caption"] is None and results[1]["caption_meta"]["error"].startswith("too long")
+    assert stats["requests"] == 3
 
 
 def test_same_seed_same_bytes(llm, tiny_model_25, media, tmp_path):

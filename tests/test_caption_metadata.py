@@ -10,7 +10,7 @@ import os
 import pytest
 from helpers import make_video
 
-from vidcap.caption import kept_frames, video_item, vision_tokens
+from vidcap.prompts import kept_frames, video_item, vision_tokens
 from vidcap.frames import sample_video
 
 VIDEO_PROMPT = "<|vision_start|><|video_pad|><|vision_end|>Describe."
@@ -121,7 +121,7 @@ def test_qwen3_vl_time_stamps_follow_the_source_frames(tiny_model_25, clip, tmp_
     from vllm.config import ModelConfig
     from vllm.multimodal import MULTIMODAL_REGISTRY
 
-    from vidcap.caption import vision_geometry
+    from vidcap.budget import geometry_for as vision_geometry
 
     model = build_tiny_qwen3_vl_processor(tmp_path / "qwen3", tiny_model_25)
     processor = MULTIMODAL_REGISTRY.create_processor(ModelConfig(model=str(model), dtype="float32",

@@ -61,7 +61,7 @@ def test_workflow_greedy_captions_match_transformers(tmp_path, tiny_model):
         for entry in json.loads(manifest.read_text())["records"]:
             frames_by_digest[entry["digest"]] = entry
 
-    from vidcap.caption import build_messages
+    from vidcap.prompts import build_messages
     from vidcap.records import record_digest
 
     processor = AutoProcessor.from_pretrained(tiny_model)

@@ -16,6 +16,7 @@ import pytest
 from helpers import make_video, write_records
 
 from vidcap.caption import caption_shard
+from vidcap.engine import EngineFailure
 from vidcap.frames import extract_shard
 from vidcap.server import server_ready
 
@@ -99,12 +100,43 @@ def test_server_captions_equal_offline_captions(server, tiny_model, shard):
     assert served[4]["caption_meta"]["error"] == offline[4]["caption_meta"]["error"] == "missing.mp4: missing file"
 
 
-def test_unreachable_server_is_a_record_error_after_retries(tiny_model, shard):
+def test_unreachable_server_fails_the_job_and_writes_nothing(tiny_model, shard):
+    """No server: an engine-level failure, so the job fails (Snakemake retries it), never per-record errors."""
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens here
-    started = time.monotonic()
-    caption_shard(str(shard / "s.jsonl"), str(shard / "m.json"), str(shard / "down.jsonl"),
-                  settings(tiny_model, backend="server", url=url, retries=2))
-    assert time.monotonic() - started >= 3  # backoff 1 s + 2 s
-    metas = [r["caption_meta"] for r in read(shard / "down.jsonl")]
-    assert all(m["status"] == "error" for m in metas)
-    assert "server unreachable" in metas[0]["error"]
+    out = shard / "down.jsonl"
+    with pytest.raises(EngineFailure, match="server unreachable"):
+        caption_shard(str(shard / "s.jsonl"), str(shard / "m.json"), str(out),
+                      settings(tiny_model, backend="server", url=url, retries=2))
+    assert not out.exists() and not out.with_suffix(".stats.json").exists()
+
+
+def test_server_failing_every_request_fails_the_job(tiny_model, shard):
+    """A server that is up (/health 200) but answers 503 to every request: after the retries the job fails."""
+    import http.server
+    import threading
+
+    class Overloaded(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 -- the http.server interface
+            self.send_response(200)
+            self.end_headers()
+
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(503)
+            self.end_headers()
+            self.wfile.write(b'{"error": {"message": "overloaded"}}')
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Overloaded)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    out = shard / "busy.jsonl"
+    try:
+        with pytest.raises(EngineFailure, match="HTTP 503"):
+            caption_shard(str(shard / "s.jsonl"), str(shard / "m.json"), str(out),
+                          settings(tiny_model, backend="server", url=f"http://127.0.0.1:{httpd.server_port}",
+                                   retries=1))
+    finally:
+        httpd.shutdown()
+    assert not out.exists()

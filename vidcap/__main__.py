@@ -1,5 +1,5 @@
 """Command line: ``python -m vidcap tiny-model DIR``, ``python -m vidcap demo DIR``,
-``python -m vidcap stats OUTPUT``."""
+``python -m vidcap stats OUTPUT``, ``python -m vidcap audit OUTPUT``, ``python -m vidcap diff OLD NEW``."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     stats.add_argument("--model", help="model id or folder to name in the summary")
     stats.add_argument("--caption-key", default="caption",
                        help="record key holding the caption (config keys.caption)")
+    _add_quality_commands(sub)
     args = parser.parse_args(argv)
 
     if args.command == "tiny-model":
@@ -47,6 +48,52 @@ def main(argv: list[str] | None = None) -> int:
         summary = summarize_output(args.output, {"caption": args.caption_key})
         steps = read_benchmarks(benchmark_files(f"{args.results}/benchmarks")) if args.results else None
         print(format_summary(summary, steps, args.model))
+    elif args.command in ("audit", "diff"):
+        return _run_quality_command(args)
+    return 0
+
+
+def _add_quality_commands(sub) -> None:
+    audit = sub.add_parser("audit", help="duplicate and near-duplicate captions, boilerplate openings, "
+                           "length outliers, status counts of an output file")
+    audit.add_argument("output", help="the workflow's output file (.json or .jsonl)")
+    audit.add_argument("--json", action="store_true", help="print the audit as JSON")
+    audit.add_argument("--caption-key", default="caption", help="record key holding the caption (config keys.caption)")
+    audit.add_argument("--jaccard", type=float, help="near-duplicate threshold (config audit.near_duplicate_jaccard)")
+    diff = sub.add_parser("diff", help="records whose caption changed between two builds of the same input, and why")
+    diff.add_argument("old")
+    diff.add_argument("new")
+    diff.add_argument("--json", action="store_true", help="print the diff as JSON (changes held in memory)")
+    diff.add_argument("--caption-key", default="caption", help="record key holding the caption (config keys.caption)")
+
+
+def _run_quality_command(args) -> int:
+    import json
+
+    if args.command == "audit":
+        from vidcap.audit import audit_output, format_audit
+
+        given = {"near_duplicate_jaccard": args.jaccard} if args.jaccard is not None else None
+        result = audit_output(args.output, given, args.caption_key)
+        print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else format_audit(result))
+        return 0
+    from vidcap import diff
+
+    keys = {"caption": args.caption_key}
+    try:
+        if args.json:
+            print(json.dumps(diff.diff_outputs(args.old, args.new, keys), indent=2, ensure_ascii=False))
+            return 0
+        run = diff.run_differences(diff.output_provenance(args.old), diff.output_provenance(args.new))
+        print(diff.format_run_differences(run))
+        count = 0
+        for change in diff.iter_changes(args.old, args.new, keys, diff.run_reasons(run)):
+            count += 1
+            print(diff.format_change(change))
+    except ValueError as exc:
+        print(f"vidcap diff: {exc}", file=sys.stderr)
+        return 1
+    print(f"{count} records changed")
     return 0
 
 

@@ -25,9 +25,10 @@ from vidcap import budget, decode
 from vidcap.atomic import atomic_open, iter_jsonl, read_json, write_json
 from vidcap.budget import FRAME_FACTOR
 from vidcap.decode import FrameError
-from vidcap.records import DEFAULT_KEYS, media_list, record_digest, resolve_media
+from vidcap.config import with_defaults
+from vidcap.records import media_list, record_digest, resolve_media
 
-PATCH_FACTOR = 28  # patch 14 x spatial merge 2 (Qwen2-VL / Qwen2.5-VL); Qwen3-VL: 32
+PATCH_FACTOR = budget.QWEN2_PATCH_FACTOR
 __all__ = [
     "FRAME_FACTOR",
     "PATCH_FACTOR",
@@ -46,7 +47,7 @@ def smart_resize(
     width: int,
     factor: int = PATCH_FACTOR,
     min_pixels: int = 56 * 56,
-    max_pixels: int = 28 * 28 * 1280,
+    max_pixels: int = PATCH_FACTOR * PATCH_FACTOR * 1280,
 ) -> tuple[int, int]:
     """Qwen's smart_resize: both sides multiples of ``factor``, pixels within bounds, aspect kept."""
     try:
@@ -55,21 +56,6 @@ def smart_resize(
         raise FrameError(str(exc)) from None
 
 
-DEFAULT_FRAMES = {
-    "backend": "ffmpeg",
-    "fps": 2.0,
-    "min_frames": 4,
-    "max_frames": 768,
-    "min_pixels": 128 * 28 * 28,
-    "max_pixels": 768 * 28 * 28,
-    "total_pixels": None,
-    "max_vision_tokens": None,  # per video; set by the workflow from max_model_len (see budget.py)
-    "patch_factor": PATCH_FACTOR,
-    "image_min_pixels": 4 * 28 * 28,
-    "image_max_pixels": 1280 * 28 * 28,
-    "timeout": 600,
-    "decoder_threads": 0,
-}
 CACHE_VERSION = 2  # bump when the sampled frames for the same parameters would change
 
 
@@ -80,7 +66,7 @@ def sample_video(path: str, params: dict, out=None) -> tuple[np.ndarray, dict]:
     With ``out`` (an NpyStream) the frames are written to it as they are decoded and the returned
     array is None: memory stays at a frame or two, whatever the video's length.
     """
-    params = {**DEFAULT_FRAMES, **params}
+    params = with_defaults("frames", params)
     started = time.monotonic()
     deadline = started + float(params["timeout"])
     info = decode.probe(path, deadline)
@@ -162,7 +148,7 @@ def load_image(path: str, params: dict) -> tuple[np.ndarray, dict]:
     """One image as uint8 H x W x 3, EXIF orientation applied, sized by the image pixel bounds."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    params = {**DEFAULT_FRAMES, **params}
+    params = with_defaults("frames", params)
     if not os.path.exists(path):
         raise FrameError("missing file")
     if os.path.isdir(path):
@@ -193,7 +179,8 @@ def load_image(path: str, params: dict) -> tuple[np.ndarray, dict]:
 
 # ----------------------------------------------------------------------------------------- cache
 def frame_params_key(params: dict) -> str:
-    ignored = ("timeout", "threads", "keep", "decoder_threads")  # change how, not what, is extracted
+    # change how, not what, is extracted (prompt_tokens is already in max_vision_tokens)
+    ignored = ("timeout", "threads", "keep", "decoder_threads", "prompt_tokens")
     return json.dumps({k: params[k] for k in sorted(params) if k not in ignored}, sort_keys=True)
 
 
@@ -235,7 +222,7 @@ class NpyStream:
 
 def cached_sample(path: str, kind: str, params: dict, cache_dir: Path) -> dict:
     """Frames of one video/image from the cache (extracted first if missing); its manifest entry."""
-    params = {**DEFAULT_FRAMES, **params}
+    params = with_defaults("frames", params)
     key = cache_key(path, kind, params)
     array_path = Path(cache_dir) / key[:2] / f"{key}.npy"
     meta_path = array_path.with_suffix(".json")
@@ -280,8 +267,8 @@ def extract_shard(
     A pool of ``threads`` workers goes over the distinct media files (a file listed twice is
     extracted once); each worker mostly waits on an ffmpeg process, so threads are enough.
     """
-    keys = {**DEFAULT_KEYS, **settings.get("keys", {})}
-    params = {**DEFAULT_FRAMES, **settings.get("frames", {})}
+    keys = with_defaults("keys", settings.get("keys"))
+    params = with_defaults("frames", settings.get("frames"))
     cache_dir = Path(settings["cache_dir"])
     cache_dir.mkdir(parents=True, exist_ok=True)  # may be this shard's own output folder (frames.keep false)
     media_root = settings["media_root"]

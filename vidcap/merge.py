@@ -11,7 +11,8 @@ import json
 import sys
 from collections import Counter
 
-from vidcap.records import DEFAULT_KEYS, RecordWriter, iter_records, record_digest, record_prompt, with_prompt
+from vidcap.config import with_defaults
+from vidcap.records import RecordWriter, iter_records, record_digest, record_prompt, with_prompt
 from vidcap.shards import raise_open_file_limit, shard_ids, shard_of
 
 
@@ -19,13 +20,13 @@ class StaleResultError(RuntimeError):
     """A shard result does not match the current input (it was built from other records)."""
 
 
-def merge_results(input_path: str, result_files: list[str], output_path: str, settings: dict,
+def merge_captions(input_path: str, result_files: list[str], output_path: str, settings: dict,
                   log=sys.stderr) -> Counter:
     """Write ``output_path`` (JSON array or JSONL by suffix); return the count of each status.
 
     ``result_files`` holds one caption result file per shard, in shard order.
     """
-    keys = {**DEFAULT_KEYS, **settings.get("keys", {})}
+    keys = with_defaults("keys", settings.get("keys"))
     n_shards = int(settings["shards"])
     ids = shard_ids(n_shards)
     if len(result_files) != n_shards:

@@ -19,8 +19,9 @@ from typing import Iterator
 
 from vidcap.atomic import atomic_open, dumps_line
 
-DEFAULT_KEYS = {"video": "video", "image": "image", "conversation": "conversation", "caption": "caption",
-                "prompt": None}
+from vidcap.config import defaults, with_defaults
+
+DEFAULT_KEYS = defaults("keys")  # the schema's; a name kept for callers
 
 
 class InputError(ValueError):
@@ -36,7 +37,7 @@ def iter_records(path: str | os.PathLike, keys: dict | None = None) -> Iterator[
 
     Memory stays bounded by one record, whatever the file size.
     """
-    keys = {**DEFAULT_KEYS, **(keys or {})}
+    keys = with_defaults("keys", keys)
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: input file not found")

@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 from vidcap.atomic import atomic_open, dumps_line, read_json, write_json
-from vidcap.records import DEFAULT_KEYS, iter_records, record_media
+from vidcap.config import with_defaults
+from vidcap.records import iter_records, record_media
 
 STATE_FILE = ".state.json"
 MAX_OPEN_SHARDS = 4000  # file handles held at once while (re)writing shards; more shards take more passes
@@ -87,7 +88,7 @@ def sync_shards(input_path: str | os.PathLike, shard_dir: str | os.PathLike, n_s
 
     Raises :class:`vidcap.records.InputError` on a malformed input, before writing anything.
     """
-    keys = {**DEFAULT_KEYS, **(keys or {})}
+    keys = with_defaults("keys", keys)
     shard_dir = Path(shard_dir)
     ids = shard_ids(n_shards)
     state_path = shard_dir / STATE_FILE

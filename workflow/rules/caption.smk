@@ -7,17 +7,15 @@ rule caption_shard:
         result=f"{RESULTS}/captions/{{shard}}.jsonl",
         stats=f"{RESULTS}/captions/{{shard}}.stats.json",
     params:
-        settings=caption_settings(),
+        # what a caption depends on; engine sizing comes from vidcap.settings in the job (no reruns)
+        settings=settings.caption_params(config),
     log:
         f"{RESULTS}/logs/caption_shard/{{shard}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/caption_shard/{{shard}}.tsv"
-    wildcard_constraints:
-        shard=r"\d+",
     threads: config["engine"]["threads"]
     resources:
-        # GPUs this job locks (vidcap.gpus); none when a vllm serve elsewhere does the work
-        gpu=0 if config["engine"].get("backend") == "server" else config["engine"]["tensor_parallel_size"],
+        gpu=settings.caption_gpus(config),
     conda:
         "../../envs/caption.yaml"
     script:

@@ -5,13 +5,11 @@ rule extract_frames:
         manifest=f"{RESULTS}/frames/{{shard}}.json",
         **frames_store(),
     params:
-        settings=lambda wildcards: frames_settings(wildcards.shard),
+        settings=frames_settings_of,
     log:
         f"{RESULTS}/logs/extract_frames/{{shard}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/extract_frames/{{shard}}.tsv"
-    wildcard_constraints:
-        shard=r"\d+",
     threads: config["frames"]["threads"]
     conda:
         "../../envs/frames.yaml"

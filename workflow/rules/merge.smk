@@ -7,7 +7,7 @@ rule merge_captions:
         captions=config["output"],
         provenance=str(provenance.provenance_path(config["output"])),
     params:
-        settings=merge_settings(),
+        settings=settings.merge_settings(config),
         frames_dir=f"{RESULTS}/frames",
     log:
         f"{RESULTS}/logs/merge_captions.log",

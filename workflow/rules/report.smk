@@ -44,18 +44,7 @@ rule build_report:
             [rules.extract_frames.benchmark, rules.caption_shard.benchmark],
             shard=SHARDS,
         ),
-        # what the report names besides the output file; engine.env may hold secrets: left out
-        settings={
-            "model": config["model"],
-            "prompt": config["prompt"],
-            "system_prompt": config["system_prompt"],
-            "keys": config["keys"],
-            "shards": config["shards"],
-            "frames": frame_params(),
-            "sampling": config["sampling"],
-            "engine": {k: v for k, v in config["engine"].items() if k != "env"},
-            "gallery_sample": config["gallery_sample"],
-        },
+        settings=settings.report_settings(config),
     log:
         f"{RESULTS}/logs/build_report.log",
     # a few seconds of reading and drawing: not worth a cluster queue
@@ -63,4 +52,4 @@ rule build_report:
     conda:
         "../../envs/frames.yaml"
     script:
-        "../scripts/report_build.py"
+        "../scripts/build_report.py"
