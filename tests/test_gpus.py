@@ -97,7 +97,7 @@ def test_a_killed_job_frees_its_devices(tmp_path):
 
 
 def test_jobs_inside_a_slurm_allocation_share_its_devices(tmp_path):
-    """salloc --gpus=2, then snakemake --resources gpu=2 with the local executor: two tp=1 jobs, one GPU each."""
+    """salloc --gpus=2, then snakemake --resources gpu=2 (local executor): two tp=1 jobs, one GPU each."""
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
     allocation = {"SLURM_JOB_ID": "4242", "CUDA_VISIBLE_DEVICES": "0,1", "TMPDIR": str(tmpdir)}
@@ -152,7 +152,7 @@ def test_slurm_assignment_is_kept(monkeypatch):
 
 
 def test_exact_slurm_assignment_takes_no_lock(monkeypatch, tmp_path):
-    """One sbatch per job (--gpus=2, tp=2): Slurm's devices are the job's, even if a lock file says otherwise."""
+    """One sbatch per job (--gpus=2, tp=2): Slurm's devices are the job's, no lock taken."""
     from vidcap.gpus import device_slots
 
     monkeypatch.setenv("SLURM_JOB_ID", "42")

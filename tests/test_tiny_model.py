@@ -131,7 +131,7 @@ def test_unknown_size_is_refused(tmp_path):
 
 
 def test_streamed_weights_match_save_pretrained(tiny_model_25, tmp_path):
-    """Shard-by-shard random weights: the names and shapes save_pretrained writes, loadable by transformers."""
+    """Shard-by-shard random weights: save_pretrained's names and shapes, loadable by transformers."""
     import torch
     from safetensors import safe_open
     from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
@@ -167,7 +167,7 @@ def test_vllm_generates_from_streamed_weights(tiny_model_25, tmp_path):
     from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
     from vllm import SamplingParams
 
-    from vidcap.caption import DEFAULT_ENGINE, start_engine
+    from vidcap.engine import start_engine
     from vidcap.tiny_model import write_random_weights
 
     out = tmp_path / "streamed"
@@ -176,7 +176,6 @@ def test_vllm_generates_from_streamed_weights(tiny_model_25, tmp_path):
         Qwen2_5_VLForConditionalGeneration, AutoConfig.from_pretrained(out), out, shard_bytes=500_000
     )
     engine = {
-        **DEFAULT_ENGINE,
         "max_model_len": 256,
         "dtype": "bfloat16",
         "enforce_eager": True,

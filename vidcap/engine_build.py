@@ -114,8 +114,9 @@ def check_engine_build(device: str = "auto") -> str:
             )
         if gpus:
             raise EngineBuildError(
-                f"this node has GPU(s) {','.join(gpus)} but only vLLM's CPU build is installed ({describe()}), "
-                "so the model would run on the CPU. Reinstall with `scripts/install.sh --engine gpu` (it works on "
+                f"this node has GPU(s) {','.join(gpus)} but only vLLM's CPU build is installed "
+                f"({describe()}), so the model would run on the CPU. Reinstall with "
+                "`scripts/install.sh --engine gpu` (it works on "
                 "a login node without a GPU), or set `engine.device: cpu` to use the CPU build on purpose."
             )
         return "cpu"
