@@ -13,9 +13,11 @@ import math
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from pathlib import Path
 
 from vidcap.engine import EngineFailure, EngineWatchdog, is_engine_failure
 from vidcap.prompts import Pending, frame_bytes, image_array, video_item
+from vidcap.provenance import canonical_hash
 
 # host bytes a queued request holds per byte of its uint8 frames: the frames plus vLLM's float32 patches
 HELD_PER_FRAME_BYTE = 5
@@ -69,6 +71,19 @@ def media_data(item: Pending) -> dict:
     return data
 
 
+def media_uuids(item: Pending) -> dict:
+    """vLLM ``multi_modal_uuids``: each item's frame cache file (its content key) and the frames kept."""
+    uuids = {}
+    if item.entry["images"]:
+        uuids["image"] = [Path(i["frames"]).stem for i in item.entry["images"]]
+    if item.entry["videos"]:
+        uuids["video"] = [
+            Path(v["frames"]).stem + ("" if keep is None else "-" + canonical_hash(keep)[:16])
+            for v, keep in zip(item.entry["videos"], item.keep)
+        ]
+    return uuids
+
+
 class OfflineBackend:
     """A vLLM engine in this process, fed request by request (``LLM.enqueue``) and stepped."""
 
@@ -93,14 +108,22 @@ class OfflineBackend:
         return SamplingParams(
             temperature=s["temperature"],
             top_p=s["top_p"],
+            top_k=s["top_k"] or 0,  # vLLM: 0 (or -1) is off
+            presence_penalty=s["presence_penalty"],
             repetition_penalty=s["repetition_penalty"],
+            min_tokens=s["min_tokens"],
             max_tokens=s["max_tokens"],
             seed=item.seed,
         )
 
     def submit(self, item: Pending) -> None:
         t0 = time.monotonic()
-        request = {"prompt": item.text, "multi_modal_data": media_data(item)}
+        # vidcap's frame cache key names the content: vLLM need not hash every frame tensor again
+        request = {
+            "prompt": item.text,
+            "multi_modal_data": media_data(item),
+            "multi_modal_uuids": media_uuids(item),
+        }
         t1 = time.monotonic()
         self.prepare_seconds += t1 - t0
         try:

