@@ -62,12 +62,12 @@ def tiny_config(model_dir: str | os.PathLike, **overrides) -> dict:
 
 
 def run_snakemake(workdir: str | os.PathLike, config: dict, *args: str, check: bool = True,
-                  timeout: float = 900) -> subprocess.CompletedProcess:
+                  timeout: float = 900, gpus: int = 1) -> subprocess.CompletedProcess:
     """Run the real workflow in ``workdir`` with ``config`` written to workdir/config.yaml."""
     workdir = Path(workdir)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--configfile",
-           str(workdir / "config.yaml"), "--cores", "2", "--resources", "gpu=1", "--nocolor", *args]
+           str(workdir / "config.yaml"), "--cores", "2", "--resources", f"gpu={gpus}", "--nocolor", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}"})
     if check and proc.returncode != 0:

@@ -207,3 +207,22 @@ def test_too_small_batched_tokens_is_a_config_error(tiny_model):
     config = job_config(tiny_model, engine={"max_num_batched_tokens": 512})
     with pytest.raises(vconfig.ConfigError, match=r"max_num_batched_tokens 512 .* at least \d+"):
         vsettings.caption_job(config)
+
+
+def test_cpu_build_on_a_node_with_gpus_is_refused(tiny_model, tmp_path, monkeypatch):
+    """GPUs visible (simulated device list) but only vLLM's CPU build installed: the job fails at once with
+    a message saying so, instead of captioning on the CPU for hours."""
+    from vidcap.caption import caption_shard
+    from vidcap.engine_build import EngineBuildError
+
+    config = job_config(tiny_model)
+    shard, manifest = build_shard(tmp_path, 2, config)
+    monkeypatch.setenv("VIDCAP_GPU_IDS", "0,1")
+    monkeypatch.setenv("VIDCAP_GPU_LOCK_DIR", str(tmp_path / "locks"))
+    with pytest.raises(EngineBuildError, match="CPU build"):
+        caption_shard(str(shard), str(manifest), str(tmp_path / "out.jsonl"), vsettings.caption_job(config))
+    assert not (tmp_path / "out.jsonl").exists()
+    # on purpose: engine.device cpu runs the CPU build whatever the node has
+    cpu = vsettings.caption_job(job_config(tiny_model, engine={"device": "cpu"}))
+    caption_shard(str(shard), str(manifest), str(tmp_path / "out.jsonl"), cpu)
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 2

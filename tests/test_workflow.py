@@ -113,3 +113,31 @@ def test_unreachable_server_fails_the_build_and_writes_no_result(tiny_model, tmp
     assert "server unreachable" in proc.stdout + proc.stderr
     assert not (tmp_path / "captions.json").exists()
     assert not list((tmp_path / "results" / "captions").glob("*.jsonl"))
+
+
+def test_unknown_vllm_arg_fails_before_any_job(tiny_model, tmp_path):
+    write_records(tmp_path / "records.json", [{"video": ["a.mp4"]}])
+    config = tiny_config(tiny_model, engine={"vllm_args": {"quantisation": "fp8"}})
+    proc = run_snakemake(tmp_path, config, check=False)
+    assert proc.returncode != 0
+    assert "engine.vllm_args: 'quantisation' is not an argument" in proc.stderr
+    assert "did you mean 'quantization'" in proc.stderr
+    assert jobs_run(proc.stdout + proc.stderr) == {}
+
+
+def test_caption_jobs_inside_an_allocation_hold_different_gpus(tiny_model, tmp_path, monkeypatch):
+    """`salloc --gpus=2` then `snakemake --resources gpu=2` (local executor inside the allocation): each of
+    the two caption jobs locks its own device of the job's two (CPU build: the ids are only recorded)."""
+    monkeypatch.setenv("SLURM_JOB_ID", f"vidcap-test-{tmp_path.name}")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    records = []
+    for i in range(4):
+        make_video(tmp_path / f"v{i}.mp4", seconds=1, source=SOURCES[i])
+        records.append({"video": [f"v{i}.mp4"], "id": i})
+    write_records(tmp_path / "records.json", records)
+    config = tiny_config(tiny_model, shards=2)
+    run_snakemake(tmp_path, config, gpus=2)
+    devices = [
+        json.loads(p.read_text())["devices"] for p in sorted((tmp_path / "results" / "captions").glob("*.stats.json"))
+    ]
+    assert sorted(d for held in devices for d in held) == ["0", "1"], devices
