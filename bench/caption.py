@@ -30,15 +30,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+from helpers import synthetic_shard  # noqa: E402
 
 from vidcap import config as vconfig  # noqa: E402
 from vidcap import settings as vsettings  # noqa: E402
-from vidcap.atomic import write_json  # noqa: E402
-from vidcap.records import record_digest  # noqa: E402
 
 JOB = """
 import json, sys
@@ -46,40 +45,6 @@ from vidcap.caption import caption_shard
 stats = caption_shard(*sys.argv[1:4], json.loads(sys.argv[4]), log=sys.stderr)
 print(json.dumps(stats))
 """
-
-
-def synthetic_cache(work: Path, distinct: int, frames: int, width: int, height: int) -> list[dict]:
-    """``distinct`` cached videos of noise frames, as the frames step would leave them."""
-    rng = np.random.default_rng(0)
-    entries = []
-    for i in range(distinct):
-        path = work / "cache" / f"v{i:04d}.npy"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, rng.integers(0, 256, (frames, height, width, 3), dtype=np.uint8))
-        meta = {
-            "fps": 30.0,
-            "duration": frames / 2,
-            "total_num_frames": frames * 15,
-            "width": width,
-            "height": height,
-            "frames_indices": [j * 15 for j in range(frames)],
-        }
-        entries.append({"path": f"v{i}.mp4", "frames": str(path), "meta": meta})
-    return entries
-
-
-def write_shard(work: Path, n: int, videos: list[dict]) -> tuple[Path, Path]:
-    shard, manifest = work / f"shard{n}.jsonl", work / f"manifest{n}.json"
-    records = [
-        {"video": [f"v{i}.mp4"], "conversation": [{"from": "human", "value": ""}], "n": i} for i in range(n)
-    ]
-    shard.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    entries = [
-        {"digest": record_digest(r), "videos": [videos[i % len(videos)]], "images": [], "error": None}
-        for i, r in enumerate(records)
-    ]
-    write_json(manifest, {"shard": "0", "records": entries})
-    return shard, manifest
 
 
 def run_job(shard: Path, manifest: Path, out: Path, settings: dict) -> tuple[dict, float]:
@@ -133,7 +98,6 @@ def main() -> None:
         }
     )
     settings = vsettings.caption_job(config)
-    videos = synthetic_cache(work, min(args.distinct, max(args.records)), args.frames, width, height)
     print(
         f"caption job, tiny Qwen2.5-VL on the CPU build, {args.frames} frames of {args.size} per record, "
         f"seeded sampling (temperature {config['sampling']['temperature']}), max_tokens {args.max_tokens}, "
@@ -145,7 +109,7 @@ def main() -> None:
     )
     first_rss = None
     for n in args.records:
-        shard, manifest = write_shard(work, n, videos)
+        shard, manifest = synthetic_shard(work, n, args.frames, width, height, args.distinct)
         stats, rss = run_job(shard, manifest, work / f"out{n}.jsonl", settings)
         first_rss = first_rss or rss
         job = stats["seconds"] - stats["engine_seconds"]

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from vidcap.budget import QWEN2_PATCH_FACTOR
+
 SPECIAL_TOKENS = [
     "<|endoftext|>",
     "<|im_start|>",
@@ -45,7 +47,8 @@ CHAT_TEMPLATE = (
 )
 
 # frames the tiny processor accepts unchanged: 56x56 .. 112x112, so vision tokens stay few
-TINY_MIN_PIXELS, TINY_MAX_PIXELS = 28 * 28 * 4, 28 * 28 * 16
+_F = QWEN2_PATCH_FACTOR
+TINY_MIN_PIXELS, TINY_MAX_PIXELS = _F * _F * 4, _F * _F * 16
 ARCHS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
 # Dimensions from the published config.json (and preprocessor configs) of each checkpoint. The
