@@ -29,7 +29,8 @@ import json, sys
 from vidcap.caption import caption_shard
 shard, manifest, out, settings = sys.argv[1:5]
 stats = caption_shard(shard, manifest, out, json.loads(settings), log=sys.stderr)
-print("STATS " + json.dumps({k: stats[k] for k in ("requests", "resumed", "ok", "truncated", "error")}))
+with open(out + ".test-stats", "w") as handle:
+    json.dump({k: stats[k] for k in ("requests", "resumed", "ok", "truncated", "error")}, handle)
 """
 
 
@@ -79,21 +80,20 @@ def build_shard(root: Path, n: int, config: dict, size: str = "64x48") -> tuple[
 
 
 def start_job(shard, manifest, out, settings, log_path, env=None) -> subprocess.Popen:
+    """A caption job as its own process; all it prints (vLLM logs to stdout too) goes to its log file."""
     cmd = [sys.executable, "-c", JOB, str(shard), str(manifest), str(out), json.dumps(settings)]
     with open(log_path, "a") as log:
         return subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO, env={**os.environ, **(env or {})}
+            cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **(env or {})}
         )
 
 
 def run_job(*args, **kwargs) -> tuple[dict, int]:
-    """Run a caption job to its end; its stats line and its peak RSS in bytes (wait4's ru_maxrss)."""
+    """Run a caption job to its end; its stats and its peak RSS in bytes (wait4's ru_maxrss)."""
     proc = start_job(*args, **kwargs)
     _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    out = proc.stdout.read()
-    assert proc.returncode == 0, Path(args[4]).read_text()[-3000:]
-    return json.loads(out.strip().splitlines()[-1]), usage.ru_maxrss * 1024
+    assert os.waitstatus_to_exitcode(status) == 0, Path(args[4]).read_text()[-3000:]
+    return json.loads(Path(f"{args[2]}.test-stats").read_text()), usage.ru_maxrss * 1024
 
 
 def journal_lines(out: Path) -> int:
