@@ -1,5 +1,9 @@
 import json
 import os
+import re
+
+import pytest
+from helpers import jobs_run, planned_jobs, run_snakemake, tiny_config, write_records
 
 from vidcap.records import DEFAULT_KEYS
 from vidcap.shards import shard_file, shard_ids, shard_of, sync_shards
@@ -175,8 +179,6 @@ def test_many_shards_are_written_in_several_passes(tmp_path, monkeypatch):
 
 
 def test_a_malformed_input_replaces_no_shard(tmp_path):
-    import pytest
-
     from vidcap.records import InputError
 
     src, shard_dir = tmp_path / "r.jsonl", tmp_path / "shards"
@@ -189,3 +191,36 @@ def test_a_malformed_input_replaces_no_shard(tmp_path):
     with pytest.raises(InputError, match="record 50: key 'video'"):
         sync_shards(src, shard_dir, 4, KEYS, log=None)
     assert (sorted(p.name for p in shard_dir.iterdir()), snapshot(shard_dir)) == base  # no temp file left
+
+
+def _pretend_built(work, config):
+    """Every output present and recorded as up to date, without running a job (no engine needed)."""
+    listing = run_snakemake(work, config, "--summary").stdout.splitlines()
+    for row in listing[1:]:
+        path = work / row.split("\t")[0]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    run_snakemake(work, config, "--touch")
+
+
+@pytest.mark.slow
+def test_workflow_reruns_one_shard_per_changed_media_file(tmp_path):
+    """Real Snakemake, dry runs: replacing, adding or deleting one video plans exactly one shard's jobs."""
+    recs = media_records(tmp_path, n=16, missing=(12, 13))
+    write_records(tmp_path / "records.json", recs)
+    config = tiny_config("none", shards=4)
+    _pretend_built(tmp_path, config)
+    assert planned_jobs(tmp_path, config) == {}
+    one_shard = {"extract_frames": 1, "caption_shard": 1, "merge_captions": 1, "build_report": 1, "all": 1}
+    steps = [
+        (2, lambda p: replace_in_place(p, b"video 2")),
+        (12, lambda p: p.write_bytes(b"now here")),
+        (7, lambda p: p.unlink()),
+    ]
+    for i, act in steps:
+        act(tmp_path / recs[i]["video"][0])
+        proc = run_snakemake(tmp_path, config, "--dry-run")
+        assert jobs_run(proc.stdout + proc.stderr) == one_shard, i
+        assert set(re.findall(r"shard=(\d+)", proc.stdout)) == {f"{shard_of(recs[i], KEYS, 4):04d}"}
+        run_snakemake(tmp_path, config, "--touch")
+        assert planned_jobs(tmp_path, config) == {}
