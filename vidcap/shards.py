@@ -7,9 +7,9 @@ so replacing, adding or deleting a media file changes that one shard file too. S
 rewritten only when their content changes: unchanged shards keep their mtime, so Snakemake rebuilds
 nothing downstream of them.
 
-One streaming pass writes every shard to a temp file and keeps only those whose content changed
-(more passes only beyond MAX_OPEN_SHARDS shards): memory is bounded by the number of shards, not
-records. When the input file is unchanged, the media paths listed in an index beside the shards
+One streaming pass over the input validates it, hashes each shard's would-be content and spools
+the lines to one temp file; only the shards whose content changed are then copied out of the spool
+(no second parse): memory is bounded by the number of shards, not records. When the input file is unchanged, the media paths listed in an index beside the shards
 are stat'ed again and the input is not read at all.
 """
 
@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import resource
+import struct
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +35,10 @@ FORMAT = 2  # layout of shard lines and state; a new value makes the next parse 
 STATE_FILE = ".state.json"
 INDEX_FILE = ".media-index"  # one line per record, input order: [stamp, resolved media paths]
 FSYNC_THREADS = 8
-MAX_OPEN_SHARDS = 4000  # file handles held at once while (re)writing shards; more shards take more passes
+MAX_OPEN_SHARDS = 4000
+_FRAME = struct.Struct(
+    "<II"
+)  # spool file: shard number and length of the line that follows  # file handles held at once while (re)writing shards; more shards take more passes
 
 
 def shard_ids(n_shards: int) -> list[str]:
@@ -147,47 +151,29 @@ def _media_unchanged(shard_dir: Path, entry: dict | None) -> bool:
     return True
 
 
-class _Spool:
-    """Temp files for a batch of shards; ``commit`` moves each over its shard only if its content changed."""
+class _ShardFiles:
+    """Fresh temp files for some shards; ``commit`` fsyncs them together and moves each over its shard."""
 
     def __init__(self, shard_dir: Path, ids: list[str]):
         self.shard_dir, self.ids = shard_dir, ids
         self.handles, self.temps = [], []
-        self.hashers = [hashlib.sha256() for _ in ids]
 
     def __enter__(self):
-        self.shard_dir.mkdir(parents=True, exist_ok=True)
         for sid in self.ids:
             fd, tmp = tempfile.mkstemp(prefix=f".{sid}.jsonl.", suffix=".tmp", dir=self.shard_dir)
             self.temps.append(tmp)
             self.handles.append(os.fdopen(fd, "wb"))
         return self
 
-    def write(self, slot: int, line: bytes) -> None:
-        self.handles[slot].write(line)
-        self.hashers[slot].update(line)
-
-    def commit(self, known: dict) -> tuple[dict, list[str]]:
-        """Return each shard's content sha256 and the ids of the shards rewritten."""
-        wanted, changed = {}, []
-        for sid, handle, tmp, hasher in zip(self.ids, self.handles, self.temps, self.hashers):
-            wanted[sid] = hasher.hexdigest()
-            path = shard_file(self.shard_dir, sid)
-            current = (
-                known[sid]["sha256"]
-                if _shards_untouched(self.shard_dir, [sid], known)
-                else _file_sha256(path)
-            )
-            if current == wanted[sid]:
-                handle.close()
-                os.unlink(tmp)
-            else:
-                changed.append((sid, handle, tmp, path))
+    def commit(self) -> None:
+        jobs = [
+            (handle, tmp, shard_file(self.shard_dir, sid))
+            for sid, handle, tmp in zip(self.ids, self.handles, self.temps)
+        ]
         # one fsync at a time costs ~4 ms each here (4 s for 1000 shards); in flight together, 0.25 s
         with ThreadPoolExecutor(max_workers=FSYNC_THREADS) as pool:
-            list(pool.map(lambda job: _replace(*job[1:]), changed))
+            list(pool.map(lambda job: _replace(*job), jobs))
         self.temps = []
-        return wanted, [sid for sid, *_ in changed]
 
     def __exit__(self, exc_type, exc, tb):
         for handle in self.handles:
@@ -205,32 +191,61 @@ def _replace(handle, tmp: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _spool_input(input_path, spool, index, n_shards: int, keys: dict, media_root: str):
+    """The one pass over the input: validate each record, stamp its media, append its shard line to
+    ``spool`` (framed by shard and length) and its media to ``index``; return counts and content hashes."""
+    counts = [0] * n_shards
+    hashers = [hashlib.sha256() for _ in range(n_shards)]
+    for _, record in iter_records(input_path, keys):
+        media = record_media(record, keys)
+        shard = _shard_index(media, record, n_shards)
+        paths = [resolve_media(item, media_root) for item in media]
+        stamp = media_stamp(paths)
+        index.write(dumps_line([stamp, paths]))
+        if paths:
+            record[MEDIA_STAMP] = stamp
+        line = dumps_line(record)
+        hashers[shard].update(line)
+        spool.write(_FRAME.pack(shard, len(line)))
+        spool.write(line)
+        counts[shard] += 1
+    return counts, [hasher.hexdigest() for hasher in hashers]
+
+
+def _rewrite(shard_dir: Path, ids: list[str], changed: list[int], spool) -> None:
+    """Copy the lines of the changed shards out of the spool into their files, a batch of handles at a time."""
+    per_pass = min(MAX_OPEN_SHARDS, raise_open_file_limit(min(len(changed), MAX_OPEN_SHARDS) + 2))
+    for start in range(0, len(changed), per_pass):
+        batch = changed[start : start + per_pass]
+        slots = {shard: slot for slot, shard in enumerate(batch)}
+        with _ShardFiles(shard_dir, [ids[shard] for shard in batch]) as out:
+            spool.seek(0)
+            while header := spool.read(_FRAME.size):
+                shard, size = _FRAME.unpack(header)
+                line = spool.read(size)
+                slot = slots.get(shard)
+                if slot is not None:
+                    out.handles[slot].write(line)
+            out.commit()
+
+
 def _write_shards(input_path, shard_dir: Path, ids: list[str], keys: dict, media_root: str, known: dict):
-    """Stream the input once per batch of shards; return record counts, content hashes and changed ids."""
-    n_shards = len(ids)
-    per_pass = min(MAX_OPEN_SHARDS, raise_open_file_limit(min(n_shards, MAX_OPEN_SHARDS) + 2))
-    counts, wanted, changed = [0] * n_shards, {}, []
-    for lo in range(0, n_shards, per_pass):
-        hi = min(n_shards, lo + per_pass)
-        with contextlib.ExitStack() as stack:
-            index = stack.enter_context(atomic_open(shard_dir / INDEX_FILE, "wb")) if lo == 0 else None
-            spool = stack.enter_context(_Spool(shard_dir, ids[lo:hi]))
-            for _, record in iter_records(input_path, keys):
-                media = record_media(record, keys)
-                shard = _shard_index(media, record, n_shards)
-                paths = [resolve_media(item, media_root) for item in media]
-                stamp = media_stamp(paths)
-                if index is not None:
-                    index.write(dumps_line([stamp, paths]))
-                    counts[shard] += 1
-                if lo <= shard < hi:
-                    if paths:
-                        record[MEDIA_STAMP] = stamp
-                    spool.write(shard - lo, dumps_line(record))
-            batch_wanted, batch_changed = spool.commit(known)
-        wanted.update(batch_wanted)
-        changed += batch_changed
-    return counts, wanted, changed
+    """Bring every shard file up to date; return record counts, content hashes and the ids rewritten."""
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=shard_dir) as spool, atomic_open(shard_dir / INDEX_FILE, "wb") as index:
+        counts, hashes = _spool_input(input_path, spool, index, len(ids), keys, media_root)
+        wanted = dict(zip(ids, hashes))
+        changed = [
+            shard for shard, sid in enumerate(ids) if _current_sha(shard_dir, sid, known) != wanted[sid]
+        ]
+        _rewrite(shard_dir, ids, changed, spool)
+    return counts, wanted, [ids[shard] for shard in changed]
+
+
+def _current_sha(shard_dir: Path, sid: str, known: dict) -> str | None:
+    if _shards_untouched(shard_dir, [sid], known):
+        return known[sid]["sha256"]
+    return _file_sha256(shard_file(shard_dir, sid))
 
 
 def sync_shards(
