@@ -4,7 +4,8 @@
 
 Times `snakemake -n` on vidcap (first run, which writes the shard files; a second run with nothing changed;
 a run after one video was replaced in place) and on a bare toy workflow with the same jobs (two per shard plus
-a merge): Snakemake's own floor, measured in the same run. Each figure is the best of ``--repeat`` runs, wall
+a merge): Snakemake's own floor, measured in the same run; and on the same toy whose per-shard rules use
+vidcap's rule features (script:, log:, benchmark:, params), the floor for rules shaped like vidcap's. Each figure is the best of ``--repeat`` runs, wall
 time and CPU time (user + system of the whole process tree): on a machine shared with other jobs the CPU time
 is the steadier of the two. ``--repo`` measures another checkout's Snakefile (e.g. the main branch, for a
 before/after). Then the parse-time cost of the media stamps alone (a stat per media file), and the merge of
@@ -52,6 +53,16 @@ rule merge:
     output: "merged.txt"
     shell: "cat {input} > {output}"
 """
+# the same DAG with vidcap's per-job rule features: script:, log:, benchmark:, params. Snakemake reads a
+# script's source for every job (to spot code changes), which a shell: rule does not pay
+TOY_SCRIPT = TOY
+for _name in ("frames", "caption"):
+    TOY_SCRIPT = TOY_SCRIPT.replace(
+        '    shell: "cp {input} {output}"',
+        f'    params: settings={{"a": 1}}\n    log: "logs/{_name}/{{shard}}.log"\n'
+        f'    benchmark: "bench/{_name}/{{shard}}.tsv"\n    script: "copy.py"',
+        1,
+    )
 
 
 def measure(cmd: list[str]) -> dict:
@@ -100,7 +111,7 @@ def make_records(work: Path, n: int, with_media: bool) -> list[dict]:
 
 
 def plan_times(work: Path, repo: Path, n_shards: int, repeat: int) -> dict[str, dict]:
-    """Best-of-``repeat`` dry runs: toy floor, vidcap first run, unchanged, after one video replaced."""
+    """Best-of-``repeat`` dry runs: toy floors, vidcap first run, unchanged, after one video replaced."""
     dry = [str(BIN / "snakemake"), "-n", "--quiet", "all", "--cores", "2", "--resources", "gpu=1"]
     toy = work / "toy"
     (toy / "shards").mkdir(parents=True)
@@ -108,13 +119,25 @@ def plan_times(work: Path, repo: Path, n_shards: int, repeat: int) -> dict[str, 
     (toy / "records.jsonl").write_text("x\n")
     for sid in shard_ids(n_shards):
         (toy / "shards" / f"{sid}.txt").write_text(sid)
+    (toy / "Snakefile.script").write_text(TOY_SCRIPT)
+    (toy / "copy.py").write_text("import shutil\nshutil.copy(snakemake.input[0], snakemake.output[0])\n")
     toy_cmd = [*dry, "-s", str(toy / "Snakefile"), "--directory", str(toy), "--config", f"shards={n_shards}"]
+    script_cmd = [
+        *dry,
+        "-s",
+        str(toy / "Snakefile.script"),
+        "--directory",
+        str(toy),
+        "--config",
+        f"shards={n_shards}",
+    ]
     vc = [*dry, "-s", str(repo / "Snakefile"), "--directory", str(work), "--config", "input=records.jsonl"]
     vc += [f"shards={n_shards}", "model=none"]
-    runs: dict[str, list] = {"floor": [], "first": [], "unchanged": [], "replaced": []}
+    runs: dict[str, list] = {"floor": [], "script": [], "first": [], "unchanged": [], "replaced": []}
     clip = work / "clips" / "000" / "clip_000007.mp4"
     for i in range(repeat):
         runs["floor"].append(measure(toy_cmd))
+        runs["script"].append(measure(script_cmd))
         shutil.rmtree(work / "results", ignore_errors=True)
         shutil.rmtree(work / ".snakemake", ignore_errors=True)
         runs["first"].append(measure(vc))
@@ -195,6 +218,7 @@ def main() -> None:
     floor = times["floor"]
     labels = {
         "floor": "toy workflow (floor)",
+        "script": "toy with script: rules",
         "first": "vidcap, first (writes shards)",
         "unchanged": "vidcap, unchanged",
         "replaced": "vidcap, one video replaced",
