@@ -21,7 +21,6 @@ import ijson
 import orjson
 
 from vidcap.atomic import atomic_open, dumps_line
-
 from vidcap.config import defaults, with_defaults
 
 DEFAULT_KEYS = defaults("keys")  # the schema's; a name kept for callers

@@ -32,7 +32,6 @@ from vidcap.atomic import FILE_MODE, atomic_open, read_json, write_json
 from vidcap.config import with_defaults
 from vidcap.records import MEDIA_STAMP, iter_records, record_media, resolve_media
 
-
 FORMAT = 2  # layout of shard lines and state; a new value makes the next parse rewrite what differs
 STATE_FILE = ".state.json"
 INDEX_FILE = ".media-index"  # one line per record, input order: [stamp, resolved media paths]
