@@ -78,12 +78,41 @@ def sample_video(path: str, params: dict, out=None) -> tuple[np.ndarray, dict]:
     """Sample frames from one video: (uint8 array T x H x W x 3, metadata for the model).
 
     With ``out`` (an NpyStream) the frames are written to it as they are decoded and the returned
-    array is None: memory stays at a frame or two, whatever the video's length.
+    array is None: memory stays at a frame or two, whatever the video's length. Frame times come
+    from the packets; if the decoder does not output a frame they promised, the times are read from
+    the decoder itself (a full decode) and the video is sampled again from those.
     """
     params = {**DEFAULT_FRAMES, **params}
     started = time.monotonic()
     deadline = started + float(params["timeout"])
     info = decode.probe(path, deadline)
+    backend = params["backend"]
+    notes = []
+    if backend == "decord" and not (info["exact_seek"] and info["timed"] and not info["open_gop"]):
+        # decord loses the first GOP(s) of MPEG-TS and other index-less containers, and after a seek
+        # it misses open-GOP pictures that reference the GOP before
+        backend = "ffmpeg"
+        what = "open-GOP streams" if info["open_gop"] else info["format"]
+        notes.append(f"decord cannot read {what} exactly: decoded with ffmpeg")
+    try:
+        return _sample(path, info, params, backend, out, deadline, started, notes)
+    except decode.FrameMismatch as exc:
+        if out:
+            out.reset()
+        if backend == "decord":  # decord sees other frames than a player (edit list, dropped pictures)
+            notes.append(f"decord: {exc}: decoded with ffmpeg")
+            return _retry(path, info, params, out, deadline, started, notes)
+        notes.append(f"{exc}: frame times read from the decoder")
+        info = decode.probe(path, deadline, decoded=True)
+        return _retry(path, info, params, out, deadline, started, notes)
+
+
+def _retry(path, info, params, out, deadline, started, notes):
+    """Second and last try, with ffmpeg: a frame still missing repeats the one before it."""
+    return _sample(path, info, params, "ffmpeg", out, deadline, started, notes, strict=False)
+
+
+def _sample(path, info, params, backend, out, deadline, started, notes, strict=True):
     try:
         plan = budget.plan_video(info["duration"], info["height"], info["width"], params)
     except budget.BudgetError as exc:
@@ -112,18 +141,22 @@ def sample_video(path: str, params: dict, out=None) -> tuple[np.ndarray, dict]:
                 array[slot] = frame
         last.update(idx=idx, frame=frame)
 
-    backend = params["backend"]
-    notes = list(plan["notes"])
-    if backend == "decord" and not info["exact_seek"]:
-        backend = "ffmpeg"  # decord loses the first GOP(s) of MPEG-TS and other index-less containers
-        notes.append(f"decord cannot read {info['format']} exactly: decoded with ffmpeg")
-    decoder = decode.decode_decord if backend == "decord" else decode.decode_ffmpeg
-    stats = decoder(path, info, wanted, width, height, deliver, deadline, int(params["decoder_threads"]))
-    notes += stats["warnings"]
+    threads = int(params["decoder_threads"])
+    if backend == "decord":
+        stats = decode.decode_decord(path, info, wanted, width, height, deliver, deadline, threads)
+    else:
+        stats = decode.decode_ffmpeg(path, info, wanted, width, height, deliver, deadline, threads, strict)
+    notes = notes + plan["notes"] + stats["warnings"]
     if len(wanted) < n:
         notes.append(f"short clip: {len(wanted)} distinct frames repeated to {n}")
+    meta = _video_meta(info, plan, indices, backend, stats, notes)
+    meta["seconds"] = round(time.monotonic() - started, 3)
+    return array, meta
+
+
+def _video_meta(info: dict, plan: dict, indices: list[int], backend: str, stats: dict, notes: list) -> dict:
     times = info["times"]
-    meta = {
+    return {
         # fps, duration, total_num_frames and frames_indices are what the model's processor reads:
         # frames_indices / fps gives each frame's time stamp (exact for constant frame rate)
         "fps": info["fps"],
@@ -131,12 +164,12 @@ def sample_video(path: str, params: dict, out=None) -> tuple[np.ndarray, dict]:
         "total_num_frames": len(times),
         "frames_indices": indices,
         "timestamps": [round(times[i] - times[0], 6) for i in indices],  # exact, also for variable fps
-        "sampled_frames": n,
-        "distinct_frames": len(wanted),
-        "repeated_frames": n - len(wanted),
+        "sampled_frames": plan["n_frames"],
+        "distinct_frames": len(set(indices)),
+        "repeated_frames": plan["n_frames"] - len(set(indices)),
         "sample_fps": plan["sample_fps"],
-        "width": width,
-        "height": height,
+        "width": plan["width"],
+        "height": plan["height"],
         "vision_tokens": plan["vision_tokens"],
         "budget_tokens": plan["budget_tokens"],
         "patch_factor": plan["patch_factor"],
@@ -147,12 +180,11 @@ def sample_video(path: str, params: dict, out=None) -> tuple[np.ndarray, dict]:
         "codec": info["codec"],
         "pix_fmt": info["pix_fmt"],
         "backend": backend,
+        "frame_times": info["frame_source"],
         "decode_runs": stats["runs"],
         "decoded_frames": stats["decoded_frames"],
         "notes": notes,
-        "seconds": round(time.monotonic() - started, 3),
     }
-    return array, meta
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -227,6 +259,12 @@ class NpyStream:
             raise ValueError(f"frame of shape {frame.shape} for an array of {self.shape}")
         self.handle.write(np.ascontiguousarray(frame, dtype=np.uint8).data)
         self.written += 1
+
+    def reset(self) -> None:
+        """Start over (the frames are sampled again): back to an empty file."""
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.shape, self.written = None, 0
 
     def finish(self) -> None:
         if self.shape is None or self.written != self.shape[0]:
