@@ -86,6 +86,8 @@ def wild(tmp_path_factory) -> dict[str, Path]:
         "mpeg_ts": encode(d / "clip.ts", x264),
         "hevc_10bit_mkv": hevc,
         "hevc_cut_mkv": stream_copy(hevc, d / "hevc_cut.mkv", "-ss", "1.3"),
+        # MPEG-TS keeps the leading RASL picture's time stamp; the decoder drops the picture
+        "hevc_cut_ts": stream_copy(hevc, d / "hevc_cut.ts", "-ss", "1.3"),
         "vp9_webm": encode(
             d / "clip.webm", ["-c:v", "libvpx-vp9", "-g", "25", "-deadline", "realtime", "-cpu-used", "8"]
         ),
@@ -170,6 +172,7 @@ def expected(ref_numbers: list[int], ref_times: list[float], n: int) -> tuple[li
         "mpeg_ts",
         "hevc_10bit_mkv",
         "hevc_cut_mkv",
+        "hevc_cut_ts",
         "vp9_webm",
     ],
 )
@@ -205,6 +208,22 @@ def test_open_gop_frames_before_a_keyframe(wild, tmp_path, name):
     )
     assert stats["runs"] > 1  # it did seek
     assert [numbers(got[i][None])[0] for i in wanted] == [ref_numbers[i] for i in wanted]
+
+
+def test_a_frame_the_decoder_drops_is_never_sampled(wild):
+    # the packets list a picture (pts 1.44 s) that the decoder cannot show: the frame times are then
+    # read from the decoder, and sampling starts at the first frame it really shows
+    info = decode.probe(str(wild["hevc_cut_ts"]), time.monotonic() + 60)
+    assert len(info["times"]) == 126
+    frames, meta = sample_video(str(wild["hevc_cut_ts"]), {**SMALL, "fps": 25.0})
+    assert meta["frame_times"] == "decoder" and meta["total_num_frames"] == 125
+    assert any("frame times read from the decoder" in note for note in meta["notes"])
+    assert numbers(frames)[0] == 25 and meta["timestamps"][0] == 0.0
+    missing = dict(info, pts=[p + 1 for p in info["pts"]])  # time stamps no frame has
+    with pytest.raises(decode.FrameMismatch, match="decoder gave 0 of 2"):
+        decode.decode_ffmpeg(
+            str(wild["hevc_cut_ts"]), missing, [5, 6], 64, 48, lambda i, f: None, time.monotonic() + 60
+        )
 
 
 def test_avi_with_an_empty_packet_is_not_truncated(tmp_path):

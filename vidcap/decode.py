@@ -23,6 +23,7 @@ import subprocess
 import threading
 import time
 from bisect import bisect_right
+from typing import Self
 
 import ffmpeg
 import numpy as np
@@ -33,6 +34,7 @@ __all__ = [
     "EXACT_SEEK_FORMATS",
     "FrameError",
     "FrameMismatch",
+    "Prestarted",
     "decode_decord",
     "decode_ffmpeg",
     "decoded_frames",
@@ -94,6 +96,9 @@ def decoded_frames(runs: list[tuple[int, int]], keyframes: list[int]) -> int:
 
 
 # -------------------------------------------------------------------------------------- ffmpeg
+FFMPEG = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error"]
+
+
 def decode_ffmpeg(
     path: str,
     info: dict,
@@ -104,28 +109,38 @@ def decode_ffmpeg(
     deadline: float,
     threads: int = 0,
     strict: bool = True,
+    prestarted: Prestarted | None = None,
 ) -> dict:
     """Decode the wanted frames (sorted, distinct) run by run; ``deliver(index, frame)`` for each.
 
     When a run gives fewer frames than asked: ``strict`` raises FrameMismatch (after delivering those
     it got); otherwise each missing frame repeats the last one delivered (``deliver(index, None)``).
+    ``prestarted``: an ffmpeg already started for this file, used for a first run that needs no seek.
     """
-    by_pts = info["timed"]
-    seekable = by_pts and info["exact_seek"]
+    seekable = info["timed"] and info["exact_seek"]
     runs = plan_runs(wanted, info["keyframes"]) if seekable else [(wanted[0], wanted[-1])]
     warnings = []
     for first, last in runs:
         picks = [i for i in wanted if first <= i <= last]
-        cmd = ffmpeg_command(path, info, picks, width, height, threads, seek=seekable)
-        got, stderr = _read_run(cmd, picks, width, height, deliver, deadline)
+        seek = _seek_seconds(info, picks[0]) if seekable else None
+        if prestarted and first == runs[0][0] and seek is None:
+            process = prestarted.feed(run_graph(info, picks, width, height))
+        else:
+            cmd = ffmpeg_command(path, info, picks, width, height, threads, seek)
+            process = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+            )
+        got, stderr = _read_run(process, picks, width, height, deliver, deadline)
         if stderr:
             warnings.append(last_line(stderr, ""))
-        if got == 0 and first == runs[0][0]:
-            raise FrameError(f"decode error: {last_line(stderr, 'no frame could be decoded', first=True)}")
         if got < len(picks):
             message = f"decoder gave {got} of {len(picks)} frames in {first}..{last}"
             if strict:
                 raise FrameMismatch(message)
+            if got == 0 and first == runs[0][0]:
+                raise FrameError(
+                    f"decode error: {last_line(stderr, 'no frame could be decoded', first=True)}"
+                )
             warnings.append(message)
             for idx in picks[got:]:
                 deliver(idx, None)
@@ -136,30 +151,104 @@ def decode_ffmpeg(
     }
 
 
+def _seek_seconds(info: dict, first: int) -> float | None:
+    """Where a run starting at frame ``first`` seeks: its keyframe (the demuxer lands there or on an
+    earlier one, never later); None from the start of the file."""
+    keyframes = info["keyframes"]
+    k = keyframes[bisect_right(keyframes, first) - 1] if keyframes and keyframes[0] <= first else 0
+    return max(info["times"][k] - info["start_time"], 0.0) if k > 0 else None
+
+
+def _input(path: str, threads: int, seek: float | None = None):
+    # -copyts: the filters see the demuxer's own time stamps, the ones the probe listed; frames
+    # before the seek point are dropped by the select filter, not by -ss
+    options = {"threads": threads, "copyts": None, "noaccurate_seek": None}
+    if seek is not None:
+        options["ss"] = f"{seek:.6f}"
+    return ffmpeg.input(ffmpeg_url(path), **options)
+
+
+def _filters(stream, info: dict, picks: list[int], width: int, height: int):
+    """Keep ``picks`` (by time stamp, or by frame number when the stream has none), scale, RGB.
+
+    The trim ends the run after its last pick, so a frame that never comes cannot make it read on.
+    """
+    if info["timed"]:
+        stream = stream.filter("trim", end_pts=info["pts"][picks[-1]] + 1)
+        stream = stream.filter("select", _pick_expression([info["pts"][i] for i in picks], "pts"))
+    else:  # read from the start: n counts decoded frames from 0
+        stream = stream.filter("trim", end_frame=picks[-1] + 1)
+        if len(picks) < picks[-1] + 1:
+            stream = stream.filter("select", _pick_expression(picks, "n"))
+    return stream.filter("scale", width, height, flags="bicubic").filter("format", "rgb24")
+
+
 def ffmpeg_command(
-    path: str, info: dict, picks: list[int], width: int, height: int, threads: int = 0, seek: bool = True
+    path: str,
+    info: dict,
+    picks: list[int],
+    width: int,
+    height: int,
+    threads: int = 0,
+    seek: float | None = None,
 ) -> list[str]:
     """ffmpeg's argument list for one run: decode, keep ``picks``, scale, raw RGB to stdout."""
-    options = {"threads": threads}
-    keyframes = info["keyframes"]
-    k = keyframes[bisect_right(keyframes, picks[0]) - 1] if keyframes and keyframes[0] <= picks[0] else 0
-    if info["timed"]:
-        # the filters see the demuxer's own time stamps, the ones the probe listed
-        options.update(copyts=None, noaccurate_seek=None)
-        if seek and k > 0:  # the demuxer lands on this keyframe or an earlier one (never later)
-            options["ss"] = f"{max(info['times'][k] - info['start_time'], 0.0):.6f}"
-    stream = ffmpeg.input(ffmpeg_url(path), **options)[str(info["stream_index"])]
-    if info["timed"]:
-        last_pts = info["pts"][picks[-1]]
-        stream = stream.filter("trim", end_pts=last_pts + 1)  # stop at the run's end, even if one is missing
-        stream = stream.filter("select", _pick_expression([info["pts"][i] for i in picks], "pts"))
-    elif len(picks) < picks[-1] + 1:  # read from the start: n counts decoded frames from 0
-        stream = stream.filter("select", _pick_expression(picks, "n"))
-    stream = stream.filter("scale", width, height, flags="bicubic").filter("format", "rgb24")
+    stream = _filters(_input(path, threads, seek)[str(info["stream_index"])], info, picks, width, height)
     out = ffmpeg.output(
         stream, "pipe:", format="rawvideo", fps_mode="passthrough", **{"frames:v": len(picks)}
     )
-    return out.compile(cmd=["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error"])
+    return out.compile(cmd=FFMPEG)
+
+
+def run_graph(info: dict, picks: list[int], width: int, height: int) -> str:
+    """The filter graph of a first run, its output labelled [out] (what Prestarted maps)."""
+    stream = _filters(ffmpeg.input("-")[str(info["stream_index"])], info, picks, width, height)
+    args = ffmpeg.output(stream, "pipe:").get_args()
+    graph, label = args[args.index("-filter_complex") + 1], args[args.index("-map") + 1]
+    assert graph.endswith(label), (graph, label)
+    return graph[: -len(label)] + "[out]"
+
+
+class Prestarted:
+    """An ffmpeg started for a file before its probe has finished.
+
+    Starting ffmpeg costs about as much as probing a short clip (it loads a few dozen libraries), so it
+    starts alongside the probe and waits for its filter graph on stdin (-filter_complex_script
+    pipe:0); the first run always starts at the first frame, with no seek, so nothing else in its
+    command depends on the probe.
+    """
+
+    def __init__(self, path: str, threads: int = 0):
+        out = _input(path, threads).output("pipe:1", map="[out]", format="rawvideo", fps_mode="passthrough")
+        cmd = out.compile(cmd=[*FFMPEG, "-filter_complex_script", "pipe:0"])
+        self.process = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        self.used = False
+
+    def feed(self, graph: str) -> subprocess.Popen:
+        self.used = True
+        try:
+            self.process.stdin.write(graph.encode("utf-8"))
+            self.process.stdin.close()
+        except BrokenPipeError:  # ffmpeg already gave up; _read_run reports its stderr
+            pass
+        return self.process
+
+    def close(self) -> None:
+        """Stop it if nobody used it (the probe failed, another backend, a seek first)."""
+        if not self.used and self.process.poll() is None:
+            self.process.kill()
+        for pipe in (self.process.stdin, self.process.stdout, self.process.stderr):
+            if pipe and not pipe.closed:
+                pipe.close()
+        self.process.wait()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _pick_expression(picks: list[int], var: str = "n") -> str:
@@ -173,9 +262,9 @@ def _pick_expression(picks: list[int], var: str = "n") -> str:
     return f"if(lt({var},{picks[mid]}),{low},{high})"
 
 
-def _read_run(cmd, picks, width, height, deliver, deadline):
-    """Run one ffmpeg run, delivering its frames as they arrive; returns (frames read, stderr text)."""
-    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+def _read_run(process: subprocess.Popen, picks, width, height, deliver, deadline):
+    """Read one run's frames from a started ffmpeg, delivering them as they arrive; returns (frames
+    read, stderr text)."""
     errors: list[bytes] = []
     reader = threading.Thread(target=lambda: errors.append(process.stderr.read()), daemon=True)
     reader.start()

@@ -10,6 +10,7 @@ parameters, so a video moved to another shard, reordered or listed twice is deco
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -85,26 +86,29 @@ def sample_video(path: str, params: dict, out=None) -> tuple[np.ndarray, dict]:
     params = {**DEFAULT_FRAMES, **params}
     started = time.monotonic()
     deadline = started + float(params["timeout"])
-    info = decode.probe(path, deadline)
-    backend = params["backend"]
-    notes = []
-    if backend == "decord" and not (info["exact_seek"] and info["timed"] and not info["open_gop"]):
-        # decord loses the first GOP(s) of MPEG-TS and other index-less containers, and after a seek
-        # it misses open-GOP pictures that reference the GOP before
-        backend = "ffmpeg"
-        what = "open-GOP streams" if info["open_gop"] else info["format"]
-        notes.append(f"decord cannot read {what} exactly: decoded with ffmpeg")
-    try:
-        return _sample(path, info, params, backend, out, deadline, started, notes)
-    except decode.FrameMismatch as exc:
-        if out:
-            out.reset()
-        if backend == "decord":  # decord sees other frames than a player (edit list, dropped pictures)
-            notes.append(f"decord: {exc}: decoded with ffmpeg")
+    threads = int(params["decoder_threads"])
+    prestart = params["backend"] == "ffmpeg" and os.path.isfile(path)
+    with decode.Prestarted(path, threads) if prestart else contextlib.nullcontext() as prestarted:
+        info = decode.probe(path, deadline)
+        backend = params["backend"]
+        notes = []
+        if backend == "decord" and not (info["exact_seek"] and info["timed"] and not info["open_gop"]):
+            # decord loses the first GOP(s) of MPEG-TS and other index-less containers, and after a
+            # seek it misses open-GOP pictures that reference the GOP before
+            backend = "ffmpeg"
+            what = "open-GOP streams" if info["open_gop"] else info["format"]
+            notes.append(f"decord cannot read {what} exactly: decoded with ffmpeg")
+        try:
+            return _sample(path, info, params, backend, out, deadline, started, notes, prestarted=prestarted)
+        except decode.FrameMismatch as exc:
+            if out:
+                out.reset()
+            if backend == "decord":  # decord sees other frames than a player (edit list, dropped pictures)
+                notes.append(f"decord: {exc}: decoded with ffmpeg")
+                return _retry(path, info, params, out, deadline, started, notes)
+            notes.append(f"{exc}: frame times read from the decoder")
+            info = decode.probe(path, deadline, decoded=True)
             return _retry(path, info, params, out, deadline, started, notes)
-        notes.append(f"{exc}: frame times read from the decoder")
-        info = decode.probe(path, deadline, decoded=True)
-        return _retry(path, info, params, out, deadline, started, notes)
 
 
 def _retry(path, info, params, out, deadline, started, notes):
@@ -112,7 +116,7 @@ def _retry(path, info, params, out, deadline, started, notes):
     return _sample(path, info, params, "ffmpeg", out, deadline, started, notes, strict=False)
 
 
-def _sample(path, info, params, backend, out, deadline, started, notes, strict=True):
+def _sample(path, info, params, backend, out, deadline, started, notes, strict=True, prestarted=None):
     try:
         plan = budget.plan_video(info["duration"], info["height"], info["width"], params)
     except budget.BudgetError as exc:
@@ -145,7 +149,9 @@ def _sample(path, info, params, backend, out, deadline, started, notes, strict=T
     if backend == "decord":
         stats = decode.decode_decord(path, info, wanted, width, height, deliver, deadline, threads)
     else:
-        stats = decode.decode_ffmpeg(path, info, wanted, width, height, deliver, deadline, threads, strict)
+        stats = decode.decode_ffmpeg(
+            path, info, wanted, width, height, deliver, deadline, threads, strict, prestarted
+        )
     notes = notes + plan["notes"] + stats["warnings"]
     if len(wanted) < n:
         notes.append(f"short clip: {len(wanted)} distinct frames repeated to {n}")
