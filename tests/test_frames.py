@@ -302,16 +302,19 @@ def test_garbled_video_fails_under_decord_too(media):
 
 
 # ------------------------------------------------------------------------------------ budget
-def test_budget_lowers_fps_first_then_pixels():
-    params = {
-        "fps": 2.0,
-        "min_frames": 4,
-        "max_frames": 768,
-        "min_pixels": 128 * 784,
-        "max_pixels": 768 * 784,
-        "total_pixels": None,
-        "patch_factor": 28,
-    }
+BUDGET = {
+    "fps": 2.0,
+    "min_frames": 4,
+    "max_frames": 768,
+    "min_pixels": 128 * 784,
+    "max_pixels": 768 * 784,
+    "total_pixels": None,
+    "patch_factor": 28,
+}
+
+
+def test_budget_fps_first_lowers_fps_then_pixels():
+    params = {**BUDGET, "reduce": "fps_first"}
     free = budget.plan_video(600, 1080, 1920, {**params, "max_vision_tokens": None})
     assert free["n_frames"] == 768 and free["vision_tokens"] > 100_000
     fps_cut = budget.plan_video(600, 1080, 1920, {**params, "max_vision_tokens": 20_000})
@@ -325,6 +328,55 @@ def test_budget_lowers_fps_first_then_pixels():
         budget.plan_video(600, 1080, 1920, {**params, "max_vision_tokens": 0})
     qwen3 = budget.plan_video(10, 1080, 1920, {**params, "patch_factor": 32, "max_vision_tokens": None})
     assert qwen3["height"] % 32 == 0 and qwen3["width"] % 32 == 0
+
+
+def test_budget_pixels_first_shrinks_frames_then_lowers_fps():
+    params = {**BUDGET, "reduce": "pixels_first"}
+    free = budget.plan_video(600, 1080, 1920, {**params, "max_vision_tokens": None})
+    # 768 frames fit 100k tokens once frames shrink (still above min_pixels): the fps stays
+    px_cut = budget.plan_video(600, 1080, 1920, {**params, "max_vision_tokens": 100_000})
+    assert px_cut["n_frames"] == 768 and px_cut["vision_tokens"] <= 100_000
+    assert 128 * 784 <= px_cut["height"] * px_cut["width"] < free["height"] * free["width"]
+    assert "smaller frames" in px_cut["notes"][0]
+    # 20k tokens: frames at min_pixels (128 tokens a pair) and then fewer of them
+    both = budget.plan_video(600, 1080, 1920, {**params, "max_vision_tokens": 20_000})
+    assert (both["height"] // 28) * (both["width"] // 28) == pytest.approx(128, rel=0.1)
+    assert both["n_frames"] == 20_000 // ((both["height"] // 28) * (both["width"] // 28)) * 2 // 2 * 2
+    assert both["vision_tokens"] <= 20_000 and "lower fps" in both["notes"][0]
+    # the fps_first order keeps full-size frames instead
+    fps_cut = budget.plan_video(
+        600, 1080, 1920, {**params, "reduce": "fps_first", "max_vision_tokens": 20_000}
+    )
+    assert fps_cut["n_frames"] < both["n_frames"] and fps_cut["height"] == free["height"]
+    with pytest.raises(budget.BudgetError, match="frames.reduce"):
+        budget.plan_video(600, 1080, 1920, {**params, "reduce": "fps", "max_vision_tokens": 20_000})
+
+
+def test_pixels_first_size_matches_qwen_vl_utils():
+    # qwen_vl_utils.fetch_video: max_pixels = max(min(VIDEO_MAX_PIXELS, total_pixels / nframes * 2), ...)
+    qwen = pytest.importorskip("qwen_vl_utils.vision_process")
+    for seconds, tokens in [(60, 24_000), (20, 9_000), (300, 120_000)]:
+        plan = budget.plan_video(
+            seconds, 720, 1280, {**BUDGET, "reduce": "pixels_first", "max_vision_tokens": tokens}
+        )
+        n = plan["n_frames"]
+        cap = min(768 * 784, tokens * 784 / n * 2)
+        assert cap > 128 * 784 * 1.05  # the range where qwen only shrinks frames
+        assert (plan["height"], plan["width"]) == qwen.smart_resize(720, 1280, 28, 128 * 784, cap)
+
+
+def test_frames_capped_at_the_source_frame_count(tmp_path):
+    # qwen_vl_utils' smart_nframes: never more frames than the source has in the span
+    params = {**BUDGET, "reduce": "pixels_first", "max_vision_tokens": None}
+    assert budget.plan_video(10, 48, 64, params, source_frames=10)["n_frames"] == 10
+    assert budget.plan_video(10, 48, 64, params, source_frames=11)["n_frames"] == 10  # even, as Qwen
+    assert budget.plan_video(3, 48, 64, params, source_frames=3)["n_frames"] == 4  # the min_frames pad
+    assert budget.plan_video(10, 48, 64, params)["n_frames"] == 20
+    slow = counter_video(tmp_path / "one_fps.mp4", frames=10, rate=1, gop=4)
+    frames, meta = sample_video(str(slow), {**SMALL, "fps": 2.0})
+    assert len(frames) == 10 and meta["repeated_frames"] == 0
+    assert numbers(frames) == list(range(10)) == meta["frames_indices"]
+    assert any("no frame sent twice" in note for note in meta["notes"])
 
 
 def test_sampled_video_fits_its_budget(media):

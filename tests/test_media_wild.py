@@ -189,8 +189,9 @@ def test_sampled_frames_are_the_frames_a_player_shows(wild, tmp_path, name, fps,
 def test_edit_list_cut_starts_at_the_frame_shown_at_the_edit(wild):
     # source frame n shows n; -ss 1.3 at 25 fps: a player starts at frame 33 (t 1.32), 117 frames
     frames, meta = sample_video(str(wild["mp4_edit_list"]), {**SMALL, "fps": 50.0})
-    assert meta["total_num_frames"] == 117 and len(frames) == 234
-    assert numbers(frames) == sorted(numbers(frames)) and set(numbers(frames)) == set(range(33, 150))
+    got = numbers(frames)
+    assert meta["total_num_frames"] == 117 and len(frames) == 116  # capped at the source's frames (even)
+    assert got[0] == 33 and got[-1] == 149 and got == sorted(set(got))  # no frame twice
     assert meta["timestamps"] == pytest.approx([i * 0.04 for i in meta["frames_indices"]], abs=1e-6)
 
 
@@ -238,7 +239,7 @@ def test_avi_with_an_empty_packet_is_not_truncated(tmp_path):
     )
     frames, meta = sample_video(str(avi), {**SMALL, "fps": 25.0})
     shown = [n for n in range(76) if n != 10]
-    assert meta["total_num_frames"] == 75 and set(meta["frames_indices"]) == set(range(75))
+    assert meta["total_num_frames"] == 75 and len(set(meta["frames_indices"])) == len(frames) == 74
     assert numbers(frames) == [shown[i] for i in meta["frames_indices"]]
 
 

@@ -11,6 +11,7 @@ parameters, so a video moved to another shard, reordered or listed twice is deco
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -71,7 +72,25 @@ DEFAULT_FRAMES = {
     "timeout": 600,
     "decoder_threads": 0,
 }
-CACHE_VERSION = 2  # bump when the sampled frames for the same parameters would change
+CACHE_VERSION = 3  # bump when the sampled frames for the same parameters would change
+SCHEMA = Path(__file__).resolve().parents[1] / "config" / "schemas" / "config.schema.yaml"
+
+
+@functools.cache
+def schema_default(*keys: str):
+    """A default from the config schema, the one place defaults live, for keys DEFAULT_FRAMES does not
+    list (frames.reduce, media_root_only); vidcap.config.defaults replaces this once it lands."""
+    import yaml
+
+    node = yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))
+    for key in keys:
+        node = node["properties"][key]
+    return node["default"]
+
+
+def frame_settings(params: dict) -> dict:
+    """Frame parameters completed with their defaults."""
+    return {**DEFAULT_FRAMES, "reduce": schema_default("frames", "reduce"), **params}
 
 
 # ---------------------------------------------------------------------------------------- decode
@@ -83,7 +102,7 @@ def sample_video(path: str, params: dict, out=None) -> tuple[np.ndarray, dict]:
     from the packets; if the decoder does not output a frame they promised, the times are read from
     the decoder itself (a full decode) and the video is sampled again from those.
     """
-    params = {**DEFAULT_FRAMES, **params}
+    params = frame_settings(params)
     started = time.monotonic()
     deadline = started + float(params["timeout"])
     threads = int(params["decoder_threads"])
@@ -118,7 +137,9 @@ def _retry(path, info, params, out, deadline, started, notes):
 
 def _sample(path, info, params, backend, out, deadline, started, notes, strict=True, prestarted=None):
     try:
-        plan = budget.plan_video(info["duration"], info["height"], info["width"], params)
+        plan = budget.plan_video(
+            info["duration"], info["height"], info["width"], params, source_frames=len(info["times"])
+        )
     except budget.BudgetError as exc:
         raise FrameError(str(exc)) from None
     n, height, width = plan["n_frames"], plan["height"], plan["width"]
@@ -200,7 +221,7 @@ def load_image(path: str, params: dict) -> tuple[np.ndarray, dict]:
     """One image as uint8 H x W x 3, EXIF orientation applied, sized by the image pixel bounds."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    params = {**DEFAULT_FRAMES, **params}
+    params = frame_settings(params)
     if not os.path.exists(path):
         raise FrameError("missing file")
     if os.path.isdir(path):
@@ -279,7 +300,7 @@ class NpyStream:
 
 def cached_sample(path: str, kind: str, params: dict, cache_dir: Path) -> dict:
     """Frames of one video/image from the cache (extracted first if missing); its manifest entry."""
-    params = {**DEFAULT_FRAMES, **params}
+    params = frame_settings(params)
     key = cache_key(path, kind, params)
     array_path = Path(cache_dir) / key[:2] / f"{key}.npy"
     meta_path = array_path.with_suffix(".json")
@@ -325,7 +346,7 @@ def extract_shard(
     extracted once); each worker mostly waits on an ffmpeg process, so threads are enough.
     """
     keys = {**DEFAULT_KEYS, **settings.get("keys", {})}
-    params = {**DEFAULT_FRAMES, **settings.get("frames", {})}
+    params = frame_settings(settings.get("frames", {}))
     cache_dir = Path(settings["cache_dir"])
     cache_dir.mkdir(parents=True, exist_ok=True)  # may be this shard's own output folder (frames.keep false)
     media_root = settings["media_root"]
