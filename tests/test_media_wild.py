@@ -239,7 +239,7 @@ def test_avi_with_an_empty_packet_is_not_truncated(tmp_path):
     )
     frames, meta = sample_video(str(avi), {**SMALL, "fps": 25.0})
     shown = [n for n in range(76) if n != 10]
-    assert meta["total_num_frames"] == 75 and len(set(meta["frames_indices"])) == len(frames) == 74
+    assert meta["total_num_frames"] == 75 and len(frames) == 74  # capped at the frames shown, even
     assert numbers(frames) == [shown[i] for i in meta["frames_indices"]]
 
 
