@@ -23,6 +23,7 @@ from vidcap.frames import (
     FrameError,
     cache_key,
     cached_sample,
+    ensure_frames,
     extract_shard,
     load_frames,
     load_image,
@@ -527,3 +528,54 @@ def test_timeout_while_decoding_kills_ffmpeg(media):
             lambda i, f: None,
             deadline=time.monotonic(),
         )
+
+
+# ------------------------------------------------------------------------ missing cache, paths
+def test_ensure_frames_extracts_a_deleted_cache_again(media, tmp_path):
+    video = shutil.copy(media["cfr"], tmp_path / "clip.mp4")
+    write_records(tmp_path / "s.jsonl", [{"video": "clip.mp4"}, {"video": "gone.mp4"}])
+    settings = {
+        "media_root": str(tmp_path),
+        "keys": {},
+        "frames": SMALL,
+        "cache_dir": str(tmp_path / "cache"),
+    }
+    entry, missing = extract_shard(str(tmp_path / "s.jsonl"), str(tmp_path / "s.json"), settings)["records"]
+    first = numbers(load_frames(entry["videos"][0]))
+    shutil.rmtree(tmp_path / "cache")  # a user frees disk space; the prompt then changes
+    with pytest.raises(FileNotFoundError):
+        load_frames(entry["videos"][0])
+    again = ensure_frames(entry, settings)
+    assert again is entry and entry["error"] is None and entry["videos"][0]["cached"] is False
+    assert numbers(load_frames(entry["videos"][0])) == first
+    assert ensure_frames(missing, settings) == missing  # an error entry stays as it is
+    # the video itself deleted as well: the record's error, not a traceback
+    shutil.rmtree(tmp_path / "cache")
+    os.unlink(video)
+    ensure_frames(entry, settings)
+    assert entry["error"] == "clip.mp4: missing file" and entry["videos"][0]["error"] == "missing file"
+
+
+def test_media_root_only_refuses_paths_that_leave_it(media, tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copy(media["cfr"], root / "in.mp4")
+    outside = shutil.copy(media["cfr"], tmp_path / "out.mp4")
+    records = [
+        {"video": "in.mp4"},
+        {"video": str(outside)},
+        {"video": "../out.mp4"},
+        {"video": "sub/../../out.mp4"},
+        {"video": "~/out.mp4"},
+        {"video": "sub/../in.mp4"},
+    ]
+    write_records(tmp_path / "s.jsonl", records)
+    settings = {"media_root": str(root), "keys": {}, "frames": SMALL, "cache_dir": str(tmp_path / "cache")}
+    loose = extract_shard(str(tmp_path / "s.jsonl"), str(tmp_path / "a.json"), settings)["records"]
+    assert [r["error"] is None for r in loose] == [True, True, True, True, False, True]  # default: off
+    strict = extract_shard(
+        str(tmp_path / "s.jsonl"), str(tmp_path / "b.json"), {**settings, "media_root_only": True}
+    )["records"]
+    assert [r["error"] is None for r in strict] == [True, False, False, False, False, True]
+    assert "refused by media_root_only" in strict[1]["error"] and "absolute path" in strict[1]["error"]
+    assert "climbs out of media_root" in strict[3]["error"] and "(~)" in strict[4]["error"]

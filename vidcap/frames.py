@@ -27,6 +27,8 @@ from vidcap import budget, decode
 from vidcap.atomic import atomic_open, iter_jsonl, read_json, write_json
 from vidcap.budget import FRAME_FACTOR
 from vidcap.decode import FrameError
+from vidcap.media_paths import escapes_root
+from vidcap.npystream import NpyStream
 from vidcap.records import DEFAULT_KEYS, media_list, record_digest, resolve_media
 
 PATCH_FACTOR = 28  # patch 14 x spatial merge 2 (Qwen2-VL / Qwen2.5-VL); Qwen3-VL: 32
@@ -34,7 +36,9 @@ __all__ = [
     "FRAME_FACTOR",
     "PATCH_FACTOR",
     "FrameError",
+    "NpyStream",
     "cached_sample",
+    "ensure_frames",
     "extract_shard",
     "load_frames",
     "load_image",
@@ -267,37 +271,6 @@ def cache_key(path: str, kind: str, params: dict) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
-class NpyStream:
-    """Writes a uint8 .npy array frame by frame, in order: memory stays at one frame."""
-
-    def __init__(self, handle):
-        self.handle = handle
-        self.shape = None
-        self.written = 0
-
-    def start(self, shape: tuple) -> NpyStream:
-        self.shape = tuple(shape)
-        header = {"descr": "|u1", "fortran_order": False, "shape": self.shape}
-        np.lib.format.write_array_header_1_0(self.handle, header)
-        return self
-
-    def write(self, frame: np.ndarray) -> None:
-        if frame.shape != self.shape[1:]:
-            raise ValueError(f"frame of shape {frame.shape} for an array of {self.shape}")
-        self.handle.write(np.ascontiguousarray(frame, dtype=np.uint8).data)
-        self.written += 1
-
-    def reset(self) -> None:
-        """Start over (the frames are sampled again): back to an empty file."""
-        self.handle.seek(0)
-        self.handle.truncate()
-        self.shape, self.written = None, 0
-
-    def finish(self) -> None:
-        if self.shape is None or self.written != self.shape[0]:
-            raise ValueError(f"{self.written} frames written for an array of {self.shape}")
-
-
 def cached_sample(path: str, kind: str, params: dict, cache_dir: Path) -> dict:
     """Frames of one video/image from the cache (extracted first if missing); its manifest entry."""
     params = frame_settings(params)
@@ -336,6 +309,27 @@ def load_frames(entry: dict) -> np.ndarray:
     return np.load(entry["frames"], mmap_mode="r")
 
 
+def ensure_frames(entry: dict, settings: dict) -> dict:
+    """A manifest record entry whose frame files all exist, for the caption job to call first.
+
+    Media whose cached frames are gone (the cache deleted, frames.keep true) are extracted again with
+    the frames step's ``settings`` (cache_dir, frames); a file that can no longer be extracted (deleted
+    or broken since) becomes that item's and the record's error instead of a FileNotFoundError.
+    Updates ``entry`` in place and returns it.
+    """
+    params = frame_settings(settings.get("frames", {}))
+    for field, kind in (("videos", "video"), ("images", "image")):
+        for i, item in enumerate(entry.get(field) or []):
+            if not item or "error" in item or os.path.exists(item["frames"]):
+                continue
+            try:
+                entry[field][i] = cached_sample(item["path"], kind, params, Path(settings["cache_dir"]))
+            except FrameError as exc:
+                entry[field][i] = {"path": item["path"], "error": str(exc)}
+                entry["error"] = entry.get("error") or f"{os.path.basename(item['path'])}: {exc}"
+    return entry
+
+
 # ----------------------------------------------------------------------------------------- shard
 def extract_shard(
     shard_path: str, manifest_path: str, settings: dict, threads: int = 1, log=sys.stderr
@@ -350,6 +344,7 @@ def extract_shard(
     cache_dir = Path(settings["cache_dir"])
     cache_dir.mkdir(parents=True, exist_ok=True)  # may be this shard's own output folder (frames.keep false)
     media_root = settings["media_root"]
+    only = settings.get("media_root_only", schema_default("media_root_only"))
     records = list(iter_jsonl(shard_path))
     wanted: dict[tuple[str, str], list[tuple[int, str, int]]] = {}  # (kind, path) -> places in entries
     entries = []
@@ -367,6 +362,10 @@ def extract_shard(
         entries.append(entry)
         for field, kind, items in (("videos", "video", videos), ("images", "image", images)):
             for i, item in enumerate(items):
+                escape = escapes_root(item) if only else None
+                if escape:  # never opened: the record fails, the others go on
+                    entry[field][i] = {"path": item, "error": f"refused by media_root_only: {escape}"}
+                    continue
                 wanted.setdefault((kind, resolve_media(item, media_root)), []).append((slot, field, i))
 
     jobs = list(wanted)
