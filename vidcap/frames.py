@@ -1,11 +1,13 @@
 """Sampling frames from videos (and loading images) into a per-file cache.
 
-For each video: probe the stream (frame time stamps, keyframes; see decode.py), choose how many frames
-and how large under the token budget (budget.py), take the frames shown at evenly spaced times, scaled
-inside the decoder, and store them as a uint8 THWC ``.npy`` array (written as they are decoded) with a
-JSON sidecar of metadata. The cache key covers the file's identity (path, size, mtime) and the frame
-parameters, so a video moved to another shard, reordered or listed twice is decoded once, and changing
-``frames.*`` re-extracts. Every failure becomes a readable per-record reason.
+For each video: probe the frames a player shows (time stamps, keyframes; probe.py), choose how many
+frames and how large under the token budget (budget.py), take the frames shown at evenly spaced times,
+scaled inside the decoder (decode.py), and store them as a uint8 THWC ``.npy`` array (written as they
+are decoded) with a JSON sidecar of metadata. The cache key covers the file's identity (path, size,
+mtime) and the frame parameters, so a video moved to another shard, reordered or listed twice is
+decoded once, and changing ``frames.*`` re-extracts. ``ensure_frames`` extracts again what was deleted
+from the cache. Every failure becomes a readable per-record reason; with ``media_root_only`` a path
+leaving media_root is one (media_paths.py).
 """
 
 from __future__ import annotations
