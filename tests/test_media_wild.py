@@ -9,6 +9,7 @@ own timeline, and no clip a player plays to its end may be called truncated.
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import time
@@ -94,10 +95,11 @@ def wild(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-def played(path: Path, tmp: Path) -> tuple[list[int], list[float]]:
+@functools.cache
+def played(path: Path) -> tuple[list[int], list[float]]:
     """Frame numbers and times (from the first frame) of what ``ffmpeg -i path`` plays, via a
     lossless re-encode of it."""
-    ref = tmp / (path.stem + ".ffv1.mkv")
+    ref = path.with_name(path.name + ".ffv1.mkv")
     ffmpeg(
         "-i",
         "file:" + str(path),
@@ -176,8 +178,8 @@ def expected(ref_numbers: list[int], ref_times: list[float], n: int) -> tuple[li
         "vp9_webm",
     ],
 )
-def test_sampled_frames_are_the_frames_a_player_shows(wild, tmp_path, name, fps, backend):
-    ref_numbers, ref_times = played(wild[name], tmp_path)
+def test_sampled_frames_are_the_frames_a_player_shows(wild, name, fps, backend):
+    ref_numbers, ref_times = played(wild[name])
     frames, meta = sample_video(str(wild[name]), {**SMALL, "fps": fps, "backend": backend})
     assert meta["total_num_frames"] == len(ref_numbers)  # the frames a player shows, no more
     want_numbers, want_times = expected(ref_numbers, ref_times, len(frames))
@@ -196,12 +198,12 @@ def test_edit_list_cut_starts_at_the_frame_shown_at_the_edit(wild):
 
 
 @pytest.mark.parametrize("name", ["open_gop", "hevc_10bit_mkv"])
-def test_open_gop_frames_before_a_keyframe(wild, tmp_path, name):
+def test_open_gop_frames_before_a_keyframe(wild, name):
     # the frames just before an open-GOP keyframe are decoded after it and reference the GOP before:
     # a run that seeks must start early enough for them
     info = decode.probe(str(wild[name]), time.monotonic() + 60)
     assert info["open_gop"] is True
-    ref_numbers, _ = played(wild[name], tmp_path)
+    ref_numbers, _ = played(wild[name])
     wanted = [k - 1 for k in info["keyframes"][1::3]]  # ~75 frames apart: each one a seek
     got = {}
     stats = decode.decode_ffmpeg(
