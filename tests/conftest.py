@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,12 +11,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# model-folder hashes (vidcap.provenance) cached per test session, not in the user's ~/.cache
+os.environ.setdefault("VIDCAP_CACHE_DIR", tempfile.mkdtemp(prefix="vidcap-cache-"))
 
 
 def _build_tiny(tmp_path_factory, arch: str) -> Path:
     out = tmp_path_factory.mktemp(f"tiny-{arch}")
-    subprocess.run([sys.executable, "-m", "vidcap", "tiny-model", str(out), "--arch", arch], check=True,
-                   capture_output=True, cwd=Path(__file__).resolve().parents[1])
+    subprocess.run(
+        [sys.executable, "-m", "vidcap", "tiny-model", str(out), "--arch", arch],
+        check=True,
+        capture_output=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     return out
 
 

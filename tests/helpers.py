@@ -62,12 +62,12 @@ def tiny_config(model_dir: str | os.PathLike, **overrides) -> dict:
 
 
 def run_snakemake(workdir: str | os.PathLike, config: dict, *args: str, check: bool = True,
-                  timeout: float = 900) -> subprocess.CompletedProcess:
+                  timeout: float = 900, gpus: int = 1) -> subprocess.CompletedProcess:
     """Run the real workflow in ``workdir`` with ``config`` written to workdir/config.yaml."""
     workdir = Path(workdir)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--configfile",
-           str(workdir / "config.yaml"), "--cores", "2", "--resources", "gpu=1", "--nocolor", *args]
+           str(workdir / "config.yaml"), "--cores", "2", "--resources", f"gpu={gpus}", "--nocolor", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}"})
     if check and proc.returncode != 0:
@@ -84,3 +84,31 @@ def planned_jobs(workdir: str | os.PathLike, config: dict) -> Counter:
 def jobs_run(output: str) -> Counter:
     """Count the jobs per rule announced in Snakemake's output (``rule x:`` / ``localrule x:``)."""
     return Counter(re.findall(r"^(?:local)?rule (\w+):$", output, flags=re.M))
+
+
+def synthetic_shard(work: str | os.PathLike, n: int, frames: int = 4, width: int = 448, height: int = 448,
+                    distinct: int | None = None) -> tuple[Path, Path]:
+    """A shard of ``n`` video records whose frames sit in the cache already, as the frames step leaves them:
+    noise frames (``distinct`` files, records cycling over them), a manifest with the source metadata."""
+    import numpy as np
+
+    from vidcap.atomic import write_json
+    from vidcap.records import record_digest
+
+    work = Path(work)
+    rng = np.random.default_rng(0)
+    videos = []
+    for i in range(min(n, distinct or n)):
+        path = work / "cache" / f"synthetic-{width}x{height}x{frames}-{i:05d}.npy"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            np.save(path, rng.integers(0, 256, (frames, height, width, 3), dtype=np.uint8))
+        meta = {"fps": 30.0, "duration": frames / 2, "total_num_frames": frames * 15, "width": width,
+                "height": height, "frames_indices": [j * 15 for j in range(frames)]}
+        videos.append({"path": f"v{i}.mp4", "frames": str(path), "meta": meta})
+    records = [{"video": [f"v{i}.mp4"], "conversation": [{"from": "human", "value": ""}], "n": i} for i in range(n)]
+    shard, manifest = write_records(work / f"shard{n}.jsonl", records), work / f"manifest{n}.json"
+    entries = [{"digest": record_digest(r), "videos": [videos[i % len(videos)]], "images": [], "error": None}
+               for i, r in enumerate(records)]
+    write_json(manifest, {"shard": "0", "records": entries})
+    return shard, manifest

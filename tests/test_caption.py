@@ -11,16 +11,33 @@ import shutil
 import pytest
 from helpers import make_video, write_records
 
-from vidcap.caption import DEFAULT_ENGINE, caption_shard, generate_isolating, is_too_long, start_engine
+from vidcap.backends import OfflineBackend
+from vidcap.caption import caption_shard, feed
+from vidcap.config import defaults
+from vidcap.engine import start_engine
 from vidcap.frames import extract_shard
+from vidcap.journal import Journal
+from vidcap.prompts import Pending
 
 pytestmark = pytest.mark.slow
 
 MAX_MODEL_LEN = 256
-ENGINE = {**DEFAULT_ENGINE, "max_model_len": MAX_MODEL_LEN, "dtype": "bfloat16", "enforce_eager": True,
-          "cpu_kvcache_space_gb": 1}
-FRAMES = {"fps": 2.0, "min_frames": 4, "max_frames": 64, "min_pixels": 3136, "max_pixels": 12544,
-          "image_min_pixels": 3136, "image_max_pixels": 12544}
+ENGINE = {
+    **defaults("engine"),
+    "max_model_len": MAX_MODEL_LEN,
+    "dtype": "bfloat16",
+    "enforce_eager": True,
+    "cpu_kvcache_space_gb": 1,
+}
+FRAMES = {
+    "fps": 2.0,
+    "min_frames": 4,
+    "max_frames": 64,
+    "min_pixels": 3136,
+    "max_pixels": 12544,
+    "image_min_pixels": 3136,
+    "image_max_pixels": 12544,
+}
 
 
 @pytest.fixture(scope="module")
@@ -42,16 +59,25 @@ def media(tmp_path_factory):
 
 
 def settings_for(model, **sampling):
-    return {"model": str(model), "prompt": "Describe the video.", "system_prompt": "You are a helpful assistant.",
-            "keys": {"prompt": "question"}, "engine": ENGINE, "frames": FRAMES,
-            "sampling": {"temperature": 0.0, "top_p": 1.0, "max_tokens": 8, "seed": 0, **sampling}}
+    return {
+        "model": str(model),
+        "prompt": "Describe the video.",
+        "system_prompt": "You are a helpful assistant.",
+        "keys": {"prompt": "question"},
+        "engine": ENGINE,
+        "frames": FRAMES,
+        "sampling": {"temperature": 0.0, "top_p": 1.0, "max_tokens": 8, "seed": 0, **sampling},
+    }
 
 
 def build_shard(tmp_path, media, records, frames=FRAMES):
     shard = write_records(tmp_path / "shard.jsonl", records)
     manifest = tmp_path / "manifest.json"
-    extract_shard(str(shard), str(manifest), {"keys": {}, "frames": frames, "cache_dir": str(tmp_path / "cache"),
-                                              "media_root": str(media)})
+    extract_shard(
+        str(shard),
+        str(manifest),
+        {"keys": {}, "frames": frames, "cache_dir": str(tmp_path / "cache"), "media_root": str(media)},
+    )
     return shard, manifest
 
 
@@ -91,7 +117,9 @@ def test_statuses_media_mixes_and_too_long(llm, tiny_model_25, media, tmp_path):
     # vision tokens per record: the prompt lengths tell that every medium reached the model
     base = metas[0]["prompt_tokens"]
     assert metas[3]["prompt_tokens"] == base + 16 + 2  # + one 112x112 image and its two markers
-    assert metas[4]["prompt_tokens"] == base - (4 * 16 + 2) + (16 + 2) + (12 + 2)  # no video; 112x112 + 112x84
+    assert metas[4]["prompt_tokens"] == base - (4 * 16 + 2) + (16 + 2) + (
+        12 + 2
+    )  # no video; 112x112 + 112x84
     assert metas[6]["prompt_tokens"] != base  # the per-record prompt replaced the default
     assert stats["records"] == 7 and stats["error"] == 2 and stats["ok"] + stats["truncated"] == 5
     assert stats["halved"] == 1
@@ -110,14 +138,20 @@ def test_truncated_when_max_tokens_is_reached(llm, tiny_model_25, media, tmp_pat
         assert meta["status"] == "truncated"
 
 
-def test_engine_rejections_are_isolated_per_request(llm, tiny_model_25):
-    from vllm import SamplingParams
-
-    params = [SamplingParams(max_tokens=2, temperature=0.0) for _ in range(3)]
-    requests = [{"prompt": "a the video"}, {"prompt": "a the " * 400}, {"prompt": "red blue green"}]
-    outputs = generate_isolating(llm, requests, params)
-    assert not isinstance(outputs[0], Exception) and not isinstance(outputs[2], Exception)
-    assert isinstance(outputs[1], Exception) and is_too_long(outputs[1])
+def test_engine_rejections_are_isolated_per_request(llm, tiny_model_25, tmp_path):
+    """vLLM refuses the middle request while it is added: only that record fails, the others are captioned."""
+    no_media = {"videos": [], "images": []}
+    items = [
+        Pending(i, f"d{i}", no_media, "", text=text, key=f"k{i}")
+        for i, text in enumerate(["a the video", "a the " * 400, "red blue green"])
+    ]
+    results = [{"caption": None, "caption_meta": {"error": None}} for _ in items]
+    stats = {"requests": 0, "halved": 0, "prompt_tokens": 0, "output_tokens": 0}
+    backend = OfflineBackend(llm, {**defaults("sampling"), "temperature": 0.0, "max_tokens": 2}, ENGINE)
+    feed(backend, items, results, stats, Journal(tmp_path / "journal"), log=None)
+    assert {results[0]["caption_meta"]["status"], results[2]["caption_meta"]["status"]} <= {"ok", "truncated"}
+    assert results[1]["caption"] is None and results[1]["caption_meta"]["error"].startswith("too long")
+    assert stats["requests"] == 3
 
 
 def test_same_seed_same_bytes(llm, tiny_model_25, media, tmp_path):
@@ -141,7 +175,9 @@ def test_same_seed_same_bytes(llm, tiny_model_25, media, tmp_path):
 
 
 def test_temperature_zero_is_greedy(llm, tiny_model_25, media, tmp_path):
-    shard, manifest = build_shard(tmp_path, media, [conversation(video="short.mp4"), conversation(image="red.png")])
+    shard, manifest = build_shard(
+        tmp_path, media, [conversation(video="short.mp4"), conversation(image="red.png")]
+    )
     a, _ = run(llm, tiny_model_25, shard, manifest, tmp_path / "a.jsonl", seed=0)
     b, _ = run(llm, tiny_model_25, shard, manifest, tmp_path / "b.jsonl", seed=12345)
     assert [r["caption"] for r in a] == [r["caption"] for r in b]
@@ -149,8 +185,12 @@ def test_temperature_zero_is_greedy(llm, tiny_model_25, media, tmp_path):
 
 def test_engine_too_long_retries_with_half_the_frames(llm, tiny_model_25, media, tmp_path):
     """When vidcap's own estimate lets a prompt through that the engine rejects, the retry still halves."""
-    shard, manifest = build_shard(tmp_path, media, [conversation(video="long.mp4"), conversation(video="short.mp4")],
-                                  {**FRAMES, "fps": 8.0})
+    shard, manifest = build_shard(
+        tmp_path,
+        media,
+        [conversation(video="long.mp4"), conversation(video="short.mp4")],
+        {**FRAMES, "fps": 8.0},
+    )
     settings = settings_for(tiny_model_25)
     settings["engine"] = {**ENGINE, "max_model_len": 1024}  # the estimate believes in more room than there is
     caption_shard(str(shard), str(manifest), str(tmp_path / "out.jsonl"), settings, llm=llm)
@@ -161,9 +201,13 @@ def test_engine_too_long_retries_with_half_the_frames(llm, tiny_model_25, media,
 
 def test_a_fresh_engine_rebuilds_the_same_bytes(llm, tiny_model_25, media, tmp_path):
     """Two builds: this module's engine and a new one started by caption_shard itself (as a job does)."""
-    shard, manifest = build_shard(tmp_path, media, [conversation(video="short.mp4"), conversation(image="red.png")])
+    shard, manifest = build_shard(
+        tmp_path, media, [conversation(video="short.mp4"), conversation(image="red.png")]
+    )
     sampled = {"temperature": 0.7, "top_p": 0.9, "max_tokens": 8, "seed": 7}
     run(llm, tiny_model_25, shard, manifest, tmp_path / "a.jsonl", **sampled)
-    stats = caption_shard(str(shard), str(manifest), str(tmp_path / "b.jsonl"), settings_for(tiny_model_25, **sampled))
+    stats = caption_shard(
+        str(shard), str(manifest), str(tmp_path / "b.jsonl"), settings_for(tiny_model_25, **sampled)
+    )
     assert stats["engine_seconds"] > 0  # it did start its own engine
     assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()

@@ -10,8 +10,8 @@ import os
 import pytest
 from helpers import make_video
 
-from vidcap.caption import kept_frames, video_item, vision_tokens
 from vidcap.frames import sample_video
+from vidcap.prompts import kept_frames, video_item, vision_tokens
 
 VIDEO_PROMPT = "<|vision_start|><|video_pad|><|vision_end|>Describe."
 
@@ -30,8 +30,9 @@ def processor_25(tiny_model_25):
 def clip(tmp_path_factory):
     """4 s at 8 fps (32 frames) sampled at 2 fps: 8 frames, one every 0.5 s."""
     path = make_video(tmp_path_factory.mktemp("clip") / "clip.mp4", seconds=4, size="112x112", rate=8)
-    frames, meta = sample_video(str(path), {"fps": 2.0, "min_frames": 4, "max_frames": 64, "min_pixels": 3136,
-                                            "max_pixels": 12544})
+    frames, meta = sample_video(
+        str(path), {"fps": 2.0, "min_frames": 4, "max_frames": 64, "min_pixels": 3136, "max_pixels": 12544}
+    )
     npy = tmp_path_factory.mktemp("frames") / "clip.npy"
     import numpy as np
 
@@ -97,23 +98,64 @@ def build_tiny_qwen3_vl_processor(out, tokenizer_dir):
     from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_end|>", "<|image_pad|>", "<|video_pad|>",
-                                                     "<|vision_start|>", "<|vision_end|>")}
-    text = dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
-                num_key_value_heads=1, head_dim=64, max_position_embeddings=65536,
-                rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [8, 12, 12],
-                                 "mrope_interleaved": True},
-                bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"])
-    vision = dict(depth=2, hidden_size=64, out_hidden_size=128, intermediate_size=128, num_heads=2, patch_size=16,
-                  spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64, deepstack_visual_indexes=[1])
-    Qwen3VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
-                  video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
-                  vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False).save_pretrained(out)
-    Qwen3VLProcessor(image_processor=Qwen2VLImageProcessor(patch_size=16, min_pixels=32 * 32 * 4,
-                                                           max_pixels=32 * 32 * 16),
-                     video_processor=Qwen3VLVideoProcessor(patch_size=16, size={"shortest_edge": 32 * 32 * 4,
-                                                                                 "longest_edge": 32 * 32 * 128}),
-                     tokenizer=tok, chat_template=tok.chat_template).save_pretrained(out)
+    ids = {
+        t: tok.convert_tokens_to_ids(t)
+        for t in (
+            "<|endoftext|>",
+            "<|im_end|>",
+            "<|image_pad|>",
+            "<|video_pad|>",
+            "<|vision_start|>",
+            "<|vision_end|>",
+        )
+    }
+    text = dict(
+        vocab_size=512,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=64,
+        max_position_embeddings=65536,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 1e6,
+            "mrope_section": [8, 12, 12],
+            "mrope_interleaved": True,
+        },
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+    )
+    vision = dict(
+        depth=2,
+        hidden_size=64,
+        out_hidden_size=128,
+        intermediate_size=128,
+        num_heads=2,
+        patch_size=16,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        num_position_embeddings=64,
+        deepstack_visual_indexes=[1],
+    )
+    Qwen3VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    ).save_pretrained(out)
+    Qwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessor(patch_size=16, min_pixels=32 * 32 * 4, max_pixels=32 * 32 * 16),
+        video_processor=Qwen3VLVideoProcessor(
+            patch_size=16, size={"shortest_edge": 32 * 32 * 4, "longest_edge": 32 * 32 * 128}
+        ),
+        tokenizer=tok,
+        chat_template=tok.chat_template,
+    ).save_pretrained(out)
     return out
 
 
@@ -121,29 +163,33 @@ def test_qwen3_vl_time_stamps_follow_the_source_frames(tiny_model_25, clip, tmp_
     from vllm.config import ModelConfig
     from vllm.multimodal import MULTIMODAL_REGISTRY
 
-    from vidcap.caption import vision_geometry
+    from vidcap.budget import geometry_for as vision_geometry
 
     model = build_tiny_qwen3_vl_processor(tmp_path / "qwen3", tiny_model_25)
-    processor = MULTIMODAL_REGISTRY.create_processor(ModelConfig(model=str(model), dtype="float32",
-                                                                 max_model_len=4096))
+    processor = MULTIMODAL_REGISTRY.create_processor(
+        ModelConfig(model=str(model), dtype="float32", max_model_len=4096)
+    )
     data, n_tokens = model_input(processor, video_item(clip))
     indices = clip["meta"]["frames_indices"]  # [0, 4, 9, 13, 18, 22, 27, 31] at 8 fps
     expected = [(indices[i] + indices[i + 1]) / 2 / 8.0 for i in range(0, 8, 2)]
     assert list(data["timestamps"]) == pytest.approx(expected)  # mid-time of each frame pair, in seconds
     geometry = vision_geometry(str(model))
     assert geometry.factor == 32 and geometry.tokens_per_frame_group > 0
-    assert n_tokens == vision_tokens({"videos": [clip], "images": []}, None, geometry) - 4 * \
-        geometry.tokens_per_frame_group  # 112 px frames become 4x4 patches of 32 px
+    assert (
+        n_tokens
+        == vision_tokens({"videos": [clip], "images": []}, None, geometry)
+        - 4 * geometry.tokens_per_frame_group
+    )  # 112 px frames become 4x4 patches of 32 px
 
 
 @pytest.mark.slow
 def test_qwen3_vl_captions_through_vllm(tiny_model_25, clip, tmp_path):
     """A tiny random Qwen3-VL (weights too) captions video, image + video and image-only records."""
     import torch
+    from helpers import write_records
     from PIL import Image
     from transformers import AutoConfig, Qwen3VLForConditionalGeneration
 
-    from helpers import write_records
     from vidcap.caption import caption_shard
     from vidcap.frames import extract_shard
 
@@ -158,13 +204,27 @@ def test_qwen3_vl_captions_through_vllm(tiny_model_25, clip, tmp_path):
     records = [{"video": clip["path"]}, {"image": "g.png", "video": clip["path"]}, {"image": "g.png"}]
     write_records(tmp_path / "s.jsonl", records)
     frames = {"fps": 2.0, "min_frames": 4, "max_frames": 8, "min_pixels": 3136, "max_pixels": 12544}
-    extract_shard(str(tmp_path / "s.jsonl"), str(tmp_path / "m.json"),
-                  {"keys": {}, "frames": frames, "cache_dir": str(tmp_path / "cache"), "media_root": str(tmp_path)})
-    settings = {"model": str(model), "prompt": "Describe.", "system_prompt": "", "keys": {},
-                "sampling": {"temperature": 0.0, "top_p": 1.0, "max_tokens": 4, "seed": 0},
-                "engine": {"max_model_len": 2048, "dtype": "bfloat16", "enforce_eager": True,
-                           "cpu_kvcache_space_gb": 1}}
-    stats = caption_shard(str(tmp_path / "s.jsonl"), str(tmp_path / "m.json"), str(tmp_path / "out.jsonl"), settings)
+    extract_shard(
+        str(tmp_path / "s.jsonl"),
+        str(tmp_path / "m.json"),
+        {"keys": {}, "frames": frames, "cache_dir": str(tmp_path / "cache"), "media_root": str(tmp_path)},
+    )
+    settings = {
+        "model": str(model),
+        "prompt": "Describe.",
+        "system_prompt": "",
+        "keys": {},
+        "sampling": {"temperature": 0.0, "top_p": 1.0, "max_tokens": 4, "seed": 0},
+        "engine": {
+            "max_model_len": 2048,
+            "dtype": "bfloat16",
+            "enforce_eager": True,
+            "cpu_kvcache_space_gb": 1,
+        },
+    }
+    stats = caption_shard(
+        str(tmp_path / "s.jsonl"), str(tmp_path / "m.json"), str(tmp_path / "out.jsonl"), settings
+    )
     import json
 
     metas = [json.loads(line)["caption_meta"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]

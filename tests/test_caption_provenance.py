@@ -32,9 +32,14 @@ def test_job_provenance_and_gathering(tiny_model, tmp_path):
     record = job_provenance(settings, engine, {"fps": 2.0})
     versions = record["versions"]
     assert versions["vllm"].startswith("vllm") and versions["torch"].startswith("torch")
-    assert versions["transformers"].startswith("transformers") and versions["ffmpeg"].startswith("ffmpeg version")
+    assert versions["transformers"].startswith("transformers") and versions["ffmpeg"].startswith(
+        "ffmpeg version"
+    )
     assert record["frames"] == {"fps": 2.0} and "env" not in record["engine"]
-    assert job_provenance(settings, {**engine, "threads": 8}, {"fps": 2.0})["config_hash"] == record["config_hash"]
+    assert (
+        job_provenance(settings, {**engine, "threads": 8}, {"fps": 2.0})["config_hash"]
+        == record["config_hash"]
+    )
     assert job_provenance(settings, engine, {"fps": 1.0})["config_hash"] != record["config_hash"]
 
     write_json(tmp_path / "0000.stats.json", {"records": 2, "provenance": record})
@@ -52,3 +57,23 @@ def test_job_provenance_and_gathering(tiny_model, tmp_path):
     result = write_provenance(stats, out)
     assert not result["consistent"]
     assert [v["shards"] for v in result["variants"]] == [["0000"], ["0002"]]
+
+
+def test_model_folder_hashed_once_and_git_never_read(tiny_model, tmp_path, monkeypatch):
+    """Caption jobs of a build share one hash per model folder; .git (LFS objects) is not the weights."""
+    monkeypatch.setenv("VIDCAP_CACHE_DIR", str(tmp_path / "cache"))
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model, copy)
+    lfs = copy / ".git" / "lfs" / "objects"
+    lfs.mkdir(parents=True)
+    (lfs / "blob").write_bytes(b"x" * 1000)
+    first = model_identity(str(copy))
+    assert len(list((tmp_path / "cache" / "model-identity").glob("*.json"))) == 1
+    (lfs / "blob").write_bytes(b"y" * 2000)  # another .git object: not part of the model
+    assert model_identity(str(copy)) == first  # from the cache, .git ignored
+    weights = next(copy.glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))  # a new file identity: hashed again
+    assert model_identity(str(copy))["weights_hash"] != first["weights_hash"]
+    assert len(list((tmp_path / "cache" / "model-identity").glob("*.json"))) == 2

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from helpers import REPO, SNAKEMAKE, make_video, run_snakemake, tiny_config, write_records
 
 pytestmark = pytest.mark.slow

@@ -26,16 +26,26 @@ with device_slots(tp, timeout=60, poll=0.05, log=sys.stderr) as ids:
 """
 
 
-def start_jobs(tmp_path, n, tp, devices="0,1,2,3", tag="job"):
+def start_jobs(tmp_path, n, tp, devices="0,1,2,3", tag="job", env_update=None):
     script = tmp_path / "job.py"
     script.write_text(JOB.format(repo=str(REPO)))
-    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID")}
-    env.update(VIDCAP_GPU_IDS=devices, VIDCAP_GPU_LOCK_DIR=str(tmp_path / "locks"))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "VIDCAP_GPU_IDS", "VIDCAP_GPU_LOCK_DIR")
+    }
+    env.update(env_update or {"VIDCAP_GPU_IDS": devices, "VIDCAP_GPU_LOCK_DIR": str(tmp_path / "locks")})
     procs, outs = [], []
     for i in range(n):
         out = tmp_path / f"{tag}{i}.txt"
-        procs.append(subprocess.Popen([sys.executable, str(script), str(out), str(tmp_path / "go"), str(tp)],
-                                      env=env, stderr=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script), str(out), str(tmp_path / "go"), str(tp)],
+                env=env,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
         outs.append(out)
     return procs, outs
 
@@ -86,6 +96,50 @@ def test_a_killed_job_frees_its_devices(tmp_path):
     finish(after, tmp_path / "go")
 
 
+def test_jobs_inside_a_slurm_allocation_share_its_devices(tmp_path):
+    """salloc --gpus=2, then snakemake --resources gpu=2 (local executor): two tp=1 jobs, one GPU each."""
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    allocation = {"SLURM_JOB_ID": "4242", "CUDA_VISIBLE_DEVICES": "0,1", "TMPDIR": str(tmpdir)}
+    procs, outs = start_jobs(tmp_path, 2, 1, env_update=allocation)
+    got = wait_for(outs)  # both hold a device at the same time
+    finish(procs, tmp_path / "go")
+    assert sorted(d for ids in got for d in ids) == ["0", "1"]
+    # the locks live in a folder of that Slurm job: another allocation's device 0 is another GPU
+    assert sorted(p.name for p in (tmpdir / f"vidcap-gpu-locks-{os.getuid()}-slurm4242").iterdir()) == [
+        "gpu0.lock",
+        "gpu1.lock",
+    ]
+
+
+def test_a_third_job_in_the_allocation_waits(tmp_path):
+    allocation = {
+        "SLURM_JOB_ID": "4243",
+        "CUDA_VISIBLE_DEVICES": "0,1",
+        "VIDCAP_GPU_LOCK_DIR": str(tmp_path / "l"),
+    }
+    procs, outs = start_jobs(tmp_path, 2, 1, env_update=allocation)
+    wait_for(outs)
+    late, late_out = start_jobs(tmp_path, 1, 1, tag="late", env_update=allocation)
+    time.sleep(1.0)
+    assert not late_out[0].exists()
+    finish(procs, tmp_path / "go")
+    assert wait_for(late_out)[0][0] in ("0", "1")
+    finish(late, tmp_path / "go")
+
+
+def test_a_tp2_job_in_a_four_gpu_allocation_locks_two(tmp_path):
+    allocation = {
+        "SLURM_JOB_ID": "4244",
+        "CUDA_VISIBLE_DEVICES": "4,5,6,7",
+        "VIDCAP_GPU_LOCK_DIR": str(tmp_path / "l"),
+    }
+    procs, outs = start_jobs(tmp_path, 2, 2, env_update=allocation)
+    got = wait_for(outs)
+    finish(procs, tmp_path / "go")
+    assert sorted(d for ids in got for d in ids) == ["4", "5", "6", "7"]  # the allocation's ids, not 0..3
+
+
 def test_slurm_assignment_is_kept(monkeypatch):
     from vidcap.gpus import device_slots
 
@@ -95,6 +149,38 @@ def test_slurm_assignment_is_kept(monkeypatch):
     with device_slots(1) as ids:
         assert ids == ["3"]
         assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"
+
+
+def test_exact_slurm_assignment_takes_no_lock(monkeypatch, tmp_path):
+    """One sbatch per job (--gpus=2, tp=2): Slurm's devices are the job's, no lock taken."""
+    from vidcap.gpus import device_slots
+
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    monkeypatch.setenv("VIDCAP_GPU_LOCK_DIR", str(tmp_path))
+    with device_slots(2, timeout=0) as first, device_slots(2, timeout=0) as second:
+        assert first == second == ["0", "1"]
+    assert not any(tmp_path.iterdir())
+
+
+def test_slurm_gave_fewer_devices_than_needed(monkeypatch, tmp_path):
+    from vidcap.gpus import device_slots
+
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.setenv("VIDCAP_GPU_LOCK_DIR", str(tmp_path))
+    with pytest.raises(RuntimeError, match="needs 2 GPUs but only 1"), device_slots(2):
+        pass
+
+
+def test_node_devices_ignore_cuda_visible_devices(monkeypatch, tmp_path):
+    """What the node has (for the build check) is not what this process may use."""
+    from vidcap.gpus import node_devices, visible_devices
+
+    monkeypatch.delenv("VIDCAP_GPU_IDS", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
+    assert node_devices() == [] and visible_devices() == ["0", "1"]
 
 
 def test_no_gpus_is_a_no_op(monkeypatch):
@@ -112,6 +198,5 @@ def test_more_devices_than_visible_is_an_error(monkeypatch, tmp_path):
 
     monkeypatch.setenv("VIDCAP_GPU_IDS", "0")
     monkeypatch.setenv("VIDCAP_GPU_LOCK_DIR", str(tmp_path))
-    with pytest.raises(RuntimeError, match="needs 2 GPUs"):
-        with device_slots(2):
-            pass
+    with pytest.raises(RuntimeError, match="needs 2 GPUs"), device_slots(2):
+        pass

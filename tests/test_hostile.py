@@ -5,7 +5,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from helpers import make_video, run_snakemake, tiny_config, write_records
 
 pytestmark = pytest.mark.slow

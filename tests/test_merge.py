@@ -3,7 +3,7 @@ import json
 import pytest
 
 from vidcap.atomic import dumps_line
-from vidcap.merge import StaleResultError, merge_results
+from vidcap.merge import StaleResultError, merge_captions
 from vidcap.records import DEFAULT_KEYS, record_digest
 from vidcap.shards import shard_ids, shard_of
 
@@ -17,8 +17,12 @@ def build(tmp_path, recs, n, tamper=None):
     for rec in recs:
         status = "error" if rec.get("bad") else "ok"
         per_shard[shard_ids(n)[shard_of(rec, KEYS, n)]].append(
-            {"digest": record_digest(rec), "caption": None if status == "error" else f"cap {rec['i']}",
-             "caption_meta": {"status": status, "error": "missing file" if status == "error" else None}})
+            {
+                "digest": record_digest(rec),
+                "caption": None if status == "error" else f"cap {rec['i']}",
+                "caption_meta": {"status": status, "error": "missing file" if status == "error" else None},
+            }
+        )
     if tamper:
         tamper(per_shard)
     files = []
@@ -34,10 +38,18 @@ SETTINGS = {"shards": 3, "prompt": "Please describe the video in detail.", "keys
 
 @pytest.mark.parametrize("out_name", ["out.json", "out.jsonl"])
 def test_merge_restores_input_order_and_keeps_fields(tmp_path, out_name):
-    recs = [{"video": [f"v{i % 7}.mp4"], "conversation": [{"from": "human", "value": ""}], "i": i, "bad": i == 4,
-             "ünï": "ok"} for i in range(20)]  # duplicated videos share a shard
+    recs = [
+        {
+            "video": [f"v{i % 7}.mp4"],
+            "conversation": [{"from": "human", "value": ""}],
+            "i": i,
+            "bad": i == 4,
+            "ünï": "ok",
+        }
+        for i in range(20)
+    ]  # duplicated videos share a shard
     src, files = build(tmp_path, recs, 3)
-    counts = merge_results(str(src), files, str(tmp_path / out_name), SETTINGS, log=None)
+    counts = merge_captions(str(src), files, str(tmp_path / out_name), SETTINGS, log=None)
     text = (tmp_path / out_name).read_text(encoding="utf-8")
     out = [json.loads(x) for x in text.splitlines()] if out_name.endswith("l") else json.loads(text)
     assert [r["i"] for r in out] == list(range(20))
@@ -50,7 +62,9 @@ def test_merge_restores_input_order_and_keeps_fields(tmp_path, out_name):
 def test_assistant_turn_style(tmp_path):
     recs = [{"video": ["a.mp4"], "conversation": [{"from": "human", "value": ""}], "i": 0}]
     src, files = build(tmp_path, recs, 3)
-    merge_results(str(src), files, str(tmp_path / "o.json"), {**SETTINGS, "output_style": "assistant_turn"}, log=None)
+    merge_captions(
+        str(src), files, str(tmp_path / "o.json"), {**SETTINGS, "output_style": "assistant_turn"}, log=None
+    )
     (rec,) = json.loads((tmp_path / "o.json").read_text())
     assert rec["conversation"][-1] == {"from": "gpt", "value": "cap 0"}
 
@@ -63,11 +77,11 @@ def test_stale_results_are_refused(tmp_path):
 
     src, files = build(tmp_path, recs, 3, tamper=drop_one)
     with pytest.raises(StaleResultError, match="fewer results"):
-        merge_results(str(src), files, str(tmp_path / "o.json"), SETTINGS, log=None)
+        merge_captions(str(src), files, str(tmp_path / "o.json"), SETTINGS, log=None)
     assert not (tmp_path / "o.json").exists()  # nothing half-written
 
     src, files = build(tmp_path, recs, 3)
     recs[0]["i"] = 99
     src.write_text(json.dumps(recs))
     with pytest.raises(StaleResultError, match="record 0"):
-        merge_results(str(src), files, str(tmp_path / "o.json"), SETTINGS, log=None)
+        merge_captions(str(src), files, str(tmp_path / "o.json"), SETTINGS, log=None)

@@ -24,18 +24,25 @@ def hf_generate(model, processor, messages, frames_entry, workdir):
     kwargs = {}
     if frames_entry["videos"]:
         kwargs["videos"] = [np.load(workdir / v["frames"]) for v in frames_entry["videos"]]
-        kwargs["video_metadata"] = [{"fps": v["meta"]["fps"], "duration": v["meta"]["duration"],
-                                     "total_num_frames": v["meta"]["total_num_frames"],
-                                     "frames_indices": v["meta"]["frames_indices"]} for v in frames_entry["videos"]]
+        kwargs["video_metadata"] = [
+            {
+                "fps": v["meta"]["fps"],
+                "duration": v["meta"]["duration"],
+                "total_num_frames": v["meta"]["total_num_frames"],
+                "frames_indices": v["meta"]["frames_indices"],
+            }
+            for v in frames_entry["videos"]
+        ]
         kwargs["do_sample_frames"] = False
     if frames_entry["images"]:
         kwargs["images"] = [np.load(workdir / i["frames"]) for i in frames_entry["images"]]
     inputs = processor(text=[text], return_tensors="pt", **kwargs)
     eos = [processor.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
     with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=MAX_TOKENS, do_sample=False, eos_token_id=eos,
-                             pad_token_id=eos[1])
-    new = out[0, inputs["input_ids"].shape[1]:].tolist()
+        out = model.generate(
+            **inputs, max_new_tokens=MAX_TOKENS, do_sample=False, eos_token_id=eos, pad_token_id=eos[1]
+        )
+    new = out[0, inputs["input_ids"].shape[1] :].tolist()
     return new, processor.tokenizer.decode(new, skip_special_tokens=True), int(inputs["input_ids"].shape[1])
 
 
@@ -49,11 +56,17 @@ def test_workflow_greedy_captions_match_transformers(tmp_path, tiny_model):
 
     Image.new("RGB", (80, 60), (10, 200, 90)).save(tmp_path / "green.png")
     records = [{"video": f"v{i}.mp4", "conversation": [{"from": "human", "value": ""}]} for i in range(3)]
-    records.append({"image": "green.png", "video": "v1.mp4", "conversation": [{"from": "human", "value": ""}]})
+    records.append(
+        {"image": "green.png", "video": "v1.mp4", "conversation": [{"from": "human", "value": ""}]}
+    )
     write_records(tmp_path / "records.json", records)
-    config = tiny_config(tiny_model, sampling={"max_tokens": MAX_TOKENS, "temperature": 0.0, "seed": 0},
-                         engine={"dtype": "float32"}, prompt="Please describe the video in detail.",
-                         system_prompt="You are a helpful assistant.")
+    config = tiny_config(
+        tiny_model,
+        sampling={"max_tokens": MAX_TOKENS, "temperature": 0.0, "seed": 0},
+        engine={"dtype": "float32"},
+        prompt="Please describe the video in detail.",
+        system_prompt="You are a helpful assistant.",
+    )
     run_snakemake(tmp_path, config)
     captions = json.loads((tmp_path / "captions.json").read_text())
     frames_by_digest = {}
@@ -61,7 +74,7 @@ def test_workflow_greedy_captions_match_transformers(tmp_path, tiny_model):
         for entry in json.loads(manifest.read_text())["records"]:
             frames_by_digest[entry["digest"]] = entry
 
-    from vidcap.caption import build_messages
+    from vidcap.prompts import build_messages
     from vidcap.records import record_digest
 
     processor = AutoProcessor.from_pretrained(tiny_model)
@@ -71,8 +84,9 @@ def test_workflow_greedy_captions_match_transformers(tmp_path, tiny_model):
         meta = out["caption_meta"]
         assert meta["status"] in ("ok", "truncated"), meta
         entry = frames_by_digest[record_digest(record)]
-        messages = build_messages(config["system_prompt"], len(entry["images"]), len(entry["videos"]),
-                                  config["prompt"])
+        messages = build_messages(
+            config["system_prompt"], len(entry["images"]), len(entry["videos"]), config["prompt"]
+        )
         tokens, text, prompt_len = hf_generate(model, processor, messages, entry, tmp_path)
         assert meta["prompt_tokens"] == prompt_len
         assert meta["output_tokens"] == len(tokens)

@@ -2,8 +2,16 @@ import json
 
 import pytest
 
-from vidcap.records import (DEFAULT_KEYS, InputError, RecordWriter, iter_records, media_list, record_digest,
-                            record_prompt, with_prompt)
+from vidcap.records import (
+    DEFAULT_KEYS,
+    InputError,
+    RecordWriter,
+    iter_records,
+    media_list,
+    record_digest,
+    record_prompt,
+    with_prompt,
+)
 
 KEYS = dict(DEFAULT_KEYS)
 
@@ -14,7 +22,9 @@ def records_of(path):
 
 @pytest.mark.parametrize("suffix", [".json", ".jsonl"])
 def test_reads_both_formats_in_order(tmp_path, suffix):
-    recs = [{"video": [f"v{i}.mp4"], "conversation": [{"from": "human", "value": ""}], "i": i} for i in range(50)]
+    recs = [
+        {"video": [f"v{i}.mp4"], "conversation": [{"from": "human", "value": ""}], "i": i} for i in range(50)
+    ]
     path = tmp_path / f"r{suffix}"
     if suffix == ".json":
         path.write_text(json.dumps(recs, indent=3), encoding="utf-8")
@@ -55,7 +65,11 @@ def test_empty_array_and_empty_jsonl(tmp_path):
         ("notarray.json", '{"video": ["a.mp4"]}', ["expected a JSON array", ".jsonl"]),
         ("trail.json", '[{"video": "a.mp4"}] x', ["after the closing"]),
         ("scalar.json", '[{"video": "a.mp4"}, 5]', ["record 1", "expected a JSON object, got number"]),
-        ("vtype.json", '[{"video": 3}]', ["record 0", "key 'video'", "string or a list of strings, got number"]),
+        (
+            "vtype.json",
+            '[{"video": 3}]',
+            ["record 0", "key 'video'", "string or a list of strings, got number"],
+        ),
         ("vlist.json", '[{"video": ["a.mp4", 2]}]', ["record 0", "key 'video'"]),
         ("itype.json", '[{"video": "a.mp4", "image": {"x": 1}}]', ["record 0", "key 'image'", "got object"]),
         ("conv.json", '[{"video": "a.mp4", "conversation": "hi"}]', ["record 0", "key 'conversation'"]),
@@ -90,8 +104,11 @@ def test_missing_file(tmp_path):
 
 
 def test_with_prompt_fills_first_human_turn_and_keeps_everything_else():
-    rec = {"video": ["a.mp4"], "conversation": [{"from": "human", "value": ""}, {"from": "gpt", "value": "x"}],
-           "extra": {"k": [1, 2]}}
+    rec = {
+        "video": ["a.mp4"],
+        "conversation": [{"from": "human", "value": ""}, {"from": "gpt", "value": "x"}],
+        "extra": {"k": [1, 2]},
+    }
     out = with_prompt(rec, KEYS, "Describe.")
     assert out["conversation"] == [{"from": "human", "value": "Describe."}, {"from": "gpt", "value": "x"}]
     assert out["extra"] == rec["extra"] and rec["conversation"][0]["value"] == ""  # input untouched
@@ -138,3 +155,37 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     (tmp_path / "plain").write_text("x")
     mode = stat.S_IMODE(os.stat(tmp_path / "x.json").st_mode)
     assert mode == stat.S_IMODE(os.stat(tmp_path / "plain").st_mode)
+
+
+def test_json_arrays_are_parsed_by_the_c_backend():
+    import ijson
+
+    assert ijson.backend == "yajl2_c"  # the pure-Python backends are ~10x slower
+
+
+def test_jsonl_keeps_huge_integers_exact_and_rejects_nan(tmp_path):
+    big = 123456789012345678901234567890
+    path = tmp_path / "r.jsonl"
+    path.write_text(f'\ufeff{{"video": "a.mp4", "id": {big}, "x": 0.1}}\n', encoding="utf-8")
+    (rec,) = records_of(path)
+    assert rec["id"] == big and isinstance(rec["id"], int) and rec["x"] == 0.1
+    for body in ['{"video": "a.mp4", "x": NaN}', f'{{"video": "a.mp4", "id": {big}, "x": Infinity}}']:
+        path.write_text('{"video": "b.mp4"}\n' + body + "\n", encoding="utf-8")
+        with pytest.raises(InputError, match=r"record 1 \(line 2\): invalid JSON"):
+            records_of(path)
+
+
+def test_json_array_integer_overflow_names_the_record(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text('[{"video": "a.mp4"}, {"video": "b.mp4", "id": 123456789012345678901234567890}]')
+    with pytest.raises(InputError, match="record 1: invalid JSON: integer overflow.*write them as strings"):
+        records_of(path)
+
+
+def test_media_stamp_key_is_reserved(tmp_path):
+    from vidcap.records import MEDIA_STAMP
+
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps([{"video": "a.mp4"}, {"video": "b.mp4", MEDIA_STAMP: []}]))
+    with pytest.raises(InputError, match=f"record 1: key '{MEDIA_STAMP}' is reserved"):
+        records_of(path)

@@ -12,24 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import decode_data_uri, embedded_results, report_opened_at, run_chromium
+from helpers import REPO, make_video, planned_jobs, run_snakemake, tiny_config, write_records
 from PIL import Image
 
-from helpers import REPO, make_video, planned_jobs, run_snakemake, tiny_config, write_records
 from vidcap.records import DEFAULT_KEYS, record_digest
-from vidcap.report import (
-    CONTROL_CHARS,
-    build_report,
-    contact_sheet,
-    decode_data_uri,
-    embedded_results,
-    gallery_items,
-    gallery_selection,
-    histogram_bins,
-    report_opened_at,
-    run_chromium,
-    svg_histogram,
-    thumbnail_indices,
-)
+from vidcap.report import build_report
+from vidcap.report.charts import histogram_bins, svg_histogram
+from vidcap.report.gallery import contact_sheet, gallery_items, gallery_selection, thumbnail_indices
+from vidcap.report.pages import CONTROL_CHARS
 from vidcap.shards import shard_ids, shard_of
 from vidcap.stats import (
     benchmark_files,
@@ -43,8 +34,14 @@ from vidcap.stats import (
 BENCH_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
 
 # the files build_report writes, by output name
-REPORT_FILES = ["summary", "gallery", "hist_frames", "hist_prompt_tokens", "hist_output_tokens",
-                "hist_caption_words"]
+REPORT_FILES = [
+    "summary",
+    "gallery",
+    "hist_frames",
+    "hist_prompt_tokens",
+    "hist_output_tokens",
+    "hist_caption_words",
+]
 
 
 def out_record(video, status, caption=None, error=None, frames=4, prompt=90, output=8):
@@ -177,9 +174,9 @@ def test_stats_command_prints_the_summary(tmp_path):
         check=True,
     )
     assert f"{path}: 6 records" in proc.stdout
-    assert re.search(r"^\s+error\s+4\s+66\.7%$", proc.stdout, re.M)
-    assert re.search(r"^\s+2\s+missing file\s+\(e\.g\. record 2\)$", proc.stdout, re.M)
-    assert re.search(r"^\s+caption_words\s+2\s+3\s", proc.stdout, re.M)
+    assert re.search(r"^\s+error\s+4\s+66\.7%$", proc.stdout, re.MULTILINE)
+    assert re.search(r"^\s+2\s+missing file\s+\(e\.g\. record 2\)$", proc.stdout, re.MULTILINE)
+    assert re.search(r"^\s+caption_words\s+2\s+3\s", proc.stdout, re.MULTILINE)
 
 
 # ----------------------------------------------------------------------------- histograms, sheets
@@ -192,14 +189,39 @@ def test_histogram_bins_one_per_value_or_equal_width():
     assert all(b[1] - b[0] == bins[0][1] - bins[0][0] for b in bins)
 
 
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def svg_bars(svg: str) -> list[tuple[int, str, float]]:
+    """(count, tooltip, drawn height) of each bar of a histogram SVG."""
+    bars = []
+    for group in ET.fromstring(svg).iter(f"{SVG}g"):
+        if group.get("class") == "bar":
+            path = group.find(f".//{SVG}path").get("d")
+            ys = [float(y) for y in re.findall(r"[ML] [-\d.]+ ([-\d.]+)", path)]
+            bars.append((int(group.get("data-count")), group.find(f"{SVG}title").text, max(ys) - min(ys)))
+    return bars
+
+
 def test_svg_histogram_is_valid_svg_with_one_bar_per_bin():
     counts = Counter({10: 3, 11: 1, 14: 2})
-    root = ET.fromstring(svg_histogram(counts, "Title <x>", "tokens"))
-    bars = [r for r in root.iter("{http://www.w3.org/2000/svg}rect") if r.get("class") == "bar"]
-    assert len(bars) == 5 and sum(int(b.get("data-count")) for b in bars) == 6
-    tallest = max(bars, key=lambda b: float(b.get("height")))
-    assert tallest.get("data-count") == "3"
-    assert ET.fromstring(svg_histogram(Counter(), "empty", "x")) is not None
+    svg = svg_histogram(counts, "Title <x>", "tokens")
+    bars = svg_bars(svg)
+    assert [(c, t) for c, t, _ in bars] == [
+        (3, "10: 3"),
+        (1, "11: 1"),
+        (0, "12: 0"),
+        (0, "13: 0"),
+        (2, "14: 2"),
+    ]
+    heights = {c: h for c, _, h in bars}
+    assert heights[3] == pytest.approx(3 * heights[1], rel=0.01) and heights[0] == 0  # bars drawn to scale
+    assert "Title &lt;x&gt;" in svg  # the title is text, escaped
+    assert svg == svg_histogram(counts, "Title <x>", "tokens")  # byte-identical rebuilds
+    wide = svg_bars(svg_histogram(Counter({v: 1 for v in range(0, 1000, 7)}), "wide", "x"))
+    assert len(wide) <= 30 and sum(c for c, _, _ in wide) == 143 and wide[0][1].startswith("0-")
+    empty = svg_histogram(Counter(), "empty", "x")
+    assert svg_bars(empty) == [] and "no values" in empty
 
 
 def test_contact_sheet_one_row_per_video_up_to_eight_thumbnails():
@@ -281,7 +303,7 @@ def fake_build(tmp_path: Path, n: int = 6, n_shards: int = 3):
 
 
 def test_gallery_items_pair_records_with_their_shard_manifest_entries(tmp_path):
-    records, output, manifests = fake_build(tmp_path)
+    records, _, manifests = fake_build(tmp_path)
     items = gallery_items(tmp_path / "records.json", tmp_path / "captions.json", manifests, {}, [0, 2, 3, 5])
     assert [it["index"] for it in items] == [0, 2, 3, 5]
     for item in items:
@@ -300,7 +322,7 @@ def test_gallery_items_pair_records_with_their_shard_manifest_entries(tmp_path):
 
 
 def test_build_report_writes_summary_histograms_and_gallery(tmp_path):
-    records, output, manifests = fake_build(tmp_path)
+    _, _, manifests = fake_build(tmp_path)
     bench = tmp_path / "results" / "benchmarks" / "caption_shard" / "0000.tsv"
     bench.parent.mkdir(parents=True)
     bench.write_text(BENCH_HEADER + "3.0\t0:00:03\t100\t1\t1\t1\t0\t0\t99\t3\n")
@@ -337,18 +359,15 @@ def test_build_report_writes_summary_histograms_and_gallery(tmp_path):
     summary_page = Path(out["summary"]).read_text()
     assert 'data-status="ok">5<' in summary_page and "missing file" in summary_page
     assert "caption_shard" in summary_page and "(20.0 tokens/s)" in summary_page
-    frames_svg = ET.fromstring(Path(out["hist_frames"]).read_text())
-    bars = [r for r in frames_svg.iter("{http://www.w3.org/2000/svg}rect") if r.get("class") == "bar"]
-    assert sum(int(b.get("data-count")) for b in bars) == 5  # one per video with frames
+    frames_bars = svg_bars(Path(out["hist_frames"]).read_text())
+    assert sum(c for c, _, _ in frames_bars) == 5  # one per video with frames
+    assert summary_page.count("<svg") == 4  # the histograms, inline
     assert "gallery: 6 of 6 records" in log.read_text()
 
 
 def test_big_build_gallery_shows_a_sample_plus_every_error(tmp_path):
-    records, output, manifests = fake_build(tmp_path, n=12, n_shards=2)
-    out = {
-        name: str(tmp_path / "report" / f"{name}.out")
-        for name in REPORT_FILES
-    }
+    _, _, manifests = fake_build(tmp_path, n=12, n_shards=2)
+    out = {name: str(tmp_path / "report" / f"{name}.out") for name in REPORT_FILES}
     settings = {"model": "m", "shards": 2, "gallery_sample": 3}
     build_report(
         str(tmp_path / "records.json"),
@@ -398,7 +417,7 @@ def test_snakemake_report_in_chromium_shows_every_record(tiny_model, tmp_path):
 
     # the report app itself renders (it is JavaScript): our categories and workflow description show
     dom = dom_of(tmp_path / "report.html")
-    app = re.sub(r"<script.*?</script>", "", dom[dom.index('<div id="app">') :], flags=re.S)
+    app = re.sub(r"<script.*?</script>", "", dom[dom.index('<div id="app">') :], flags=re.DOTALL)
     for category in ("Build summary", "Caption gallery", "Histograms"):
         assert f"<span>{category}</span>" in app  # the navigation the app rendered
     assert "vidcap captioned the records of" in app  # workflow.rst, rendered
@@ -415,7 +434,7 @@ def test_snakemake_report_in_chromium_shows_every_record(tiny_model, tmp_path):
     gallery.write_bytes(decode_data_uri(results["gallery.html"]["data_uri"]))
     dom = dom_of(gallery)
     cards = re.findall(
-        r'<div class="record \w+" data-index="(\d+)" data-status="(\w+)">(.*?)</div>\n</div>', dom, re.S
+        r'<div class="record \w+" data-index="(\d+)" data-status="(\w+)">(.*?)</div>\n</div>', dom, re.DOTALL
     )
     assert [(int(i), s) for i, s, _ in cards] == [
         (i, r["caption_meta"]["status"]) for i, r in enumerate(output)
@@ -423,7 +442,7 @@ def test_snakemake_report_in_chromium_shows_every_record(tiny_model, tmp_path):
     for (_, status, card), record in zip(cards, output, strict=True):
         has_strip = '<img class="strip"' in card
         assert has_strip == (status != "error"), card[:300]
-        caption = re.search(r'<p class="caption[^"]*">(.*?)</p>', card, re.S).group(1)
+        caption = re.search(r'<p class="caption[^"]*">(.*?)</p>', card, re.DOTALL).group(1)
         if record["caption"] is None:
             assert caption == "(no caption)"
         else:

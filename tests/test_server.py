@@ -16,6 +16,7 @@ import pytest
 from helpers import make_video, write_records
 
 from vidcap.caption import caption_shard
+from vidcap.engine import EngineFailure
 from vidcap.frames import extract_shard
 from vidcap.server import server_ready
 
@@ -35,10 +36,31 @@ def server(tiny_model, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "serve.log"
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model), "--port", str(port),
-           "--host", "127.0.0.1", "--dtype", "float32", "--max-model-len", "1024", "--enforce-eager",
-           "--limit-mm-per-prompt", json.dumps({"video": 1, "image": 2}), "--mm-processor-cache-gb", "0",
-           "--seed", "0", "--distributed-executor-backend", "uni", "--trust-request-mm-kwargs"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(tiny_model),
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "1024",
+        "--enforce-eager",
+        "--limit-mm-per-prompt",
+        json.dumps({"video": 1, "image": 2}),
+        "--mm-processor-cache-gb",
+        "0",
+        "--seed",
+        "0",
+        "--distributed-executor-backend",
+        "uni",
+        "--trust-request-mm-kwargs",
+    ]
     with open(log, "w") as handle:
         proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -66,19 +88,38 @@ def shard(tmp_path_factory):
     from PIL import Image
 
     Image.new("RGB", (80, 60), (10, 200, 90)).save(root / "g.png")
-    records = [{"video": "a.mp4"}, {"video": "b.mp4", "image": "g.png"}, {"image": "g.png"},
-               {"video": ["a.mp4", "b.mp4"]}, {"video": "missing.mp4"}]
+    records = [
+        {"video": "a.mp4"},
+        {"video": "b.mp4", "image": "g.png"},
+        {"image": "g.png"},
+        {"video": ["a.mp4", "b.mp4"]},
+        {"video": "missing.mp4"},
+    ]
     write_records(root / "s.jsonl", records)
-    extract_shard(str(root / "s.jsonl"), str(root / "m.json"), {"keys": {}, "frames": FRAMES,
-                                                               "cache_dir": str(root / "cache"), "media_root": str(root)})
+    extract_shard(
+        str(root / "s.jsonl"),
+        str(root / "m.json"),
+        {"keys": {}, "frames": FRAMES, "cache_dir": str(root / "cache"), "media_root": str(root)},
+    )
     return root
 
 
 def settings(model, **engine):
-    return {"model": str(model), "prompt": "Describe.", "system_prompt": "You are a helpful assistant.", "keys": {},
-            "sampling": {"temperature": 0.8, "top_p": 0.9, "max_tokens": 12, "seed": 3}, "frames": FRAMES,
-            "engine": {"max_model_len": 1024, "dtype": "float32", "enforce_eager": True, "cpu_kvcache_space_gb": 1,
-                       **engine}}
+    return {
+        "model": str(model),
+        "prompt": "Describe.",
+        "system_prompt": "You are a helpful assistant.",
+        "keys": {},
+        "sampling": {"temperature": 0.8, "top_p": 0.9, "max_tokens": 12, "seed": 3},
+        "frames": FRAMES,
+        "engine": {
+            "max_model_len": 1024,
+            "dtype": "float32",
+            "enforce_eager": True,
+            "cpu_kvcache_space_gb": 1,
+            **engine,
+        },
+    }
 
 
 def read(path):
@@ -86,9 +127,15 @@ def read(path):
 
 
 def test_server_captions_equal_offline_captions(server, tiny_model, shard):
-    caption_shard(str(shard / "s.jsonl"), str(shard / "m.json"), str(shard / "server.jsonl"),
-                  settings(tiny_model, backend="server", url=server, concurrency=2))
-    caption_shard(str(shard / "s.jsonl"), str(shard / "m.json"), str(shard / "offline.jsonl"), settings(tiny_model))
+    caption_shard(
+        str(shard / "s.jsonl"),
+        str(shard / "m.json"),
+        str(shard / "server.jsonl"),
+        settings(tiny_model, backend="server", url=server, concurrency=2),
+    )
+    caption_shard(
+        str(shard / "s.jsonl"), str(shard / "m.json"), str(shard / "offline.jsonl"), settings(tiny_model)
+    )
     served, offline = read(shard / "server.jsonl"), read(shard / "offline.jsonl")
     for i in (0, 1, 2):  # video, image + video, image only
         assert served[i]["caption_meta"]["status"] in ("ok", "truncated")
@@ -96,15 +143,59 @@ def test_server_captions_equal_offline_captions(server, tiny_model, shard):
         for key in ("prompt_tokens", "output_tokens", "finish_reason", "seed", "frames"):
             assert served[i]["caption_meta"][key] == offline[i]["caption_meta"][key], key
     assert served[3]["caption_meta"]["error"] == "server backend: one video per record at most"
-    assert served[4]["caption_meta"]["error"] == offline[4]["caption_meta"]["error"] == "missing.mp4: missing file"
+    assert (
+        served[4]["caption_meta"]["error"]
+        == offline[4]["caption_meta"]["error"]
+        == "missing.mp4: missing file"
+    )
 
 
-def test_unreachable_server_is_a_record_error_after_retries(tiny_model, shard):
+def test_unreachable_server_fails_the_job_and_writes_nothing(tiny_model, shard):
+    """No server: an engine-level failure, so the job fails (Snakemake retries it), never per-record errors."""
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens here
-    started = time.monotonic()
-    caption_shard(str(shard / "s.jsonl"), str(shard / "m.json"), str(shard / "down.jsonl"),
-                  settings(tiny_model, backend="server", url=url, retries=2))
-    assert time.monotonic() - started >= 3  # backoff 1 s + 2 s
-    metas = [r["caption_meta"] for r in read(shard / "down.jsonl")]
-    assert all(m["status"] == "error" for m in metas)
-    assert "server unreachable" in metas[0]["error"]
+    out = shard / "down.jsonl"
+    with pytest.raises(EngineFailure, match="server unreachable"):
+        caption_shard(
+            str(shard / "s.jsonl"),
+            str(shard / "m.json"),
+            str(out),
+            settings(tiny_model, backend="server", url=url, retries=2),
+        )
+    assert not out.exists() and not out.with_suffix(".stats.json").exists()
+
+
+def test_server_failing_every_request_fails_the_job(tiny_model, shard):
+    """A server that is up (/health 200) but answers 503 to every request: after the retries the job fails."""
+    import http.server
+    import threading
+
+    class Overloaded(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 -- the http.server interface
+            self.send_response(200)
+            self.end_headers()
+
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(503)
+            self.end_headers()
+            self.wfile.write(b'{"error": {"message": "overloaded"}}')
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Overloaded)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    out = shard / "busy.jsonl"
+    try:
+        with pytest.raises(EngineFailure, match="HTTP 503"):
+            caption_shard(
+                str(shard / "s.jsonl"),
+                str(shard / "m.json"),
+                str(out),
+                settings(
+                    tiny_model, backend="server", url=f"http://127.0.0.1:{httpd.server_port}", retries=1
+                ),
+            )
+    finally:
+        httpd.shutdown()
+    assert not out.exists()

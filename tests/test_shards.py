@@ -1,5 +1,9 @@
 import json
 import os
+import re
+
+import pytest
+from helpers import jobs_run, planned_jobs, run_snakemake, tiny_config, write_records
 
 from vidcap.records import DEFAULT_KEYS
 from vidcap.shards import shard_file, shard_ids, shard_of, sync_shards
@@ -16,8 +20,15 @@ def snapshot(shard_dir):
 
 
 def make(n):
-    return [{"video": [f"clips/{i}.mp4"], "conversation": [{"from": "human", "value": ""}], "i": i, "pad": "x" * 1000}
-            for i in range(n)]
+    return [
+        {
+            "video": [f"clips/{i}.mp4"],
+            "conversation": [{"from": "human", "value": ""}],
+            "i": i,
+            "pad": "x" * 1000,
+        }
+        for i in range(n)
+    ]
 
 
 def changed(before, after):
@@ -83,3 +94,133 @@ def test_fewer_shards_removes_stale_files(tmp_path):
     sync_shards(src, shard_dir, 5, KEYS, log=None)
     sync_shards(src, shard_dir, 3, KEYS, log=None)
     assert sorted(p.stem for p in shard_dir.glob("*.jsonl")) == ["0000", "0001", "0002"]
+
+
+def media_records(root, n=12, missing=(10, 11)):
+    """Records whose videos exist under ``root`` except those at ``missing``."""
+    recs = []
+    for i in range(n):
+        name = f"clips/c{i:02d}.mp4"
+        if i not in missing:
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_bytes(b"video %d" % i)
+        recs.append({"video": [name], "conversation": [{"from": "human", "value": ""}], "i": i})
+    return recs
+
+
+def replace_in_place(path, content):
+    """New content, same path; the mtime moves on even if the clock has not ticked since the last write."""
+    before = path.stat().st_mtime_ns
+    path.write_bytes(content)
+    os.utime(path, ns=(before + 1_000_000_000, before + 1_000_000_000))
+
+
+def test_media_changes_touch_one_shard_each(tmp_path):
+    src, shard_dir = tmp_path / "r.json", tmp_path / "shards"
+    recs = media_records(tmp_path)
+    write(src, recs)
+    sync_shards(src, shard_dir, 4, KEYS, log=None)
+    base = snapshot(shard_dir)
+    assert sync_shards(src, shard_dir, 4, KEYS, log=None)["changed"] == []
+    assert snapshot(shard_dir) == base
+
+    def shard_name(i):
+        return f"{shard_of(recs[i], KEYS, 4):04d}.jsonl"
+
+    steps = [
+        (3, lambda p: replace_in_place(p, b"video 3")),  # same size, new content
+        (10, lambda p: p.write_bytes(b"was missing")),
+        (5, lambda p: p.unlink()),
+    ]
+    for i, act in steps:
+        act(tmp_path / recs[i]["video"][0])
+        before = snapshot(shard_dir)
+        summary = sync_shards(src, shard_dir, 4, KEYS, log=None)
+        assert summary["changed"] == [shard_name(i)[:4]]
+        assert changed(before, snapshot(shard_dir)) == [shard_name(i)]
+        assert sync_shards(src, shard_dir, 4, KEYS, log=None)["changed"] == []
+
+
+def test_shard_lines_stamp_media_and_keep_the_record_digest(tmp_path):
+    from vidcap.atomic import iter_jsonl
+    from vidcap.records import MEDIA_STAMP, record_digest
+
+    src, shard_dir = tmp_path / "data" / "r.jsonl", tmp_path / "shards"
+    recs = media_records(tmp_path / "media", n=6, missing=(4,))
+    recs.append({"image": ["/nowhere/x.png", "clips/c00.mp4"], "i": 6})
+    recs.append({"video": [], "i": 7})  # no media: no stamp
+    src.parent.mkdir()
+    src.write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
+    sync_shards(src, shard_dir, 2, KEYS, media_root=tmp_path / "media", log=None)
+    lines = [rec for sid in shard_ids(2) for rec in iter_jsonl(shard_file(shard_dir, sid))]  # as frames reads
+    by_i = {rec["i"]: rec for rec in lines}
+    assert sorted(by_i) == list(range(8))
+    for rec in recs:
+        line = by_i[rec["i"]]
+        assert record_digest(line) == record_digest(rec)  # merge joins shard results to input records by this
+        assert {k: v for k, v in line.items() if k != MEDIA_STAMP} == rec
+    st = (tmp_path / "media" / "clips" / "c01.mp4").stat()
+    assert by_i[1][MEDIA_STAMP] == [[st.st_size, st.st_mtime_ns]]
+    assert by_i[4][MEDIA_STAMP] == [None]
+    assert by_i[6][MEDIA_STAMP] == [None, by_i[0][MEDIA_STAMP][0]]
+    assert MEDIA_STAMP not in by_i[7]
+
+
+def test_many_shards_are_written_in_several_passes(tmp_path, monkeypatch):
+    from vidcap import shards
+
+    src = tmp_path / "r.json"
+    write(src, make(200))
+    sync_shards(src, tmp_path / "one", 10, KEYS, log=None)
+    monkeypatch.setattr(shards, "MAX_OPEN_SHARDS", 3)
+    assert len(sync_shards(src, tmp_path / "four", 10, KEYS, log=None)["changed"]) == 10
+    one, four = snapshot(tmp_path / "one"), snapshot(tmp_path / "four")
+    assert {k: v[1] for k, v in one.items()} == {k: v[1] for k, v in four.items()}
+
+
+def test_a_malformed_input_replaces_no_shard(tmp_path):
+    from vidcap.records import InputError
+
+    src, shard_dir = tmp_path / "r.jsonl", tmp_path / "shards"
+    recs = make(50)
+    src.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    sync_shards(src, shard_dir, 4, KEYS, log=None)
+    base = sorted(p.name for p in shard_dir.iterdir()), snapshot(shard_dir)
+    recs[0]["pad"] = "changed"
+    src.write_text("".join(json.dumps(r) + "\n" for r in recs) + '{"video": 3}\n')
+    with pytest.raises(InputError, match="record 50: key 'video'"):
+        sync_shards(src, shard_dir, 4, KEYS, log=None)
+    assert (sorted(p.name for p in shard_dir.iterdir()), snapshot(shard_dir)) == base  # no temp file left
+
+
+def _pretend_built(work, config):
+    """Every output present and recorded as up to date, without running a job (no engine needed)."""
+    listing = run_snakemake(work, config, "--summary").stdout.splitlines()
+    for row in listing[1:]:
+        path = work / row.split("\t")[0]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    run_snakemake(work, config, "--touch")
+
+
+@pytest.mark.slow
+def test_workflow_reruns_one_shard_per_changed_media_file(tmp_path):
+    """Real Snakemake, dry runs: replacing, adding or deleting one video plans exactly one shard's jobs."""
+    recs = media_records(tmp_path, n=16, missing=(12, 13))
+    write_records(tmp_path / "records.json", recs)
+    config = tiny_config("none", shards=4)
+    _pretend_built(tmp_path, config)
+    assert planned_jobs(tmp_path, config) == {}
+    one_shard = {"extract_frames": 1, "caption_shard": 1, "merge_captions": 1, "build_report": 1, "all": 1}
+    steps = [
+        (2, lambda p: replace_in_place(p, b"video 2")),
+        (12, lambda p: p.write_bytes(b"now here")),
+        (7, lambda p: p.unlink()),
+    ]
+    for i, act in steps:
+        act(tmp_path / recs[i]["video"][0])
+        proc = run_snakemake(tmp_path, config, "--dry-run")
+        assert jobs_run(proc.stdout + proc.stderr) == one_shard, i
+        assert set(re.findall(r"shard=(\d+)", proc.stdout)) == {f"{shard_of(recs[i], KEYS, 4):04d}"}
+        run_snakemake(tmp_path, config, "--touch")
+        assert planned_jobs(tmp_path, config) == {}

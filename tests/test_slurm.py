@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from helpers import BIN, REPO, SNAKEMAKE, make_video, tiny_config, write_records
 
 SLURM_DIR = Path(__file__).resolve().parent / "slurm"

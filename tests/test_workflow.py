@@ -4,12 +4,20 @@ import json
 import shutil
 
 import pytest
-
 from helpers import jobs_run, make_video, planned_jobs, run_snakemake, tiny_config, write_records
 
 pytestmark = pytest.mark.slow
 
-SOURCES = ["testsrc2", "mandelbrot", "smptebars", "rgbtestsrc", "testsrc", "yuvtestsrc", "pal75bars", "cellauto"]
+SOURCES = [
+    "testsrc2",
+    "mandelbrot",
+    "smptebars",
+    "rgbtestsrc",
+    "testsrc",
+    "yuvtestsrc",
+    "pal75bars",
+    "cellauto",
+]
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +82,62 @@ def test_malformed_input_fails_before_any_job(tiny_model, tmp_path):
     assert "record 1" in proc.stderr and "'video'" in proc.stderr
     assert jobs_run(proc.stdout + proc.stderr) == {}
     assert not (tmp_path / "results" / "frames").exists()
+
+
+@pytest.mark.parametrize(
+    "override, named, nearest",
+    [
+        ({"frames": {"fsp": 3}}, "frames.fsp", "frames.fps"),
+        ({"shard": 3}, "shard", "shards"),
+        ({"engine": {"max_num_seq": 8}}, "engine.max_num_seq", "engine.max_num_seqs"),
+    ],
+)
+def test_misspelt_config_key_fails_before_any_job(tiny_model, tmp_path, override, named, nearest):
+    write_records(tmp_path / "records.json", [{"video": ["a.mp4"]}])
+    proc = run_snakemake(tmp_path, tiny_config(tiny_model, **override), check=False)
+    assert proc.returncode != 0
+    assert f"unknown config key '{named}'" in proc.stderr and f"did you mean '{nearest}'" in proc.stderr
+    assert jobs_run(proc.stdout + proc.stderr) == {}
+
+
+def test_unreachable_server_fails_the_build_and_writes_no_result(tiny_model, tmp_path):
+    """engine.backend server at a closed port: snakemake fails (after the profile's retry), no output file,
+    no shard result: a later run captions the records instead of keeping 'server unreachable' errors."""
+    make_video(tmp_path / "a.mp4", seconds=1)
+    write_records(tmp_path / "records.json", [{"video": ["a.mp4"]}, {"video": ["a.mp4"], "id": 2}])
+    config = tiny_config(
+        tiny_model, shards=1, engine={"backend": "server", "url": "http://127.0.0.1:9", "retries": 0}
+    )
+    proc = run_snakemake(tmp_path, config, check=False)
+    assert proc.returncode != 0
+    assert "server unreachable" in proc.stdout + proc.stderr
+    assert not (tmp_path / "captions.json").exists()
+    assert not list((tmp_path / "results" / "captions").glob("*.jsonl"))
+
+
+def test_unknown_vllm_arg_fails_before_any_job(tiny_model, tmp_path):
+    write_records(tmp_path / "records.json", [{"video": ["a.mp4"]}])
+    config = tiny_config(tiny_model, engine={"vllm_args": {"quantisation": "fp8"}})
+    proc = run_snakemake(tmp_path, config, check=False)
+    assert proc.returncode != 0
+    assert "engine.vllm_args: 'quantisation' is not an argument" in proc.stderr
+    assert "did you mean 'quantization'" in proc.stderr
+    assert jobs_run(proc.stdout + proc.stderr) == {}
+
+
+def test_caption_jobs_inside_an_allocation_hold_different_gpus(tiny_model, tmp_path, monkeypatch):
+    """`salloc --gpus=2` then `snakemake --resources gpu=2` (local executor inside the allocation): each of
+    the two caption jobs locks its own device of the job's two (CPU build: the ids are only recorded)."""
+    monkeypatch.setenv("SLURM_JOB_ID", f"vidcap-test-{tmp_path.name}")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    records = []
+    for i in range(4):
+        make_video(tmp_path / f"v{i}.mp4", seconds=1, source=SOURCES[i])
+        records.append({"video": [f"v{i}.mp4"], "id": i})
+    write_records(tmp_path / "records.json", records)
+    config = tiny_config(tiny_model, shards=2)
+    run_snakemake(tmp_path, config, gpus=2)
+    devices = [
+        json.loads(p.read_text())["devices"] for p in sorted((tmp_path / "results" / "captions").glob("*.stats.json"))
+    ]
+    assert sorted(d for held in devices for d in held) == ["0", "1"], devices

@@ -1,5 +1,5 @@
 """Command line: ``python -m vidcap tiny-model DIR``, ``python -m vidcap demo DIR``,
-``python -m vidcap stats OUTPUT``."""
+``python -m vidcap stats OUTPUT``, ``python -m vidcap audit OUTPUT``, ``python -m vidcap diff OLD NEW``."""
 
 from __future__ import annotations
 
@@ -10,25 +10,55 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vidcap", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    tiny = sub.add_parser("tiny-model", help="build a tiny random-weight Qwen-VL checkpoint (gibberish captions)")
+    tiny = sub.add_parser("tiny-model", help="build a random-weight Qwen-VL checkpoint (gibberish captions): "
+                          "tiny for tests, or a real model's architecture for GPU speed measurements")
     tiny.add_argument("dir")
-    tiny.add_argument("--arch", choices=["qwen2_vl", "qwen2_5_vl"], default="qwen2_vl")
+    tiny.add_argument("--arch", choices=["qwen2_vl", "qwen2_5_vl", "qwen3_vl"], default="qwen2_vl")
+    tiny.add_argument("--size", default="tiny", help="tiny (default), or a published model's dimensions: "
+                      "7b for qwen2_vl and qwen2_5_vl, 8b for qwen3_vl (about 16 GB of bf16 weights, "
+                      "written shard by shard)")
+    tiny.add_argument("--config-only", action="store_true",
+                      help="config, tokenizer and processor, no weights")
+    errors = sub.add_parser(
+        "errors",
+        help="error records of a finished build, their reasons, and the "
+        "snakemake command that re-captions only their shards",
+    )
+    errors.add_argument("output", help="the workflow's output file (.json or .jsonl)")
+    errors.add_argument(
+        "--configfile", help="the build's config file (shards, results, keys); default: the schema's"
+    )
     demo = sub.add_parser("demo", help="make synthetic demo videos and a records.json")
     demo.add_argument("dir")
-    stats = sub.add_parser("stats", help="summarize a finished build's output file: status counts, "
-                           "error reasons, lengths")
+    stats = sub.add_parser(
+        "stats", help="summarize a finished build's output file: status counts, error reasons, lengths"
+    )
     stats.add_argument("output", help="the workflow's output file (.json or .jsonl)")
-    stats.add_argument("--results", help="the workflow's results folder: adds wall time per step "
-                       "from its benchmark files")
+    stats.add_argument(
+        "--results", help="the workflow's results folder: adds wall time per step from its benchmark files"
+    )
     stats.add_argument("--model", help="model id or folder to name in the summary")
-    stats.add_argument("--caption-key", default="caption",
-                       help="record key holding the caption (config keys.caption)")
+    stats.add_argument(
+        "--caption-key", default="caption", help="record key holding the caption (config keys.caption)"
+    )
+    _add_quality_commands(sub)
     args = parser.parse_args(argv)
 
     if args.command == "tiny-model":
         from vidcap.tiny_model import build_tiny_model
 
-        print(f"tiny {args.arch} model (random weights, gibberish captions) in {build_tiny_model(args.dir, args.arch)}")
+        try:
+            out = build_tiny_model(args.dir, args.arch, args.size, config_only=args.config_only)
+        except ValueError as exc:
+            parser.error(str(exc))
+        print(f"{args.size} {args.arch} model (random weights, gibberish captions) in {out}")
+    elif args.command == "errors":
+        from vidcap import config
+        from vidcap.errors import error_shards, format_errors
+
+        cfg = config.load(args.configfile, {"input": args.output} if not args.configfile else None)
+        extra = ["--configfile", args.configfile] if args.configfile else []
+        print(format_errors(error_shards(args.output, cfg["shards"], cfg["keys"]), cfg["results"], extra))
     elif args.command == "demo":
         from vidcap.demo import make_demo
 
@@ -39,6 +69,63 @@ def main(argv: list[str] | None = None) -> int:
         summary = summarize_output(args.output, {"caption": args.caption_key})
         steps = read_benchmarks(benchmark_files(f"{args.results}/benchmarks")) if args.results else None
         print(format_summary(summary, steps, args.model))
+    elif args.command in ("audit", "diff"):
+        return _run_quality_command(args)
+    return 0
+
+
+def _add_quality_commands(sub) -> None:
+    audit = sub.add_parser(
+        "audit",
+        help="duplicate and near-duplicate captions, boilerplate openings, "
+        "length outliers, status counts of an output file",
+    )
+    audit.add_argument("output", help="the workflow's output file (.json or .jsonl)")
+    audit.add_argument("--json", action="store_true", help="print the audit as JSON")
+    audit.add_argument(
+        "--caption-key", default="caption", help="record key holding the caption (config keys.caption)"
+    )
+    audit.add_argument(
+        "--jaccard", type=float, help="near-duplicate threshold (config audit.near_duplicate_jaccard)"
+    )
+    diff = sub.add_parser(
+        "diff", help="records whose caption changed between two builds of the same input, and why"
+    )
+    diff.add_argument("old")
+    diff.add_argument("new")
+    diff.add_argument("--json", action="store_true", help="print the diff as JSON (changes held in memory)")
+    diff.add_argument(
+        "--caption-key", default="caption", help="record key holding the caption (config keys.caption)"
+    )
+
+
+def _run_quality_command(args) -> int:
+    import json
+
+    if args.command == "audit":
+        from vidcap.audit import audit_output, format_audit
+
+        given = {"near_duplicate_jaccard": args.jaccard} if args.jaccard is not None else None
+        result = audit_output(args.output, given, args.caption_key)
+        print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else format_audit(result))
+        return 0
+    from vidcap import diff
+
+    keys = {"caption": args.caption_key}
+    try:
+        if args.json:
+            print(json.dumps(diff.diff_outputs(args.old, args.new, keys), indent=2, ensure_ascii=False))
+            return 0
+        run = diff.run_differences(diff.output_provenance(args.old), diff.output_provenance(args.new))
+        print(diff.format_run_differences(run))
+        count = 0
+        for change in diff.iter_changes(args.old, args.new, keys, diff.run_reasons(run)):
+            count += 1
+            print(diff.format_change(change))
+    except ValueError as exc:
+        print(f"vidcap diff: {exc}", file=sys.stderr)
+        return 1
+    print(f"{count} records changed")
     return 0
 
 

@@ -6,8 +6,9 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 # mkstemp makes 0600 files; finished files get the usual mode (0666 less the umask) like open() gives
 _UMASK = os.umask(0)

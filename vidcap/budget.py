@@ -10,9 +10,16 @@ tiny frames do not fit is a video refused. Pure arithmetic, no decoding.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+from dataclasses import dataclass
 
 FRAME_FACTOR = 2  # temporal patch: frame counts are even
+QWEN2_PATCH_FACTOR = 28  # patch 14 x spatial merge 2: Qwen2-VL, Qwen2.5-VL
+QWEN3_PATCH_FACTOR = 32  # patch 16 x spatial merge 2: Qwen3-VL
+# Qwen3-VL adds a "<t seconds>" time stamp text and vision start/end markers to every frame group
+QWEN3_GROUP_TOKENS = 10
 
 
 class BudgetError(ValueError):
@@ -47,7 +54,7 @@ def even_floor(n: float) -> int:
 
 
 def vision_tokens(n_frames: int, height: int, width: int, factor: int) -> int:
-    return math.ceil(n_frames / FRAME_FACTOR) * (height // factor) * (width // factor)
+    return VisionGeometry(factor).tokens(n_frames, height, width)
 
 
 def plan_video(
@@ -61,7 +68,7 @@ def plan_video(
     reduction the token budget applies first). ``source_frames``: the frames the source shows in the
     sampled span; no more are sampled (beyond the min_frames pad), as qwen_vl_utils' smart_nframes.
     """
-    factor = int(params.get("patch_factor") or 28)
+    factor = int(params.get("patch_factor") or QWEN2_PATCH_FACTOR)
     lo = math.ceil(params["min_frames"] / FRAME_FACTOR) * FRAME_FACTOR
     hi = even_floor(params["max_frames"])
     n = even_floor(min(max(seconds * params["fps"], lo), hi))
@@ -155,18 +162,59 @@ def _fewest(n, h, w, lo, budget, size):
     return fewer, h2, w2, f"frames {n} -> {fewer}, size {w}x{h} -> {w2}x{h2}"
 
 
-def patch_factor_for(model: str) -> int:
-    """Pixels per side of one vision token: patch size x spatial merge (28 for Qwen2/2.5-VL, 32 for Qwen3-VL).
+@dataclass(frozen=True)
+class VisionGeometry:
+    """How a model turns pixels into tokens: one token per ``factor`` x ``factor`` pixels per frame pair."""
 
-    Read from a local checkpoint's config.json; for a hub id, guessed from the name.
-    """
-    import json
-    import os
+    factor: int = QWEN2_PATCH_FACTOR  # patch_size x spatial_merge_size
+    temporal: int = FRAME_FACTOR
+    tokens_per_frame_group: int = 0  # Qwen3-VL writes a "<t seconds>" text and vision markers per group
 
-    config_path = os.path.join(model, "config.json")
-    if os.path.isfile(config_path):
+    def tokens(self, n_frames: int, height: int, width: int) -> int:
+        """Placeholder tokens of ``n_frames`` frames (1 for an image) of ``height`` x ``width`` pixels."""
+        groups = -(-n_frames // self.temporal)
+        grid = max(1, round(height / self.factor)) * max(1, round(width / self.factor))
+        return groups * (grid + self.tokens_per_frame_group)
+
+
+def geometry_for(model: str, hf_config=None) -> VisionGeometry:
+    """The model's patch geometry: from a loaded Hugging Face config (e.g. the engine's), else a local
+    checkpoint's config.json, else guessed from the model id (Qwen3 names: 32 pixels, others 28)."""
+    if hf_config is not None:
+        vision = hf_config.vision_config
+        fields = {
+            k: getattr(vision, k, None) for k in ("patch_size", "spatial_merge_size", "temporal_patch_size")
+        }
+        model_type = str(getattr(hf_config, "model_type", ""))
+    else:
+        config_path = os.path.join(model, "config.json")
+        if not os.path.isfile(config_path):
+            qwen3 = "qwen3" in model.lower()
+            return VisionGeometry(
+                QWEN3_PATCH_FACTOR if qwen3 else QWEN2_PATCH_FACTOR,
+                FRAME_FACTOR,
+                QWEN3_GROUP_TOKENS if qwen3 else 0,
+            )
         with open(config_path, encoding="utf-8") as handle:
-            vision = json.load(handle).get("vision_config", {})
-        if vision.get("patch_size"):
-            return int(vision["patch_size"]) * int(vision.get("spatial_merge_size") or 2)
-    return 32 if "qwen3" in model.lower() else 28
+            config = json.load(handle)
+        fields, model_type = config.get("vision_config", {}), str(config.get("model_type", ""))
+    if not fields.get("patch_size"):
+        return VisionGeometry()
+    factor = int(fields["patch_size"]) * int(fields.get("spatial_merge_size") or 2)
+    extra = QWEN3_GROUP_TOKENS if model_type.startswith("qwen3") else 0
+    return VisionGeometry(factor, int(fields.get("temporal_patch_size") or FRAME_FACTOR), extra)
+
+
+def patch_factor_for(model: str) -> int:
+    """Pixels per side of one vision token: patch size x spatial merge (28 for Qwen2/2.5-VL, 32 for Qwen3-VL)."""
+    return geometry_for(model).factor
+
+
+def video_token_budget(max_model_len: int, max_tokens: int, prompt_tokens: int) -> int:
+    """Vision tokens one video may use: the context left after the caption and the prompt text."""
+    return max(max_model_len - max_tokens - prompt_tokens, 1)
+
+
+def largest_prompt(max_vision_tokens: int, prompt_tokens: int) -> int:
+    """The longest prompt the budget admits: one video's vision tokens plus the prompt text."""
+    return max_vision_tokens + prompt_tokens

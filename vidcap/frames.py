@@ -13,7 +13,6 @@ leaving media_root is one (media_paths.py).
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import os
@@ -28,12 +27,13 @@ import numpy as np
 from vidcap import budget, decode
 from vidcap.atomic import atomic_open, iter_jsonl, read_json, write_json
 from vidcap.budget import FRAME_FACTOR
+from vidcap.config import defaults, with_defaults
 from vidcap.decode import FrameError
 from vidcap.media_paths import escapes_root
 from vidcap.npystream import NpyStream
-from vidcap.records import DEFAULT_KEYS, media_list, record_digest, resolve_media
+from vidcap.records import media_list, record_digest, resolve_media
 
-PATCH_FACTOR = 28  # patch 14 x spatial merge 2 (Qwen2-VL / Qwen2.5-VL); Qwen3-VL: 32
+PATCH_FACTOR = budget.QWEN2_PATCH_FACTOR
 __all__ = [
     "FRAME_FACTOR",
     "PATCH_FACTOR",
@@ -54,7 +54,7 @@ def smart_resize(
     width: int,
     factor: int = PATCH_FACTOR,
     min_pixels: int = 56 * 56,
-    max_pixels: int = 28 * 28 * 1280,
+    max_pixels: int = PATCH_FACTOR * PATCH_FACTOR * 1280,
 ) -> tuple[int, int]:
     """Qwen's smart_resize: both sides multiples of ``factor``, pixels within bounds, aspect kept."""
     try:
@@ -63,41 +63,7 @@ def smart_resize(
         raise FrameError(str(exc)) from None
 
 
-DEFAULT_FRAMES = {
-    "backend": "ffmpeg",
-    "fps": 2.0,
-    "min_frames": 4,
-    "max_frames": 768,
-    "min_pixels": 128 * 28 * 28,
-    "max_pixels": 768 * 28 * 28,
-    "total_pixels": None,
-    "max_vision_tokens": None,  # per video; set by the workflow from max_model_len (see budget.py)
-    "patch_factor": PATCH_FACTOR,
-    "image_min_pixels": 4 * 28 * 28,
-    "image_max_pixels": 1280 * 28 * 28,
-    "timeout": 600,
-    "decoder_threads": 0,
-}
 CACHE_VERSION = 3  # bump when the sampled frames for the same parameters would change
-SCHEMA = Path(__file__).resolve().parents[1] / "config" / "schemas" / "config.schema.yaml"
-
-
-@functools.cache
-def schema_default(*keys: str):
-    """A default from the config schema, the one place defaults live, for keys DEFAULT_FRAMES does not
-    list (frames.reduce, media_root_only); vidcap.config.defaults replaces this once it lands."""
-    import yaml
-
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 40 ms -> 5 ms, paid per process
-    node = yaml.load(SCHEMA.read_text(encoding="utf-8"), Loader=loader)
-    for key in keys:
-        node = node["properties"][key]
-    return node["default"]
-
-
-def frame_settings(params: dict) -> dict:
-    """Frame parameters completed with their defaults."""
-    return {**DEFAULT_FRAMES, "reduce": schema_default("frames", "reduce"), **params}
 
 
 # ---------------------------------------------------------------------------------------- decode
@@ -109,7 +75,7 @@ def sample_video(path: str, params: dict, out=None) -> tuple[np.ndarray, dict]:
     from the packets; if the decoder does not output a frame they promised, the times are read from
     the decoder itself (a full decode) and the video is sampled again from those.
     """
-    params = frame_settings(params)
+    params = with_defaults("frames", params)
     started = time.monotonic()
     deadline = started + float(params["timeout"])
     threads = int(params["decoder_threads"])
@@ -228,7 +194,7 @@ def load_image(path: str, params: dict) -> tuple[np.ndarray, dict]:
     """One image as uint8 H x W x 3, EXIF orientation applied, sized by the image pixel bounds."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    params = frame_settings(params)
+    params = with_defaults("frames", params)
     if not os.path.exists(path):
         raise FrameError("missing file")
     if os.path.isdir(path):
@@ -259,7 +225,8 @@ def load_image(path: str, params: dict) -> tuple[np.ndarray, dict]:
 
 # ----------------------------------------------------------------------------------------- cache
 def frame_params_key(params: dict) -> str:
-    ignored = ("timeout", "threads", "keep", "decoder_threads")  # change how, not what, is extracted
+    # change how, not what, is extracted (prompt_tokens is already in max_vision_tokens)
+    ignored = ("timeout", "threads", "keep", "decoder_threads", "prompt_tokens")
     return json.dumps({k: params[k] for k in sorted(params) if k not in ignored}, sort_keys=True)
 
 
@@ -276,7 +243,7 @@ def cache_key(path: str, kind: str, params: dict) -> str:
 
 def cached_sample(path: str, kind: str, params: dict, cache_dir: Path) -> dict:
     """Frames of one video/image from the cache (extracted first if missing); its manifest entry."""
-    params = frame_settings(params)
+    params = with_defaults("frames", params)
     key = cache_key(path, kind, params)
     array_path = Path(cache_dir) / key[:2] / f"{key}.npy"
     meta_path = array_path.with_suffix(".json")
@@ -320,7 +287,7 @@ def ensure_frames(entry: dict, settings: dict) -> dict:
     or broken since) becomes that item's and the record's error instead of a FileNotFoundError.
     Updates ``entry`` in place and returns it.
     """
-    params = frame_settings(settings.get("frames", {}))
+    params = with_defaults("frames", settings.get("frames"))
     for field, kind in (("videos", "video"), ("images", "image")):
         for i, item in enumerate(entry.get(field) or []):
             if not item or "error" in item or os.path.exists(item["frames"]):
@@ -342,12 +309,12 @@ def extract_shard(
     A pool of ``threads`` workers goes over the distinct media files (a file listed twice is
     extracted once); each worker mostly waits on an ffmpeg process, so threads are enough.
     """
-    keys = {**DEFAULT_KEYS, **settings.get("keys", {})}
-    params = frame_settings(settings.get("frames", {}))
+    keys = with_defaults("keys", settings.get("keys"))
+    params = with_defaults("frames", settings.get("frames"))
     cache_dir = Path(settings["cache_dir"])
     cache_dir.mkdir(parents=True, exist_ok=True)  # may be this shard's own output folder (frames.keep false)
     media_root = settings["media_root"]
-    only = settings.get("media_root_only", schema_default("media_root_only"))
+    only = settings.get("media_root_only", defaults()["media_root_only"])
     records = list(iter_jsonl(shard_path))
     wanted: dict[tuple[str, str], list[tuple[int, str, int]]] = {}  # (kind, path) -> places in entries
     entries = []

@@ -4,7 +4,12 @@ Snakemake's ``gpu`` resource is only a counter: it never says *which* GPU a job 
 this every caption job would start on GPU 0. A job locks ``tensor_parallel_size`` free devices of
 the visible list (one ``fcntl.flock`` lock file per device id) and sets ``CUDA_VISIBLE_DEVICES`` to
 them before vLLM/torch are imported. The kernel releases a lock when its process dies, so a killed
-job never leaves a device taken. When Slurm has already assigned devices to the job, they are used as is.
+job never leaves a device taken.
+
+Inside a Slurm job the visible list is what Slurm gave: exactly ``tensor_parallel_size`` devices (one
+job per ``sbatch --gpus``) are used as they are; more (``salloc --gpus=4`` then ``snakemake --resources
+gpu=4`` with the local executor) are shared out by locks as on a workstation, in a lock folder of
+that Slurm job (Slurm may number every allocation's devices from 0).
 """
 
 from __future__ import annotations
@@ -23,37 +28,60 @@ GPU_IDS_ENV = "VIDCAP_GPU_IDS"  # overrides device discovery (comma-separated id
 LOCK_DIR_ENV = "VIDCAP_GPU_LOCK_DIR"
 
 
+def _listed(value: str) -> list[str]:
+    return [d.strip() for d in value.split(",") if d.strip() and d.strip() != "-1"]
+
+
+def _nvidia_smi_devices() -> list[str]:
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []  # no driver, or a GPU-less node with the tools installed
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def node_devices() -> list[str]:
+    """GPUs this node has, whatever this process may use: VIDCAP_GPU_IDS, else nvidia-smi."""
+    value = os.environ.get(GPU_IDS_ENV)
+    return _listed(value) if value is not None else _nvidia_smi_devices()
+
+
 def visible_devices() -> list[str]:
     """Device ids this machine offers: VIDCAP_GPU_IDS, else CUDA_VISIBLE_DEVICES, else nvidia-smi."""
     for name in (GPU_IDS_ENV, "CUDA_VISIBLE_DEVICES"):
         value = os.environ.get(name)
         if value is not None:
-            return [d.strip() for d in value.split(",") if d.strip() and d.strip() != "-1"]
-    if shutil.which("nvidia-smi") is None:
-        return []
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=30, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [line.strip() for line in out.splitlines() if line.strip()]
+            return _listed(value)
+    return _nvidia_smi_devices()
 
 
-def scheduler_assigned() -> bool:
-    """Slurm set CUDA_VISIBLE_DEVICES for this job: it already owns those devices alone."""
-    return bool(os.environ.get("SLURM_JOB_ID")) and "CUDA_VISIBLE_DEVICES" in os.environ
+def scheduler_assigned() -> list[str] | None:
+    """The devices Slurm gave this job (its CUDA_VISIBLE_DEVICES), or None outside a Slurm GPU job."""
+    if os.environ.get("SLURM_JOB_ID") and "CUDA_VISIBLE_DEVICES" in os.environ:
+        return _listed(os.environ["CUDA_VISIBLE_DEVICES"])
+    return None
 
 
 def lock_dir() -> Path:
-    # per machine and user: the locks guard this node's devices
-    default = Path(tempfile.gettempdir()) / f"vidcap-gpu-locks-{os.getuid()}"
+    # per machine and user: the locks guard this node's devices; inside a Slurm job, that job's devices
+    job = os.environ.get("SLURM_JOB_ID") if scheduler_assigned() is not None else None
+    suffix = f"-slurm{job}" if job else ""
+    default = Path(tempfile.gettempdir()) / f"vidcap-gpu-locks-{os.getuid()}{suffix}"
     path = Path(os.environ.get(LOCK_DIR_ENV) or default)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
 def _try_lock(path: Path):
-    handle = open(path, "a+")
+    handle = open(path, "a+")  # noqa: SIM115 -- the open descriptor is the lock: it outlives this call
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -66,26 +94,34 @@ def _try_lock(path: Path):
 def device_slots(count: int, timeout: float | None = None, poll: float = 0.5, log=sys.stderr):
     """Hold ``count`` devices for the block and expose only them via CUDA_VISIBLE_DEVICES.
 
-    Yields the device ids (an empty list when there are no GPUs, or Slurm's own assignment).
-    Waits while fewer than ``count`` devices are free; holds none while waiting (no deadlock
-    between jobs that each hold part of what the other needs).
+    Yields the device ids held (an empty list when there are no GPUs; Slurm's own assignment when it
+    gave the job exactly ``count``). Waits while fewer than ``count`` devices are free; holds none
+    while waiting (no deadlock between jobs that each hold part of what the other needs).
     """
-    if scheduler_assigned():
-        yield [d for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if d]
+    assigned = scheduler_assigned()
+    if assigned is not None and len(assigned) == count:
+        print(
+            f"GPU(s) {','.join(assigned)} assigned by Slurm (job {os.environ['SLURM_JOB_ID']})",
+            file=log,
+            flush=True,
+        )
+        yield assigned
         return
-    devices = visible_devices()
+    devices = assigned if assigned is not None else visible_devices()
     if not devices:
         yield []
         return
     if count > len(devices):
-        raise RuntimeError(f"a job needs {count} GPUs but only {len(devices)} are visible: {','.join(devices)}")
+        raise RuntimeError(
+            f"a job needs {count} GPUs but only {len(devices)} are visible: {','.join(devices)}"
+        )
     folder = lock_dir()
     started = time.monotonic()
     waited = False
     while True:
         held = []
         for device in devices:
-            handle = _try_lock(folder / f"gpu{device}.lock")
+            handle = _try_lock(folder / f"gpu{device.replace('/', '_')}.lock")  # MIG ids hold slashes
             if handle is not None:
                 held.append((device, handle))
                 if len(held) == count:

@@ -11,7 +11,8 @@ import json
 import sys
 from collections import Counter
 
-from vidcap.records import DEFAULT_KEYS, RecordWriter, iter_records, record_digest, record_prompt, with_prompt
+from vidcap.config import with_defaults
+from vidcap.records import RecordWriter, iter_records, record_digest, record_prompt, with_prompt
 from vidcap.shards import raise_open_file_limit, shard_ids, shard_of
 
 
@@ -19,13 +20,14 @@ class StaleResultError(RuntimeError):
     """A shard result does not match the current input (it was built from other records)."""
 
 
-def merge_results(input_path: str, result_files: list[str], output_path: str, settings: dict,
-                  log=sys.stderr) -> Counter:
+def merge_captions(
+    input_path: str, result_files: list[str], output_path: str, settings: dict, log=sys.stderr
+) -> Counter:
     """Write ``output_path`` (JSON array or JSONL by suffix); return the count of each status.
 
     ``result_files`` holds one caption result file per shard, in shard order.
     """
-    keys = {**DEFAULT_KEYS, **settings.get("keys", {})}
+    keys = with_defaults("keys", settings.get("keys"))
     n_shards = int(settings["shards"])
     ids = shard_ids(n_shards)
     if len(result_files) != n_shards:
@@ -41,21 +43,31 @@ def merge_results(input_path: str, result_files: list[str], output_path: str, se
             shard = shard_of(record, keys, n_shards)
             line = results[shard].readline()
             if not line:
-                raise StaleResultError(f"shard {ids[shard]} has fewer results than input records (record {index})")
+                raise StaleResultError(
+                    f"shard {ids[shard]} has fewer results than input records (record {index})"
+                )
             result = json.loads(line)
             if result["digest"] != record_digest(record):
-                raise StaleResultError(f"record {index}: the result in shard {ids[shard]} belongs to another record")
+                raise StaleResultError(
+                    f"record {index}: the result in shard {ids[shard]} belongs to another record"
+                )
             out = with_prompt(record, keys, record_prompt(record, keys, settings["prompt"]))
             out[keys["caption"]] = result["caption"]
             out["caption_meta"] = result["caption_meta"]
             if style == "assistant_turn" and result["caption"] is not None:
-                out[keys["conversation"]] = out[keys["conversation"]] + [{"from": "gpt", "value": result["caption"]}]
+                out[keys["conversation"]] = out[keys["conversation"]] + [
+                    {"from": "gpt", "value": result["caption"]}
+                ]
             writer.write(out)
             counts[result["caption_meta"]["status"]] += 1
         for sid, handle in zip(ids, results):
             if handle.readline():
                 raise StaleResultError(f"shard {sid} has more results than input records")
     total = sum(counts.values())
-    print(f"merged {total} records into {output_path}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
-          file=log, flush=True)
+    print(
+        f"merged {total} records into {output_path}: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+        file=log,
+        flush=True,
+    )
     return counts

@@ -57,25 +57,57 @@ def _file_sha256(path: Path, limit: int | None = None) -> str:
 
 
 def model_identity(model: str) -> dict:
-    """Model id plus what pins its weights: a hub revision, or hashes of a local folder's files."""
+    """Model id plus what pins its weights: a hub revision, or hashes of a local folder's files.
+
+    A local folder is hashed once per distinct set of files (path, size, mtime): the result is kept in
+    the user's cache, so the caption jobs of a build (and later builds) do not each read 16 GB again.
+    Hidden folders (``.git``, ``.cache``) are not part of the weights and are never read.
+    """
     folder = Path(model)
     if not folder.is_dir():
         return {"model": model, **_hub_revision(model)}
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not _hidden(p.relative_to(folder)))
+    stats = [(str(p.relative_to(folder)), p.stat()) for p in files]
+    identity = canonical_hash(
+        [str(folder.resolve()), [(name, st.st_size, st.st_mtime_ns) for name, st in stats]]
+    )
+    cached = _identity_cache() / f"{identity}.json"
+    if cached.exists():
+        return {"model": model, **read_json(cached)}
+    result = _hash_folder(folder, files)
+    write_json(cached, result)
+    return {"model": model, **result}
+
+
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
+
+
+def _identity_cache() -> Path:
+    root = os.environ.get("VIDCAP_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vidcap"
+    )
+    return Path(root) / "model-identity"
+
+
+def _hash_folder(folder: Path, files: list[Path]) -> dict:
     weights = [p for p in files if p.name.endswith(WEIGHT_SUFFIXES)]
     total = sum(p.stat().st_size for p in weights)
     full = total <= FULL_HASH_LIMIT
     listing = []
     for path in files:
-        is_weight = path in weights
-        if is_weight and not full:
+        if path in weights and not full:
             fingerprint = f"size {path.stat().st_size}, head+tail sha256 {_file_sha256(path, 1 << 20)}"
         else:
             fingerprint = _file_sha256(path)
         listing.append([str(path.relative_to(folder)), fingerprint])
-    return {"model": model, "weights_bytes": total,
-            "weights_hash_kind": "sha256 of every file" if full else "sha256 of small files, head+tail of weights",
-            "weights_hash": canonical_hash(listing)}
+    return {
+        "weights_bytes": total,
+        "weights_hash_kind": "sha256 of every file"
+        if full
+        else "sha256 of small files, head+tail of weights",
+        "weights_hash": canonical_hash(listing),
+    }
 
 
 def _hub_revision(model: str) -> dict:
@@ -105,10 +137,15 @@ def software_versions() -> dict:
 
 def job_provenance(settings: dict, engine: dict, frames: dict | None) -> dict:
     """Provenance of one caption job."""
-    caption_config = {"model": settings["model"], "prompt": settings.get("prompt"),
-                      "system_prompt": settings.get("system_prompt"), "keys": settings.get("keys"),
-                      "sampling": settings.get("sampling"), "frames": frames,
-                      "engine": {k: v for k, v in engine.items() if k not in ("env", "threads")}}
+    caption_config = {
+        "model": settings["model"],
+        "prompt": settings.get("prompt"),
+        "system_prompt": settings.get("system_prompt"),
+        "keys": settings.get("keys"),
+        "sampling": settings.get("sampling"),
+        "frames": frames,
+        "engine": {k: v for k, v in engine.items() if k not in ("env", "threads")},
+    }
     return {
         **model_identity(settings["model"]),
         "versions": software_versions(),

@@ -10,6 +10,7 @@ the same time positions as offline. Requests run with bounded concurrency; conne
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import time
@@ -18,9 +19,6 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-
-DEFAULT_SERVER = {"url": "http://localhost:8000", "served_model": None, "concurrency": 8, "retries": 4,
-                  "request_timeout": 600}
 
 
 class ServerError(Exception):
@@ -39,23 +37,41 @@ def png_base64(frame: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def chat_body(model: str, system_prompt: str, prompt: str, images: list, video, sampling: dict,
-              seed: int | None) -> dict:
+def chat_body(
+    model: str, system_prompt: str, prompt: str, images: list, video, sampling: dict, seed: int | None
+) -> dict:
     """One chat completion request: images first, then the video, then the text (as offline)."""
-    content = [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + png_base64(image)}}
-               for image in images]
-    body = {"model": model, "temperature": sampling["temperature"], "top_p": sampling["top_p"],
-            "repetition_penalty": sampling.get("repetition_penalty", 1.0), "max_tokens": sampling["max_tokens"]}
+    content = [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + png_base64(image)}}
+        for image in images
+    ]
+    body = {
+        "model": model,
+        "temperature": sampling["temperature"],
+        "top_p": sampling["top_p"],
+        "repetition_penalty": sampling["repetition_penalty"],
+        "presence_penalty": sampling["presence_penalty"],
+        "min_tokens": sampling["min_tokens"],
+        "max_tokens": sampling["max_tokens"],
+    }
+    if sampling["top_k"]:
+        body["top_k"] = sampling["top_k"]
     if seed is not None:
         body["seed"] = seed
     if video is not None:
         frames, metadata = video
         url = "data:video/jpeg;base64," + ",".join(png_base64(frame) for frame in frames)
         content.append({"type": "video_url", "video_url": {"url": url}})
-        body["media_io_kwargs"] = {"video": {"num_frames": -1, "fps": metadata["fps"],
-                                             "frames_indices": metadata["frames_indices"],
-                                             "total_num_frames": metadata["total_num_frames"],
-                                             "duration": metadata["duration"], "do_sample_frames": False}}
+        body["media_io_kwargs"] = {
+            "video": {
+                "num_frames": -1,
+                "fps": metadata["fps"],
+                "frames_indices": metadata["frames_indices"],
+                "total_num_frames": metadata["total_num_frames"],
+                "duration": metadata["duration"],
+                "do_sample_frames": False,
+            }
+        }
     content.append({"type": "text", "text": prompt})
     messages = [{"role": "user", "content": content}]
     if system_prompt:
@@ -68,17 +84,16 @@ def post_chat(url: str, body: dict, retries: int, timeout: float) -> dict:
     """POST one chat completion; retry transient failures with backoff (1, 2, 4 ... s)."""
     data = json.dumps(body).encode("utf-8")
     for attempt in range(retries + 1):
-        request = urllib.request.Request(url.rstrip("/") + "/v1/chat/completions", data=data,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            url.rstrip("/") + "/v1/chat/completions", data=data, headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode("utf-8", "replace")
-            try:
+            with contextlib.suppress(ValueError, AttributeError):  # not vLLM's JSON error: keep the text
                 detail = json.loads(detail).get("error", {}).get("message", detail)
-            except (ValueError, AttributeError):
-                pass
             if exc.code != 429 and exc.code < 500 or attempt == retries:
                 raise ServerError(exc.code, str(detail)[:500]) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:

@@ -7,12 +7,13 @@ distinct values, not by the number of records. ``python -m vidcap stats OUTPUT``
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+
+import pandas as pd
 
 # the output is ours: read without the input checks
 from vidcap.records import DEFAULT_KEYS, _iter_json_array, _iter_jsonl, is_jsonl, record_media
@@ -24,6 +25,8 @@ DISTRIBUTIONS = {  # summary key -> what it counts
     "output_tokens": "output tokens per caption",
     "caption_words": "caption length in words",
 }
+DESCRIBE_COLUMNS = ["n", "min", "median", "mean", "p95", "max"]
+BENCHMARK_COLUMNS = ["jobs", "wall_seconds", "longest_job_seconds", "cpu_seconds", "max_rss_mb"]
 TINY_MODEL_MARKER = "VIDCAP_TINY_MODEL.txt"
 
 
@@ -69,7 +72,9 @@ def summarize_output(path: str | os.PathLike, keys: dict | None = None, keep_err
         if state == "error":
             if len(error_indices) < keep_error_indices:
                 error_indices.append(index)
-            reason = error_reason(meta.get("error") or "no reason given", record_media(record, {**DEFAULT_KEYS, **(keys or {})}))
+            reason = error_reason(
+                meta.get("error") or "no reason given", record_media(record, {**DEFAULT_KEYS, **(keys or {})})
+            )
             entry = reasons.setdefault(
                 reason, {"reason": reason, "count": 0, "example_index": index, "example": meta.get("error")}
             )
@@ -95,29 +100,34 @@ def summarize_output(path: str | os.PathLike, keys: dict | None = None, keep_err
 
 
 def describe(counts: Counter) -> dict | None:
-    """min / median / mean / p95 / max of a Counter of numbers (None when empty)."""
-    total = sum(counts.values())
-    if not total:
+    """n / min / median / mean / p95 / max of a Counter of numbers (None when empty).
+
+    Quantiles are the lower nearest rank, so they are values that occur (a median of 4 frames, not 4.5).
+    """
+    if not sum(counts.values()):
         return None
-    ordered = sorted(counts.items())
+    weights = pd.Series(counts, dtype="int64").sort_index()
+    values = weights.index.tolist()  # plain Python numbers
+    total = int(weights.sum())
+    below = weights.cumsum().to_numpy()
 
-    def quantile(q: float) -> float:
-        rank, seen = q * (total - 1), 0
-        for value, count in ordered:
-            seen += count
-            if seen > rank:
-                return value
-        return ordered[-1][0]
+    def quantile(q: float):
+        return values[int((below > q * (total - 1)).argmax())]
 
-    mean = sum(v * c for v, c in ordered) / total
     return {
         "n": total,
-        "min": ordered[0][0],
+        "min": values[0],
         "median": quantile(0.5),
-        "mean": round(mean, 1),
+        "mean": round(float((weights.index.to_numpy() * weights.to_numpy()).sum() / total), 1),
         "p95": quantile(0.95),
-        "max": ordered[-1][0],
+        "max": values[-1],
     }
+
+
+def describe_table(values: dict[str, Counter]) -> pd.DataFrame:
+    """One ``describe`` row per non-empty distribution, indexed by its name (in ``values`` order)."""
+    rows = {name: desc for name, counts in values.items() if (desc := describe(counts))}
+    return pd.DataFrame.from_dict(rows, orient="index", columns=DESCRIBE_COLUMNS)
 
 
 # ------------------------------------------------------------------------------------ benchmarks
@@ -127,38 +137,38 @@ def benchmark_files(bench_dir: str | os.PathLike) -> list[Path]:
     return sorted(root.glob("*/*.tsv")) if root.is_dir() else []
 
 
-def read_benchmarks(paths: list[str | os.PathLike]) -> dict[str, dict]:
+def benchmark_table(paths: list[str | os.PathLike]) -> pd.DataFrame:
     """Wall time per step from Snakemake benchmark files, grouped by their folder (the rule's name).
 
     Missing files are skipped (a job that has not run yet, or a cleaned-up results folder).
-    Per step: jobs, total and longest job wall seconds, CPU seconds, peak RSS (MB).
+    Per step (the index, sorted): jobs, total and longest job wall seconds, CPU seconds, peak RSS (MB).
     """
-    jobs_by_step: dict[str, list[dict]] = {}
+    jobs = []
     for path in sorted(map(Path, paths)):
-        if not path.is_file():
-            continue
-        with open(path, encoding="utf-8", newline="") as handle:
-            rows = list(csv.DictReader(handle, delimiter="\t"))
-        if rows:
-            jobs_by_step.setdefault(path.parent.name, []).append(rows[-1])  # with `repeat(...)`: the last run
-    steps = {}
-    for step, jobs in sorted(jobs_by_step.items()):
-        wall = [_number(j.get("s")) for j in jobs]
-        steps[step] = {
-            "jobs": len(jobs),
-            "wall_seconds": round(sum(wall), 1),
-            "longest_job_seconds": round(max(wall), 1),
-            "cpu_seconds": round(sum(_number(j.get("cpu_time")) for j in jobs), 1),
-            "max_rss_mb": round(max(_number(j.get("max_rss")) for j in jobs), 1),
-        }
-    return steps
+        if path.is_file():
+            runs = pd.read_csv(path, sep="\t")
+            if len(runs):
+                jobs.append(runs.iloc[[-1]].assign(step=path.parent.name))  # with `repeat(...)`: the last run
+    if not jobs:
+        return pd.DataFrame(columns=BENCHMARK_COLUMNS, index=pd.Index([], name="step"))
+    runs = pd.concat(jobs, ignore_index=True)
+    # Snakemake writes NA when it could not measure: counted as 0, like a missing column
+    table = runs.reindex(columns=["s", "cpu_time", "max_rss"]).apply(pd.to_numeric, errors="coerce")
+    table = table.astype(float).fillna(0.0)
+    table["step"] = runs["step"]
+    steps = table.groupby("step").agg(
+        jobs=("s", "size"),
+        wall_seconds=("s", "sum"),
+        longest_job_seconds=("s", "max"),
+        cpu_seconds=("cpu_time", "sum"),
+        max_rss_mb=("max_rss", "max"),
+    )
+    return steps.round(1)
 
 
-def _number(text) -> float:
-    try:
-        return float(text)
-    except (TypeError, ValueError):  # Snakemake writes "NA" when it could not measure
-        return 0.0
+def read_benchmarks(paths: list[str | os.PathLike]) -> dict[str, dict]:
+    """``benchmark_table`` as {step: {jobs, wall_seconds, ...}} (plain Python numbers)."""
+    return benchmark_table(paths).to_dict("index")
 
 
 def is_tiny_model(model: str) -> bool:
@@ -181,14 +191,12 @@ def format_summary(summary: dict, steps: dict | None = None, model: str | None =
         for err in summary["errors"]:
             lines.append(f"  {err['count']:>8}  {err['reason']}  (e.g. record {err['example_index']})")
     lines.append("distributions:           n      min   median     mean      p95      max")
-    for name, label in DISTRIBUTIONS.items():
-        desc = describe(summary["values"][name])
-        if desc:
-            lines.append(
-                f"  {name:<16} {desc['n']:>8} "
-                + " ".join(f"{desc[k]:>8}" for k in ("min", "median", "mean", "p95", "max"))
-                + f"   {label}"
-            )
+    for name, row in describe_table(summary["values"]).to_dict("index").items():
+        lines.append(
+            f"  {name:<16} {row['n']:>8} "
+            + " ".join(f"{row[k]:>8}" for k in DESCRIBE_COLUMNS[1:])
+            + f"   {DISTRIBUTIONS[name]}"
+        )
     if steps:
         lines.append("wall time per step (from benchmark files):")
         for rule, step in steps.items():

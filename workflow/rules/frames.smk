@@ -2,18 +2,16 @@ rule extract_frames:
     input:
         shard=f"{SHARD_DIR}/{{shard}}.jsonl",
     output:
-        manifest=f"{RESULTS}/frames/{{shard}}.json",
         **frames_store(),
-    params:
-        settings=lambda wildcards: frames_settings(wildcards.shard),
+        manifest=f"{RESULTS}/frames/{{shard}}.json",
     log:
         f"{RESULTS}/logs/extract_frames/{{shard}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/extract_frames/{{shard}}.tsv"
-    wildcard_constraints:
-        shard=r"\d+",
-    threads: config["frames"]["threads"]
     conda:
         "../../envs/frames.yaml"
+    threads: config["frames"]["threads"]
+    params:
+        settings=frames_settings_of,
     script:
         "../scripts/extract_frames.py"

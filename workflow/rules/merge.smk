@@ -6,14 +6,14 @@ rule merge_captions:
     output:
         captions=config["output"],
         provenance=str(provenance.provenance_path(config["output"])),
-    params:
-        settings=merge_settings(),
-        frames_dir=f"{RESULTS}/frames",
     log:
         f"{RESULTS}/logs/merge_captions.log",
     # streams files for seconds: not worth a cluster queue
     localrule: True
     conda:
         "../../envs/frames.yaml"
+    params:
+        settings=settings.merge_settings(config),
+        frames_dir=f"{RESULTS}/frames",
     script:
         "../scripts/merge_captions.py"

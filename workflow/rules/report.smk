@@ -37,6 +37,12 @@ rule build_report:
             caption="../report/histogram.rst",
             category="Histograms",
         ),
+    log:
+        f"{RESULTS}/logs/build_report.log",
+    # a few seconds of reading and drawing: not worth a cluster queue
+    localrule: True
+    conda:
+        "../../envs/frames.yaml"
     params:
         # read when present, not inputs: a deleted benchmark or stats file must not rerun a GPU job
         caption_stats=expand(f"{RESULTS}/captions/{{shard}}.stats.json", shard=SHARDS),
@@ -44,23 +50,6 @@ rule build_report:
             [rules.extract_frames.benchmark, rules.caption_shard.benchmark],
             shard=SHARDS,
         ),
-        # what the report names besides the output file; engine.env may hold secrets: left out
-        settings={
-            "model": config["model"],
-            "prompt": config["prompt"],
-            "system_prompt": config["system_prompt"],
-            "keys": config["keys"],
-            "shards": config["shards"],
-            "frames": frame_params(),
-            "sampling": config["sampling"],
-            "engine": {k: v for k, v in config["engine"].items() if k != "env"},
-            "gallery_sample": config["gallery_sample"],
-        },
-    log:
-        f"{RESULTS}/logs/build_report.log",
-    # a few seconds of reading and drawing: not worth a cluster queue
-    localrule: True
-    conda:
-        "../../envs/frames.yaml"
+        settings=settings.report_settings(config),
     script:
-        "../scripts/report_build.py"
+        "../scripts/build_report.py"

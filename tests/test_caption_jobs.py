@@ -1,0 +1,224 @@
+"""Caption jobs as they run at scale: memory flat in the shard size, engine failures fail the job,
+a killed job resumes where it stopped, and the engine's limits admit every video the budget plans.
+
+Real vLLM (CPU build) on the tiny random Qwen2-VL (gibberish captions); jobs run as their own
+processes, so their peak memory can be read and they can be killed.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from helpers import REPO, make_video, synthetic_shard, write_records
+
+from vidcap import config as vconfig
+from vidcap import settings as vsettings
+from vidcap.frames import extract_shard
+from vidcap.journal import journal_path
+
+pytestmark = pytest.mark.slow
+
+JOB = """
+import json, sys
+from vidcap.caption import caption_shard
+shard, manifest, out, settings = sys.argv[1:5]
+stats = caption_shard(shard, manifest, out, json.loads(settings), log=sys.stderr)
+with open(out + ".test-stats", "w") as handle:
+    json.dump({k: stats[k] for k in ("requests", "resumed", "ok", "truncated", "error")}, handle)
+"""
+
+
+def job_config(model, **overrides) -> dict:
+    """A whole validated config (schema defaults + overrides), as the workflow builds it."""
+    base = {
+        "input": "records.jsonl",
+        "model": str(model),
+        "frames": {
+            "fps": 2.0,
+            "min_frames": 4,
+            "max_frames": 4,
+            "min_pixels": 3136,
+            "max_pixels": 12544,
+            "threads": 2,
+        },
+        "sampling": {"max_tokens": 4, "temperature": 0.7, "seed": 0},
+        "engine": {
+            "max_model_len": 4096,
+            "dtype": "bfloat16",
+            "enforce_eager": True,
+            "cpu_kvcache_space_gb": 1,
+            "max_num_seqs": 4,
+        },
+    }
+    for key, value in overrides.items():
+        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
+    return vconfig.load(overrides=base)
+
+
+def build_shard(root: Path, n: int, config: dict, size: str = "64x48") -> tuple[Path, Path]:
+    """``n`` distinct clips (each its own seed of a noise source) in one shard, frames extracted."""
+    records = []
+    for i in range(n):
+        name = f"clips/c{i:03d}.mp4"
+        if not (root / name).exists():
+            make_video(
+                root / name, seconds=2, size=size, rate=4, source="cellauto"
+            )  # random seed: distinct clips
+        records.append({"video": [name], "conversation": [{"from": "human", "value": ""}]})
+    shard = write_records(root / f"shard{n}.jsonl", records)
+    manifest = root / f"manifest{n}.json"
+    frames = vsettings.frames_settings({**config, "media_root": str(root)}, "0")
+    frames["cache_dir"] = str(root / "cache")
+    extract_shard(str(shard), str(manifest), frames, threads=2)
+    return shard, manifest
+
+
+def start_job(shard, manifest, out, settings, log_path, env=None) -> subprocess.Popen:
+    """A caption job as its own process; all it prints (vLLM logs to stdout too) goes to its log file."""
+    cmd = [sys.executable, "-c", JOB, str(shard), str(manifest), str(out), json.dumps(settings)]
+    with open(log_path, "a") as log:
+        return subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **(env or {})}
+        )
+
+
+def run_job(*args, **kwargs) -> tuple[dict, int]:
+    """Run a caption job to its end; its stats and its peak RSS in bytes (wait4's ru_maxrss)."""
+    proc = start_job(*args, **kwargs)
+    _, status, usage = os.wait4(proc.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, Path(args[4]).read_text()[-3000:]
+    return json.loads(Path(f"{args[2]}.test-stats").read_text()), usage.ru_maxrss * 1024
+
+
+def journal_lines(out: Path) -> int:
+    path = journal_path(out)
+    return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.exists() else 0
+
+
+def wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, "the job ended before the condition was met"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def engine_cores(pid: int) -> list[psutil.Process]:
+    """The job's vLLM engine core process(es) (vLLM names them VLLM::EngineCore)."""
+    found = []
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            if "EngineCore" in child.name() or "EngineCore" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:  # gone, or a zombie, meanwhile
+            continue
+    return found
+
+
+def test_peak_memory_is_flat_in_the_shard_size(tiny_model, tmp_path):
+    """200 distinct records of 16 frames of 448x448 vs 20 in one caption job each: peak RSS within 1.3x (the
+    window, not the shard, bounds what is held; holding all 200 would add ~1.9 GB of uint8 frames alone).
+    The frames are written into the cache directly: the frames step is not what is measured here."""
+    config = job_config(tiny_model)
+    peaks = {}
+    for n in (20, 200):
+        shard, manifest = synthetic_shard(tmp_path, n, frames=16, width=448, height=448)
+        stats, peaks[n] = run_job(shard, manifest, tmp_path / f"out{n}.jsonl", vsettings.caption_job(config),
+                                  tmp_path / f"job{n}.log")
+        assert stats["ok"] + stats["truncated"] == n, stats
+    print(f"peak RSS: 20 records {peaks[20] / 2**20:.0f} MiB, 200 records {peaks[200] / 2**20:.0f} MiB")
+    assert peaks[200] <= 1.3 * peaks[20], peaks
+
+
+def test_killed_job_and_dead_engine_resume_to_identical_bytes(tiny_model, tmp_path):
+    """kill -9 of a job after some records, then a job whose engine core is killed (the job must fail and
+    write nothing), then a rerun: it sends only the missing records, and the file equals a clean build's."""
+    # one sequence at a time and longer captions: records finish one by one, with time to kill between
+    config = job_config(tiny_model, engine={"max_num_seqs": 1}, sampling={"max_tokens": 64})
+    settings = vsettings.caption_job(config)
+    shard, manifest = build_shard(tmp_path, 24, config)
+    out, log = tmp_path / "out.jsonl", tmp_path / "job.log"
+
+    job = start_job(shard, manifest, out, settings, log)  # engine in-process (CPU default)
+    wait_for(lambda: journal_lines(out) >= 4, 300, job)
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    first = journal_lines(out)
+
+    # engine core in its own process, as on GPUs: killing it is an engine failure, not 24 record errors
+    job = start_job(shard, manifest, out, settings, log, env={"VLLM_ENABLE_V1_MULTIPROCESSING": "1"})
+    wait_for(lambda: engine_cores(job.pid), 300, job)
+    wait_for(lambda: journal_lines(out) >= first + 2, 300, job)
+    for core in engine_cores(job.pid):
+        core.kill()
+    assert job.wait(timeout=120) != 0
+    assert not out.exists() and "EngineFailure" in log.read_text()
+    done = journal_lines(out)
+    assert done >= first + 2
+
+    stats, _ = run_job(shard, manifest, out, settings, log)
+    assert stats["resumed"] == done and stats["requests"] == 24 - done
+    assert not journal_path(out).exists()
+    clean = tmp_path / "clean.jsonl"
+    run_job(shard, manifest, clean, settings, tmp_path / "clean.log")
+    assert out.read_bytes() == clean.read_bytes()
+
+
+def test_ten_minute_clip_with_default_engine_limits(tiny_model, tmp_path):
+    """A 10-minute clip at 1 fps plans more vision tokens than vLLM's default step holds; the engine's
+    limits come from the budget, so it is captioned, not refused as an engine error."""
+    make_video(tmp_path / "long.mp4", seconds=600, size="112x112", rate=1, source="testsrc2")
+    write_records(tmp_path / "shard.jsonl", [{"video": ["long.mp4"]}])
+    config = job_config(
+        tiny_model,
+        frames={"fps": 1.0, "max_frames": 768},
+        engine={"max_model_len": 51200},
+        media_root=str(tmp_path),
+    )
+    assert config["engine"]["max_num_batched_tokens"] is None  # the default: sized from the budget
+    frames = vsettings.frames_settings(config, "0")
+    frames["cache_dir"] = str(tmp_path / "cache")
+    extract_shard(str(tmp_path / "shard.jsonl"), str(tmp_path / "m.json"), frames)
+    entry = json.loads((tmp_path / "m.json").read_text())["records"][0]
+    assert len(entry["videos"][0]["meta"]["frames_indices"]) >= 600
+    stats, _ = run_job(
+        tmp_path / "shard.jsonl",
+        tmp_path / "m.json",
+        tmp_path / "out.jsonl",
+        vsettings.caption_job(config),
+        tmp_path / "job.log",
+    )
+    meta = json.loads((tmp_path / "out.jsonl").read_text())["caption_meta"]
+    assert meta["status"] in ("ok", "truncated"), meta
+    assert meta["prompt_tokens"] > 4096  # more than vLLM's own default step would have admitted
+
+
+def test_too_small_batched_tokens_is_a_config_error(tiny_model):
+    config = job_config(tiny_model, engine={"max_num_batched_tokens": 512})
+    with pytest.raises(vconfig.ConfigError, match=r"max_num_batched_tokens 512 .* at least \d+"):
+        vsettings.caption_job(config)
+
+
+def test_cpu_build_on_a_node_with_gpus_is_refused(tiny_model, tmp_path, monkeypatch):
+    """GPUs visible (simulated device list) but only vLLM's CPU build installed: the job fails at once with
+    a message saying so, instead of captioning on the CPU for hours."""
+    from vidcap.caption import caption_shard
+    from vidcap.engine_build import EngineBuildError
+
+    config = job_config(tiny_model)
+    shard, manifest = build_shard(tmp_path, 2, config)
+    monkeypatch.setenv("VIDCAP_GPU_IDS", "0,1")
+    monkeypatch.setenv("VIDCAP_GPU_LOCK_DIR", str(tmp_path / "locks"))
+    with pytest.raises(EngineBuildError, match="CPU build"):
+        caption_shard(str(shard), str(manifest), str(tmp_path / "out.jsonl"), vsettings.caption_job(config))
+    assert not (tmp_path / "out.jsonl").exists()
+    # on purpose: engine.device cpu runs the CPU build whatever the node has
+    cpu = vsettings.caption_job(job_config(tiny_model, engine={"device": "cpu"}))
+    caption_shard(str(shard), str(manifest), str(tmp_path / "out.jsonl"), cpu)
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 2

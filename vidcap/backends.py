@@ -1,0 +1,244 @@
+"""The two ways a caption job reaches a model, behind one interface with a bounded window.
+
+``submit`` hands one record's request to the engine (building it from the frame cache just then),
+``collect`` waits until at least one finishes. ``has_room`` keeps the requests in flight bounded by
+count and by bytes, so a job's memory depends on the engine's batch, never on the shard's size.
+Request-level failures come back as exceptions per record; engine-level ones raise
+:class:`vidcap.engine.EngineFailure` and end the job.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+from vidcap.engine import EngineFailure, EngineWatchdog, is_engine_failure
+from vidcap.prompts import Pending, frame_bytes, image_array, video_item
+from vidcap.provenance import canonical_hash
+
+# host bytes a queued request holds per byte of its uint8 frames: the frames plus vLLM's float32 patches
+HELD_PER_FRAME_BYTE = 5
+
+
+@dataclass
+class Answer:
+    text: str
+    prompt_tokens: int | None
+    output_tokens: int | None
+    finish_reason: str | None
+
+
+class Window:
+    """Requests in flight, bounded by count and by the bytes they hold (at least one always fits)."""
+
+    def __init__(self, max_count: int, max_bytes: int):
+        self.max_count, self.max_bytes = max(1, max_count), max_bytes
+        self.items: dict[str, tuple[Pending, int]] = {}
+        self.bytes = 0
+
+    def has_room(self, item: Pending) -> bool:
+        if not self.items:
+            return True
+        cost = frame_bytes(item.entry) * HELD_PER_FRAME_BYTE
+        return len(self.items) < self.max_count and self.bytes + cost <= self.max_bytes
+
+    def add(self, key: str, item: Pending) -> None:
+        cost = frame_bytes(item.entry) * HELD_PER_FRAME_BYTE
+        self.items[key] = (item, cost)
+        self.bytes += cost
+
+    def pop(self, key: str) -> Pending:
+        item, cost = self.items.pop(key)
+        self.bytes -= cost
+        return item
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def media_data(item: Pending) -> dict:
+    """vLLM's ``multi_modal_data`` for one record: its frames, loaded from the cache now."""
+    data = {}
+    if item.entry["images"]:
+        images = [image_array(i) for i in item.entry["images"]]
+        data["image"] = images[0] if len(images) == 1 else images
+    if item.entry["videos"]:
+        videos = [video_item(v, keep) for v, keep in zip(item.entry["videos"], item.keep)]
+        data["video"] = videos[0] if len(videos) == 1 else videos
+    return data
+
+
+def media_uuids(item: Pending) -> dict:
+    """vLLM ``multi_modal_uuids``: each item's frame cache file (its content key) and the frames kept."""
+    uuids = {}
+    if item.entry["images"]:
+        uuids["image"] = [Path(i["frames"]).stem for i in item.entry["images"]]
+    if item.entry["videos"]:
+        uuids["video"] = [
+            Path(v["frames"]).stem + ("" if keep is None else "-" + canonical_hash(keep)[:16])
+            for v, keep in zip(item.entry["videos"], item.keep)
+        ]
+    return uuids
+
+
+class OfflineBackend:
+    """A vLLM engine in this process, fed request by request (``LLM.enqueue``) and stepped."""
+
+    def __init__(self, llm, sampling: dict, engine: dict, log=None):
+        self.llm, self.sampling = llm, sampling
+        self.watchdog = EngineWatchdog(llm, log)
+        seqs = llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
+        # a few waiting requests keep the batch full when running ones finish
+        self.window = Window(math.ceil(seqs * 1.5), int(engine["in_flight_gb"] * 2**30))
+        self.prepare_seconds = self.engine_seconds = 0.0
+
+    def has_room(self, item: Pending) -> bool:
+        return self.window.has_room(item)
+
+    def unsupported(self, item: Pending) -> str | None:
+        return None
+
+    def params(self, item: Pending):
+        from vllm import SamplingParams
+
+        s = self.sampling
+        return SamplingParams(
+            temperature=s["temperature"],
+            top_p=s["top_p"],
+            top_k=s["top_k"] or 0,  # vLLM: 0 (or -1) is off
+            presence_penalty=s["presence_penalty"],
+            repetition_penalty=s["repetition_penalty"],
+            min_tokens=s["min_tokens"],
+            max_tokens=s["max_tokens"],
+            seed=item.seed,
+        )
+
+    def submit(self, item: Pending) -> None:
+        t0 = time.monotonic()
+        # vidcap's frame cache key names the content: vLLM need not hash every frame tensor again
+        request = {
+            "prompt": item.text,
+            "multi_modal_data": media_data(item),
+            "multi_modal_uuids": media_uuids(item),
+        }
+        t1 = time.monotonic()
+        self.prepare_seconds += t1 - t0
+        try:
+            (internal_id,) = self.llm.enqueue([request], [self.params(item)], use_tqdm=False)
+        except Exception as exc:
+            if is_engine_failure(exc):
+                raise EngineFailure(f"engine failed while adding a request: {exc}") from exc
+            raise
+        finally:
+            self.engine_seconds += time.monotonic() - t1
+        # outputs carry the id LLM gave the request; the engine's own adds "-<8 random characters>"
+        self.window.add(internal_id.rsplit("-", 1)[0], item)
+
+    def collect(self) -> list[tuple[Pending, Answer | Exception]]:
+        done = []
+        t0 = time.monotonic()
+        try:
+            while not done:
+                if not self.llm.llm_engine.has_unfinished_requests():
+                    raise EngineFailure(f"the engine lost {len(self.window)} request(s) in flight")
+                for output in self.llm.llm_engine.step():
+                    if output.finished and output.request_id in self.window.items:
+                        done.append((self.window.pop(output.request_id), self._answer(output)))
+        except EngineFailure:
+            raise
+        except Exception as exc:  # anything raised while stepping breaks the engine, not one record
+            raise EngineFailure(f"engine failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self.engine_seconds += time.monotonic() - t0
+        return done
+
+    def close(self) -> None:
+        self.watchdog.stop()
+
+    @staticmethod
+    def _answer(output) -> Answer:
+        completion = output.outputs[0]
+        return Answer(
+            completion.text, len(output.prompt_token_ids), len(completion.token_ids), completion.finish_reason
+        )
+
+    def __len__(self) -> int:
+        return len(self.window)
+
+
+class ServerBackend:
+    """An OpenAI-compatible ``vllm serve``: at most ``concurrency`` request bodies exist at a time."""
+
+    def __init__(self, model: str, system_prompt: str, sampling: dict, engine: dict):
+        from vidcap import server
+
+        self.server, self.engine = server, engine
+        self.model = engine["served_model"] or model
+        self.system_prompt, self.sampling = system_prompt, sampling
+        if not server.server_ready(engine["url"], timeout=min(30.0, engine["request_timeout"])):
+            raise EngineFailure(f"server unreachable at {engine['url']} (no answer on /health)")
+        self.pool = ThreadPoolExecutor(max_workers=engine["concurrency"])
+        self.futures: dict[Future, Pending] = {}
+        self.prepare_seconds = self.engine_seconds = 0.0
+
+    def has_room(self, item: Pending) -> bool:
+        return len(self.futures) < self.engine["concurrency"]
+
+    def _post(self, item: Pending) -> dict:
+        # built in the worker thread: the PNG encoding of one body runs beside the others
+        images = [image_array(i) for i in item.entry["images"]]
+        video = video_item(item.entry["videos"][0], item.keep[0]) if item.entry["videos"] else None
+        body = self.server.chat_body(
+            self.model, self.system_prompt, item.prompt, images, video, self.sampling, item.seed
+        )
+        e = self.engine
+        return self.server.post_chat(e["url"], body, e["retries"], e["request_timeout"])
+
+    def unsupported(self, item: Pending) -> str | None:
+        if len(item.entry["videos"]) > 1:  # media_io_kwargs carry one video's metadata per request
+            return "server backend: one video per record at most"
+        return None
+
+    def submit(self, item: Pending) -> None:
+        self.futures[self.pool.submit(self._post, item)] = item
+
+    def collect(self) -> list[tuple[Pending, Answer | Exception]]:
+        t0 = time.monotonic()
+        finished, _ = wait(list(self.futures), return_when=FIRST_COMPLETED)
+        self.engine_seconds += time.monotonic() - t0
+        done = []
+        for future in finished:
+            item = self.futures.pop(future)
+            try:
+                answer = future.result()
+            except self.server.ServerError as exc:
+                if exc.status == 0 or exc.status >= 500:  # after its retries: the server, not the record
+                    self.close()
+                    raise EngineFailure(str(exc)) from exc
+                done.append((item, exc))
+                continue
+            choice, usage = answer["choices"][0], answer.get("usage") or {}
+            text = choice["message"]["content"]
+            done.append(
+                (
+                    item,
+                    Answer(
+                        text,
+                        usage.get("prompt_tokens"),
+                        usage.get("completion_tokens"),
+                        choice["finish_reason"],
+                    ),
+                )
+            )
+        return done
+
+    def close(self) -> None:
+        for future in self.futures:
+            future.cancel()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def __len__(self) -> int:
+        return len(self.futures)

@@ -1,0 +1,134 @@
+"""Each workflow step's settings, built in one place from the validated configuration.
+
+Rules take what a step's output depends on as ``params`` (a change there reruns the step) and the
+job scripts and the command line take the rest (engine sizing, which must not rerun anything) from
+here too, so no rule, script or CLI reads raw ``config[...]`` keys of its own.
+"""
+
+from __future__ import annotations
+
+import os
+
+from vidcap import budget
+from vidcap.config import ConfigError
+
+
+def media_root(config: dict) -> str:
+    # kept relative when relative: a moved or copied project directory rebuilds nothing
+    return config["media_root"] or os.path.dirname(config["input"]) or "."
+
+
+def frame_params(config: dict) -> dict:
+    """Frame settings with each video's vision-token budget resolved (the frames step's parameters)."""
+    frames = config["frames"]
+    params = {k: v for k, v in frames.items() if k not in ("threads", "prompt_tokens", "keep")}
+    if params["max_vision_tokens"] is None:
+        params["max_vision_tokens"] = budget.video_token_budget(
+            config["engine"]["max_model_len"], config["sampling"]["max_tokens"], frames["prompt_tokens"]
+        )
+    if params["patch_factor"] is None:
+        params["patch_factor"] = budget.patch_factor_for(config["model"])
+    return params
+
+
+def frames_cache_dir(config: dict, shard: str) -> str:
+    results = config["results"].rstrip("/")
+    return f"{results}/frames/cache" if config["frames"]["keep"] else f"{results}/frames/{shard}.frames"
+
+
+def frames_settings(config: dict, shard: str) -> dict:
+    """What the frames step's output depends on (changing it re-extracts)."""
+    return {
+        "media_root": media_root(config),
+        "keys": config["keys"],
+        "frames": frame_params(config),
+        "cache_dir": frames_cache_dir(config, shard),
+    }
+
+
+def caption_params(config: dict) -> dict:
+    """What a caption depends on (a change reruns caption jobs); engine sizing is left out on purpose."""
+    return {
+        "model": config["model"],
+        "prompt": config["prompt"],
+        "system_prompt": config["system_prompt"],
+        "keys": config["keys"],
+        "sampling": config["sampling"],
+        "max_model_len": config["engine"]["max_model_len"],
+    }
+
+
+def caption_job(config: dict) -> dict:
+    """Everything a caption job needs: its params plus engine sizing and the frame settings."""
+    return {**caption_params(config), "engine": engine_settings(config), "frames": config["frames"]}
+
+
+def engine_settings(config: dict) -> dict:
+    """The engine section with the limits the frame budget needs filled in (see :func:`engine_token_limit`)
+    and ``vllm_args`` checked against vLLM's own arguments."""
+    engine = dict(config["engine"])
+    check_vllm_args(engine["vllm_args"])
+    needed = engine_token_limit(config)
+    if engine["max_num_batched_tokens"] is None:
+        engine["max_num_batched_tokens"] = needed
+    elif engine["max_num_batched_tokens"] < needed:
+        raise ConfigError(
+            f"engine.max_num_batched_tokens {engine['max_num_batched_tokens']} is smaller than the largest "
+            f"video the frame budget admits ({needed} tokens): vLLM would refuse such videos. Set it to at "
+            f"least {needed}, or null to size it from the budget"
+        )
+    return engine
+
+
+def check_vllm_args(vllm_args: dict) -> None:
+    import difflib
+
+    from vidcap.engine import engine_arg_names
+
+    known = engine_arg_names()
+    if known is None or not vllm_args:
+        return
+    for key in vllm_args:
+        if key not in known:
+            near = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            raise ConfigError(f"engine.vllm_args: '{key}' is not an argument of vLLM's EngineArgs{hint}")
+
+
+def engine_token_limit(config: dict) -> int:
+    """Tokens one engine step must hold so no video the budget admits is refused.
+
+    vLLM sizes its encoder cache (and the encoder's per-step budget) by ``max_num_batched_tokens``; a
+    video whose vision tokens exceed it fails as "exceeds the pre-allocated encoder cache size".
+    """
+    return budget.largest_prompt(frame_params(config)["max_vision_tokens"], config["frames"]["prompt_tokens"])
+
+
+def merge_settings(config: dict) -> dict:
+    return {
+        "shards": config["shards"],
+        "prompt": config["prompt"],
+        "keys": config["keys"],
+        "output_style": config["output_style"],
+    }
+
+
+def report_settings(config: dict) -> dict:
+    """What the report names besides the output file; engine.env may hold secrets: left out."""
+    return {
+        "model": config["model"],
+        "prompt": config["prompt"],
+        "system_prompt": config["system_prompt"],
+        "keys": config["keys"],
+        "shards": config["shards"],
+        "frames": frame_params(config),
+        "sampling": config["sampling"],
+        "engine": {k: v for k, v in config["engine"].items() if k != "env"},
+        "gallery_sample": config["gallery_sample"],
+    }
+
+
+def caption_gpus(config: dict) -> int:
+    """GPUs a caption job locks (vidcap.gpus); none when a vllm serve elsewhere does the work."""
+    engine = config["engine"]
+    return 0 if engine["backend"] == "server" else engine["tensor_parallel_size"]
