@@ -129,8 +129,13 @@ def test_peak_memory_is_flat_in_the_shard_size(tiny_model, tmp_path):
     peaks = {}
     for n in (20, 200):
         shard, manifest = synthetic_shard(tmp_path, n, frames=16, width=448, height=448)
-        stats, peaks[n] = run_job(shard, manifest, tmp_path / f"out{n}.jsonl", vsettings.caption_job(config),
-                                  tmp_path / f"job{n}.log")
+        stats, peaks[n] = run_job(
+            shard,
+            manifest,
+            tmp_path / f"out{n}.jsonl",
+            vsettings.caption_job(config),
+            tmp_path / f"job{n}.log",
+        )
         assert stats["ok"] + stats["truncated"] == n, stats
     print(f"peak RSS: 20 records {peaks[20] / 2**20:.0f} MiB, 200 records {peaks[200] / 2**20:.0f} MiB")
     assert peaks[200] <= 1.3 * peaks[20], peaks

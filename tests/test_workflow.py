@@ -138,6 +138,7 @@ def test_caption_jobs_inside_an_allocation_hold_different_gpus(tiny_model, tmp_p
     config = tiny_config(tiny_model, shards=2)
     run_snakemake(tmp_path, config, gpus=2)
     devices = [
-        json.loads(p.read_text())["devices"] for p in sorted((tmp_path / "results" / "captions").glob("*.stats.json"))
+        json.loads(p.read_text())["devices"]
+        for p in sorted((tmp_path / "results" / "captions").glob("*.stats.json"))
     ]
     assert sorted(d for held in devices for d in held) == ["0", "1"], devices
