@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/frames.py            # 10 s 720p and 60 s 1080p
     .venv/bin/python bench/frames.py --long     # also 10 min 1080p (minutes of encoding and decoding)
+    .venv/bin/python bench/frames.py --repeat 7 --baseline ../main   # medians; main's vidcap beside
 
 Videos are made once with lavfi (testsrc2, libx264, keyframe every 250 frames) under --workdir.
 Every method runs in its own process, so its peak RSS (the process plus its largest child, e.g. ffmpeg)
@@ -94,6 +95,9 @@ def run_method(method: str, video: str, out: str) -> dict:
         os.environ["FORCE_QWENVL_VIDEO_READER"] = "decord"
         from qwen_vl_utils.vision_process import fetch_video
     else:
+        if method.startswith("base-"):  # the same method with the baseline checkout's vidcap
+            sys.path.insert(0, os.environ["VIDCAP_BENCH_BASELINE"])
+            method = method[len("base-") :]
         from vidcap.frames import cached_sample
     started, cpu_started = time.perf_counter(), cpu_seconds()
     indices = None
@@ -164,6 +168,22 @@ def compare(a_path: Path, a_idx: list[int], b_path: Path, b_idx: list[int]) -> t
     return float(np.mean(diffs)), len(pairs)
 
 
+def _run_one(name: str, method: str, video: Path, workdir: Path) -> dict | None:
+    out = workdir / f"{name}.{method}.npy"
+    proc = subprocess.run(
+        [sys.executable, __file__, "--run", method, str(video), str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        print(f"{name} {method}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+        return None
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"{name} {method}: {result['seconds']:.2f} s", file=sys.stderr, flush=True)
+    return {**result, "out": out}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -177,6 +197,15 @@ def main() -> None:
     )
     parser.add_argument("--workdir", default="/tmp/vidcap-bench")
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs per method (medians reported; methods take turns)"
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="CHECKOUT",
+        help="also run each vidcap method with the vidcap package of another checkout (base-<method>), "
+        "e.g. the main branch, in the same session",
+    )
     parser.add_argument("--run", nargs=3, metavar=("METHOD", "VIDEO", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
@@ -187,27 +216,28 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     names = [n for n in VIDEOS if args.long or n != "10min-1080p"]
     methods = args.methods.split(",")
+    if args.baseline:
+        os.environ["VIDCAP_BENCH_BASELINE"] = str(Path(args.baseline).resolve())
+        methods += [f"base-{m}" for m in methods if m.startswith(("vidcap-", "sparse-"))]
     rows = []
     for name in names:
         seconds, size = VIDEOS[name]
         video = make_video(workdir / f"{name}.mp4", seconds, size)
         results = {}
-        for method in methods:
-            if method == "anchor" and name == "10min-1080p" and not args.anchor_long:
-                continue
-            out = workdir / f"{name}.{method}.npy"
-            proc = subprocess.run(
-                [sys.executable, __file__, "--run", method, str(video), str(out)],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if proc.returncode != 0:
-                print(f"{name} {method}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
-                continue
-            results[method] = json.loads(proc.stdout.strip().splitlines()[-1])
-            results[method]["out"] = out
-            print(f"{name} {method}: {results[method]['seconds']:.2f} s", file=sys.stderr, flush=True)
+        for _rep in range(args.repeat):  # methods take turns, so a change in the machine's load hits all
+            for method in methods:
+                if method == "anchor" and name == "10min-1080p" and not args.anchor_long:
+                    continue
+                r = _run_one(name, method, video, workdir)
+                if r is None:
+                    continue
+                done = results.setdefault(method, {**r, "all_seconds": [], "all_cpu": []})
+                done.update({k: r[k] for k in ("indices", "shape", "decoded", "out")})
+                done["all_seconds"].append(r["seconds"])
+                done["all_cpu"].append(r["cpu_seconds"])
+                done["seconds"] = float(np.median(done["all_seconds"]))
+                done["cpu_seconds"] = float(np.median(done["all_cpu"]))
+                done["peak_rss_mb"] = max(done["peak_rss_mb"], r["peak_rss_mb"])
         floor = results.get("floor", {}).get("seconds")
         floor_cpu = results.get("floor", {}).get("cpu_seconds")
         anchor = results.get("anchor")

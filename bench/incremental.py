@@ -30,12 +30,34 @@ from vidcap.records import DEFAULT_KEYS  # noqa: E402
 from vidcap.shards import shard_of  # noqa: E402
 
 BIN = Path(sys.executable).parent
-SOURCES = ["testsrc2", "mandelbrot", "smptebars", "rgbtestsrc", "testsrc", "yuvtestsrc", "pal75bars", "cellauto"]
+SOURCES = [
+    "testsrc2",
+    "mandelbrot",
+    "smptebars",
+    "rgbtestsrc",
+    "testsrc",
+    "yuvtestsrc",
+    "pal75bars",
+    "cellauto",
+]
 
 
 def snakemake(work: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(work), "--configfile",
-           str(work / "config.yaml"), "--cores", "2", "--resources", "gpu=1", "--nocolor", *args]
+    cmd = [
+        str(BIN / "snakemake"),
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(work),
+        "--configfile",
+        str(work / "config.yaml"),
+        "--cores",
+        "2",
+        "--resources",
+        "gpu=1",
+        "--nocolor",
+        *args,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -47,7 +69,9 @@ def write_jsonl(path: Path, records: list) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--records", type=int, default=10_000)
     parser.add_argument("--shards", type=int, default=100)
     parser.add_argument("--keep", help="build in this folder (reused if already built)")
@@ -60,9 +84,27 @@ def main() -> None:
     if not (work / "captions.jsonl").exists():
         sources.mkdir(exist_ok=True)
         for i, src in enumerate(SOURCES):
-            subprocess.run(["ffmpeg", "-nostdin", "-y", "-loglevel", "error", "-f", "lavfi", "-i",
-                            f"{src}=size=64x48:rate=4", "-t", "1", "-pix_fmt", "yuv420p", "-c:v", "libx264",
-                            str(sources / f"s{i}.mp4")], check=True)
+            subprocess.run(
+                [
+                    "ffmpeg",
+                    "-nostdin",
+                    "-y",
+                    "-loglevel",
+                    "error",
+                    "-f",
+                    "lavfi",
+                    "-i",
+                    f"{src}=size=64x48:rate=4",
+                    "-t",
+                    "1",
+                    "-pix_fmt",
+                    "yuv420p",
+                    "-c:v",
+                    "libx264",
+                    str(sources / f"s{i}.mp4"),
+                ],
+                check=True,
+            )
         clips = work / "clips"
         clips.mkdir(exist_ok=True)
         records = []
@@ -70,22 +112,39 @@ def main() -> None:
             link = clips / f"clip_{i:06d}.mp4"
             if not link.exists():
                 link.symlink_to(sources / f"s{i % len(SOURCES)}.mp4")
-            records.append({"video": [f"clips/{link.name}"], "conversation": [{"from": "human", "value": ""}],
-                            "id": i})
+            records.append(
+                {"video": [f"clips/{link.name}"], "conversation": [{"from": "human", "value": ""}], "id": i}
+            )
         write_jsonl(work / "records.jsonl", records[: args.records])
-        write_jsonl(work / "spare.jsonl", records[args.records:])
-        subprocess.run([sys.executable, "-m", "vidcap", "tiny-model", str(work / "tiny-model")], check=True, cwd=REPO,
-                       capture_output=True)
-        config = {"input": "records.jsonl", "output": "captions.jsonl", "results": "results",
-                  "shards": args.shards, "model": str(work / "tiny-model"),
-                  "frames": {"max_frames": 4, "min_pixels": 3136, "max_pixels": 3136, "threads": 2},
-                  "sampling": {"max_tokens": 4, "temperature": 0.0},
-                  "engine": {"max_model_len": 2048, "dtype": "bfloat16", "enforce_eager": True,
-                             "cpu_kvcache_space_gb": 1, "threads": 2}}
+        write_jsonl(work / "spare.jsonl", records[args.records :])
+        subprocess.run(
+            [sys.executable, "-m", "vidcap", "tiny-model", str(work / "tiny-model")],
+            check=True,
+            cwd=REPO,
+            capture_output=True,
+        )
+        config = {
+            "input": "records.jsonl",
+            "output": "captions.jsonl",
+            "results": "results",
+            "shards": args.shards,
+            "model": str(work / "tiny-model"),
+            "frames": {"max_frames": 4, "min_pixels": 3136, "max_pixels": 3136, "threads": 2},
+            "sampling": {"max_tokens": 4, "temperature": 0.0},
+            "engine": {
+                "max_model_len": 2048,
+                "dtype": "bfloat16",
+                "enforce_eager": True,
+                "cpu_kvcache_space_gb": 1,
+                "threads": 2,
+            },
+        }
         (work / "config.yaml").write_text(yaml.safe_dump(config))
         start = time.perf_counter()
         snakemake(work)
-        print(f"full build: {args.records} records, {args.shards} shards in {time.perf_counter() - start:.0f} s")
+        print(
+            f"full build: {args.records} records, {args.shards} shards in {time.perf_counter() - start:.0f} s"
+        )
 
     base = [json.loads(line) for line in (work / "records.jsonl").read_text().splitlines()]
     spare = [json.loads(line) for line in (work / "spare.jsonl").read_text().splitlines()]
@@ -109,8 +168,12 @@ def main() -> None:
         return recs, touched
 
     print(f"{'edit':<22} {'frames':>7} {'caption':>8} {'merge':>6}   touched shards   dry run")
-    for name, edit in [("edit 1 record", edit_one), ("add 10 records", add_ten), ("delete 1 record", delete_one),
-                       ("all three", all_three)]:
+    for name, edit in [
+        ("edit 1 record", edit_one),
+        ("add 10 records", add_ten),
+        ("delete 1 record", delete_one),
+        ("all three", all_three),
+    ]:
         copy = Path(tempfile.mkdtemp(prefix="vidcap-incr-copy-")) / "p"
         shutil.copytree(work, copy, symlinks=True)
         recs, touched = edit([dict(r) for r in base])
@@ -120,8 +183,10 @@ def main() -> None:
         seconds = time.perf_counter() - start
         jobs = Counter(re.findall(r"^(?:local)?rule (\w+):$", proc.stdout + proc.stderr, flags=re.M))
         ok = jobs["extract_frames"] == jobs["caption_shard"] == len(touched) and jobs["merge_captions"] == 1
-        print(f"{name:<22} {jobs['extract_frames']:>7} {jobs['caption_shard']:>8} {jobs['merge_captions']:>6}   "
-              f"{len(touched):>14}   {seconds:5.1f} s  {'as targeted' if ok else 'MISMATCH'}")
+        print(
+            f"{name:<22} {jobs['extract_frames']:>7} {jobs['caption_shard']:>8} {jobs['merge_captions']:>6}   "
+            f"{len(touched):>14}   {seconds:5.1f} s  {'as targeted' if ok else 'MISMATCH'}"
+        )
         shutil.rmtree(copy.parent)
     if not args.keep:
         print(f"(built project left in {work}; remove it when done)")

@@ -17,14 +17,38 @@ BIN = Path(sys.executable).parent
 SNAKEMAKE = str(BIN / "snakemake")
 
 
-def make_video(path: str | os.PathLike, seconds: float = 1.0, size: str = "64x48", rate: int = 8,
-               source: str = "testsrc2", extra: list[str] | None = None) -> Path:
+def make_video(
+    path: str | os.PathLike,
+    seconds: float = 1.0,
+    size: str = "64x48",
+    rate: int = 8,
+    source: str = "testsrc2",
+    extra: list[str] | None = None,
+) -> Path:
     """Encode a small H.264 clip from a lavfi source (argument list, no shell)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    cmd = ["ffmpeg", "-nostdin", "-y", "-loglevel", "error", "-f", "lavfi",
-           "-i", f"{source}=size={size}:rate={rate}", "-t", str(seconds), "-pix_fmt", "yuv420p",
-           "-c:v", "libx264", "-g", str(rate), *(extra or []), "file:" + str(path.resolve())]
+    cmd = [
+        "ffmpeg",
+        "-nostdin",
+        "-y",
+        "-loglevel",
+        "error",
+        "-f",
+        "lavfi",
+        "-i",
+        f"{source}=size={size}:rate={rate}",
+        "-t",
+        str(seconds),
+        "-pix_fmt",
+        "yuv420p",
+        "-c:v",
+        "libx264",
+        "-g",
+        str(rate),
+        *(extra or []),
+        "file:" + str(path.resolve()),
+    ]
     subprocess.run(cmd, check=True)
     return path
 
@@ -47,11 +71,22 @@ def tiny_config(model_dir: str | os.PathLike, **overrides) -> dict:
         "results": "results",
         "shards": 2,
         "model": str(model_dir),
-        "frames": {"fps": 2.0, "min_frames": 4, "max_frames": 8, "min_pixels": 3136, "max_pixels": 12544,
-                   "threads": 2},
+        "frames": {
+            "fps": 2.0,
+            "min_frames": 4,
+            "max_frames": 8,
+            "min_pixels": 3136,
+            "max_pixels": 12544,
+            "threads": 2,
+        },
         "sampling": {"max_tokens": 8, "temperature": 0.0, "seed": 0},
-        "engine": {"max_model_len": 4096, "dtype": "bfloat16", "enforce_eager": True, "cpu_kvcache_space_gb": 1,
-                   "threads": 2},
+        "engine": {
+            "max_model_len": 4096,
+            "dtype": "bfloat16",
+            "enforce_eager": True,
+            "cpu_kvcache_space_gb": 1,
+            "threads": 2,
+        },
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(config.get(key), dict):
@@ -61,17 +96,43 @@ def tiny_config(model_dir: str | os.PathLike, **overrides) -> dict:
     return config
 
 
-def run_snakemake(workdir: str | os.PathLike, config: dict, *args: str, check: bool = True,
-                  timeout: float = 900, gpus: int = 1) -> subprocess.CompletedProcess:
+def run_snakemake(
+    workdir: str | os.PathLike,
+    config: dict,
+    *args: str,
+    check: bool = True,
+    timeout: float = 900,
+    gpus: int = 1,
+) -> subprocess.CompletedProcess:
     """Run the real workflow in ``workdir`` with ``config`` written to workdir/config.yaml."""
     workdir = Path(workdir)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--configfile",
-           str(workdir / "config.yaml"), "--cores", "2", "--resources", f"gpu={gpus}", "--nocolor", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}"})
+    cmd = [
+        SNAKEMAKE,
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config.yaml"),
+        "--cores",
+        "2",
+        "--resources",
+        f"gpu={gpus}",
+        "--nocolor",
+        *args,
+    ]
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}"},
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+        raise AssertionError(
+            f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+        )
     return proc
 
 
@@ -86,8 +147,14 @@ def jobs_run(output: str) -> Counter:
     return Counter(re.findall(r"^(?:local)?rule (\w+):$", output, flags=re.M))
 
 
-def synthetic_shard(work: str | os.PathLike, n: int, frames: int = 4, width: int = 448, height: int = 448,
-                    distinct: int | None = None) -> tuple[Path, Path]:
+def synthetic_shard(
+    work: str | os.PathLike,
+    n: int,
+    frames: int = 4,
+    width: int = 448,
+    height: int = 448,
+    distinct: int | None = None,
+) -> tuple[Path, Path]:
     """A shard of ``n`` video records whose frames sit in the cache already, as the frames step leaves them:
     noise frames (``distinct`` files, records cycling over them), a manifest with the source metadata."""
     import numpy as np
@@ -103,12 +170,22 @@ def synthetic_shard(work: str | os.PathLike, n: int, frames: int = 4, width: int
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             np.save(path, rng.integers(0, 256, (frames, height, width, 3), dtype=np.uint8))
-        meta = {"fps": 30.0, "duration": frames / 2, "total_num_frames": frames * 15, "width": width,
-                "height": height, "frames_indices": [j * 15 for j in range(frames)]}
+        meta = {
+            "fps": 30.0,
+            "duration": frames / 2,
+            "total_num_frames": frames * 15,
+            "width": width,
+            "height": height,
+            "frames_indices": [j * 15 for j in range(frames)],
+        }
         videos.append({"path": f"v{i}.mp4", "frames": str(path), "meta": meta})
-    records = [{"video": [f"v{i}.mp4"], "conversation": [{"from": "human", "value": ""}], "n": i} for i in range(n)]
+    records = [
+        {"video": [f"v{i}.mp4"], "conversation": [{"from": "human", "value": ""}], "n": i} for i in range(n)
+    ]
     shard, manifest = write_records(work / f"shard{n}.jsonl", records), work / f"manifest{n}.json"
-    entries = [{"digest": record_digest(r), "videos": [videos[i % len(videos)]], "images": [], "error": None}
-               for i, r in enumerate(records)]
+    entries = [
+        {"digest": record_digest(r), "videos": [videos[i % len(videos)]], "images": [], "error": None}
+        for i, r in enumerate(records)
+    ]
     write_json(manifest, {"shard": "0", "records": entries})
     return shard, manifest

@@ -30,14 +30,18 @@ def test_links_and_copies(tmp_path):
 def test_keep_false_removes_each_shards_frames_once_captioned(tmp_path, tiny_model):
     for i in range(3):
         make_video(tmp_path / f"c{i}.mp4", seconds=1)
-    write_records(tmp_path / "records.json", [{"video": f"c{i}.mp4"} for i in range(3)] + [{"video": "gone.mp4"}])
+    write_records(
+        tmp_path / "records.json", [{"video": f"c{i}.mp4"} for i in range(3)] + [{"video": "gone.mp4"}]
+    )
     config = tiny_config(tiny_model, shards=2, frames={"keep": False})
     proc = run_snakemake(tmp_path, config)
     out = json.loads((tmp_path / "captions.json").read_text())
     assert [r["caption_meta"]["status"] != "error" for r in out] == [True, True, True, False]
     frames = tmp_path / "results" / "frames"
     assert not list(frames.glob("*.frames")) and not (frames / "cache").exists()
-    assert "frame cache: 2 files" in (tmp_path / "results/logs/merge_captions.log").read_text()  # the manifests
+    assert (
+        "frame cache: 2 files" in (tmp_path / "results/logs/merge_captions.log").read_text()
+    )  # the manifests
     assert "Removing temporary output" in proc.stdout + proc.stderr
     assert planned_jobs(tmp_path, config) == {}  # deleted frames do not make the build stale
     assert json.loads((tmp_path / "provenance.json").read_text())

@@ -129,8 +129,13 @@ def test_peak_memory_is_flat_in_the_shard_size(tiny_model, tmp_path):
     peaks = {}
     for n in (20, 200):
         shard, manifest = synthetic_shard(tmp_path, n, frames=16, width=448, height=448)
-        stats, peaks[n] = run_job(shard, manifest, tmp_path / f"out{n}.jsonl", vsettings.caption_job(config),
-                                  tmp_path / f"job{n}.log")
+        stats, peaks[n] = run_job(
+            shard,
+            manifest,
+            tmp_path / f"out{n}.jsonl",
+            vsettings.caption_job(config),
+            tmp_path / f"job{n}.log",
+        )
         assert stats["ok"] + stats["truncated"] == n, stats
     print(f"peak RSS: 20 records {peaks[20] / 2**20:.0f} MiB, 200 records {peaks[200] / 2**20:.0f} MiB")
     assert peaks[200] <= 1.3 * peaks[20], peaks
@@ -222,3 +227,18 @@ def test_cpu_build_on_a_node_with_gpus_is_refused(tiny_model, tmp_path, monkeypa
     cpu = vsettings.caption_job(job_config(tiny_model, engine={"device": "cpu"}))
     caption_shard(str(shard), str(manifest), str(tmp_path / "out.jsonl"), cpu)
     assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 2
+
+
+def test_frames_deleted_from_the_cache_are_extracted_again(tiny_model, tmp_path):
+    """frames.keep true, the cache deleted after the frames step (then e.g. the prompt changed): the caption
+    job extracts the frames again instead of failing with FileNotFoundError."""
+    import shutil
+
+    config = job_config(tiny_model, media_root=str(tmp_path))
+    shard, manifest = build_shard(tmp_path, 3, config)
+    shutil.rmtree(tmp_path / "cache")
+    settings = vsettings.caption_job(config, "0")
+    settings["frames_step"]["cache_dir"] = str(tmp_path / "cache")
+    stats, _ = run_job(shard, manifest, tmp_path / "out.jsonl", settings, tmp_path / "job.log")
+    assert stats["ok"] + stats["truncated"] == 3, stats
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 3

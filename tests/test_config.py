@@ -28,19 +28,30 @@ def test_defaults_come_from_the_schema_only():
 
 def test_python_holds_no_literal_defaults():
     """`git grep` finds each default once: no DEFAULT_* tables and no patch-factor literal outside budget.py."""
-    found = subprocess.run(["git", "grep", "-n", "-E", r"^DEFAULT_[A-Z]+ = \{", "--", "vidcap"], cwd=REPO,
-                           capture_output=True, text=True).stdout
+    found = subprocess.run(
+        ["git", "grep", "-n", "-E", r"^DEFAULT_[A-Z]+ = \{", "--", "vidcap"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert found == ""
-    literals = subprocess.run(["git", "grep", "-n", "-E", r"= 28\b|or 28\b", "--", "vidcap"], cwd=REPO,
-                              capture_output=True, text=True).stdout.splitlines()
+    literals = subprocess.run(
+        ["git", "grep", "-n", "-E", r"= 28\b|or 28\b", "--", "vidcap"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    ).stdout.splitlines()
     assert [line for line in literals if not line.startswith("vidcap/budget.py")] == []
 
 
-@pytest.mark.parametrize("given, message", [
-    ({"frames": {"fsp": 3}}, "unknown config key 'frames.fsp' (did you mean 'frames.fps'?)"),
-    ({"modle": "x"}, "unknown config key 'modle' (did you mean 'model'?)"),
-    ({"sampling": {"temprature": 0.1}}, "did you mean 'sampling.temperature'?"),
-])
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        ({"frames": {"fsp": 3}}, "unknown config key 'frames.fsp' (did you mean 'frames.fps'?)"),
+        ({"modle": "x"}, "unknown config key 'modle' (did you mean 'model'?)"),
+        ({"sampling": {"temprature": 0.1}}, "did you mean 'sampling.temperature'?"),
+    ],
+)
 def test_misspelt_keys_name_the_nearest_valid_one(given, message):
     with pytest.raises(config.ConfigError) as error:
         config.check_keys(given)

@@ -24,8 +24,19 @@ def setup_project(work: Path) -> None:
 def kill_when(work: Path, config: dict, ready, timeout: float = 300) -> None:
     """Start the build, wait until ``ready(work)`` holds, then SIGKILL the whole process group."""
     (work / "config.yaml").write_text(yaml.safe_dump(config))
-    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(work), "--configfile",
-           str(work / "config.yaml"), "--cores", "2", "--resources", "gpu=1"]
+    cmd = [
+        SNAKEMAKE,
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(work),
+        "--configfile",
+        str(work / "config.yaml"),
+        "--cores",
+        "2",
+        "--resources",
+        "gpu=1",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + timeout
     try:
@@ -56,7 +67,9 @@ def reference(tmp_path_factory, tiny_model):
     return config, (work / "captions.json").read_bytes()
 
 
-@pytest.mark.parametrize("kill_point", [frames_running, caption_running], ids=["during-frames", "during-caption"])
+@pytest.mark.parametrize(
+    "kill_point", [frames_running, caption_running], ids=["during-frames", "during-caption"]
+)
 def test_rerun_after_kill_matches_uninterrupted_build(tmp_path, reference, kill_point):
     config, expected = reference
     setup_project(tmp_path)

@@ -23,6 +23,7 @@ from vidcap.frames import (
     FrameError,
     cache_key,
     cached_sample,
+    ensure_frames,
     extract_shard,
     load_frames,
     load_image,
@@ -302,16 +303,19 @@ def test_garbled_video_fails_under_decord_too(media):
 
 
 # ------------------------------------------------------------------------------------ budget
-def test_budget_lowers_fps_first_then_pixels():
-    params = {
-        "fps": 2.0,
-        "min_frames": 4,
-        "max_frames": 768,
-        "min_pixels": 128 * 784,
-        "max_pixels": 768 * 784,
-        "total_pixels": None,
-        "patch_factor": 28,
-    }
+BUDGET = {
+    "fps": 2.0,
+    "min_frames": 4,
+    "max_frames": 768,
+    "min_pixels": 128 * 784,
+    "max_pixels": 768 * 784,
+    "total_pixels": None,
+    "patch_factor": 28,
+}
+
+
+def test_budget_fps_first_lowers_fps_then_pixels():
+    params = {**BUDGET, "reduce": "fps_first"}
     free = budget.plan_video(600, 1080, 1920, {**params, "max_vision_tokens": None})
     assert free["n_frames"] == 768 and free["vision_tokens"] > 100_000
     fps_cut = budget.plan_video(600, 1080, 1920, {**params, "max_vision_tokens": 20_000})
@@ -325,6 +329,55 @@ def test_budget_lowers_fps_first_then_pixels():
         budget.plan_video(600, 1080, 1920, {**params, "max_vision_tokens": 0})
     qwen3 = budget.plan_video(10, 1080, 1920, {**params, "patch_factor": 32, "max_vision_tokens": None})
     assert qwen3["height"] % 32 == 0 and qwen3["width"] % 32 == 0
+
+
+def test_budget_pixels_first_shrinks_frames_then_lowers_fps():
+    params = {**BUDGET, "reduce": "pixels_first"}
+    free = budget.plan_video(600, 1080, 1920, {**params, "max_vision_tokens": None})
+    # 768 frames fit 100k tokens once frames shrink (still above min_pixels): the fps stays
+    px_cut = budget.plan_video(600, 1080, 1920, {**params, "max_vision_tokens": 100_000})
+    assert px_cut["n_frames"] == 768 and px_cut["vision_tokens"] <= 100_000
+    assert 128 * 784 <= px_cut["height"] * px_cut["width"] < free["height"] * free["width"]
+    assert "smaller frames" in px_cut["notes"][0]
+    # 20k tokens: frames at min_pixels (128 tokens a pair) and then fewer of them
+    both = budget.plan_video(600, 1080, 1920, {**params, "max_vision_tokens": 20_000})
+    assert (both["height"] // 28) * (both["width"] // 28) == pytest.approx(128, rel=0.1)
+    assert both["n_frames"] == 20_000 // ((both["height"] // 28) * (both["width"] // 28)) * 2 // 2 * 2
+    assert both["vision_tokens"] <= 20_000 and "lower fps" in both["notes"][0]
+    # the fps_first order keeps full-size frames instead
+    fps_cut = budget.plan_video(
+        600, 1080, 1920, {**params, "reduce": "fps_first", "max_vision_tokens": 20_000}
+    )
+    assert fps_cut["n_frames"] < both["n_frames"] and fps_cut["height"] == free["height"]
+    with pytest.raises(budget.BudgetError, match="frames.reduce"):
+        budget.plan_video(600, 1080, 1920, {**params, "reduce": "fps", "max_vision_tokens": 20_000})
+
+
+def test_pixels_first_size_matches_qwen_vl_utils():
+    # qwen_vl_utils.fetch_video: max_pixels = max(min(VIDEO_MAX_PIXELS, total_pixels / nframes * 2), ...)
+    qwen = pytest.importorskip("qwen_vl_utils.vision_process")
+    for seconds, tokens in [(60, 24_000), (20, 9_000), (300, 120_000)]:
+        plan = budget.plan_video(
+            seconds, 720, 1280, {**BUDGET, "reduce": "pixels_first", "max_vision_tokens": tokens}
+        )
+        n = plan["n_frames"]
+        cap = min(768 * 784, tokens * 784 / n * 2)
+        assert cap > 128 * 784 * 1.05  # the range where qwen only shrinks frames
+        assert (plan["height"], plan["width"]) == qwen.smart_resize(720, 1280, 28, 128 * 784, cap)
+
+
+def test_frames_capped_at_the_source_frame_count(tmp_path):
+    # qwen_vl_utils' smart_nframes: never more frames than the source has in the span
+    params = {**BUDGET, "reduce": "pixels_first", "max_vision_tokens": None}
+    assert budget.plan_video(10, 48, 64, params, source_frames=10)["n_frames"] == 10
+    assert budget.plan_video(10, 48, 64, params, source_frames=11)["n_frames"] == 10  # even, as Qwen
+    assert budget.plan_video(3, 48, 64, params, source_frames=3)["n_frames"] == 4  # the min_frames pad
+    assert budget.plan_video(10, 48, 64, params)["n_frames"] == 20
+    slow = counter_video(tmp_path / "one_fps.mp4", frames=10, rate=1, gop=4)
+    frames, meta = sample_video(str(slow), {**SMALL, "fps": 2.0})
+    assert len(frames) == 10 and meta["repeated_frames"] == 0
+    assert numbers(frames) == list(range(10)) == meta["frames_indices"]
+    assert any("no frame sent twice" in note for note in meta["notes"])
 
 
 def test_sampled_video_fits_its_budget(media):
@@ -475,3 +528,54 @@ def test_timeout_while_decoding_kills_ffmpeg(media):
             lambda i, f: None,
             deadline=time.monotonic(),
         )
+
+
+# ------------------------------------------------------------------------ missing cache, paths
+def test_ensure_frames_extracts_a_deleted_cache_again(media, tmp_path):
+    video = shutil.copy(media["cfr"], tmp_path / "clip.mp4")
+    write_records(tmp_path / "s.jsonl", [{"video": "clip.mp4"}, {"video": "gone.mp4"}])
+    settings = {
+        "media_root": str(tmp_path),
+        "keys": {},
+        "frames": SMALL,
+        "cache_dir": str(tmp_path / "cache"),
+    }
+    entry, missing = extract_shard(str(tmp_path / "s.jsonl"), str(tmp_path / "s.json"), settings)["records"]
+    first = numbers(load_frames(entry["videos"][0]))
+    shutil.rmtree(tmp_path / "cache")  # a user frees disk space; the prompt then changes
+    with pytest.raises(FileNotFoundError):
+        load_frames(entry["videos"][0])
+    again = ensure_frames(entry, settings)
+    assert again is entry and entry["error"] is None and entry["videos"][0]["cached"] is False
+    assert numbers(load_frames(entry["videos"][0])) == first
+    assert ensure_frames(missing, settings) == missing  # an error entry stays as it is
+    # the video itself deleted as well: the record's error, not a traceback
+    shutil.rmtree(tmp_path / "cache")
+    os.unlink(video)
+    ensure_frames(entry, settings)
+    assert entry["error"] == "clip.mp4: missing file" and entry["videos"][0]["error"] == "missing file"
+
+
+def test_media_root_only_refuses_paths_that_leave_it(media, tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copy(media["cfr"], root / "in.mp4")
+    outside = shutil.copy(media["cfr"], tmp_path / "out.mp4")
+    records = [
+        {"video": "in.mp4"},
+        {"video": str(outside)},
+        {"video": "../out.mp4"},
+        {"video": "sub/../../out.mp4"},
+        {"video": "~/out.mp4"},
+        {"video": "sub/../in.mp4"},
+    ]
+    write_records(tmp_path / "s.jsonl", records)
+    settings = {"media_root": str(root), "keys": {}, "frames": SMALL, "cache_dir": str(tmp_path / "cache")}
+    loose = extract_shard(str(tmp_path / "s.jsonl"), str(tmp_path / "a.json"), settings)["records"]
+    assert [r["error"] is None for r in loose] == [True, True, True, True, False, True]  # default: off
+    strict = extract_shard(
+        str(tmp_path / "s.jsonl"), str(tmp_path / "b.json"), {**settings, "media_root_only": True}
+    )["records"]
+    assert [r["error"] is None for r in strict] == [True, False, False, False, False, True]
+    assert "refused by media_root_only" in strict[1]["error"] and "absolute path" in strict[1]["error"]
+    assert "climbs out of media_root" in strict[3]["error"] and "(~)" in strict[4]["error"]

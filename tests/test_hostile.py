@@ -9,8 +9,16 @@ from helpers import make_video, run_snakemake, tiny_config, write_records
 
 pytestmark = pytest.mark.slow
 
-NASTY_NAMES = ["with space.mp4", "quote'single.mp4", 'quote"double.mp4', "semi;colon.mp4", "$(touch PWNED).mp4",
-               "-leading-dash.mp4", "视频 видео ビデオ.mp4", "back`tick`.mp4"]
+NASTY_NAMES = [
+    "with space.mp4",
+    "quote'single.mp4",
+    'quote"double.mp4',
+    "semi;colon.mp4",
+    "$(touch PWNED).mp4",
+    "-leading-dash.mp4",
+    "视频 видео ビデオ.mp4",
+    "back`tick`.mp4",
+]
 
 
 def ffmpeg(*args):
@@ -30,29 +38,101 @@ def build_corpus(work):
     cases.append(("clips/truncated.mp4", "not a readable media file"))
     (clips / "text.mp4").write_text("this is not a video\n" * 50)
     cases.append(("clips/text.mp4", "not a readable media file"))
-    ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:duration=1", "-c:a", "aac", "file:" + str(clips / "audio.mp4"))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:duration=1",
+        "-c:a",
+        "aac",
+        "file:" + str(clips / "audio.mp4"),
+    )
     cases.append(("clips/audio.mp4", "no video stream"))
     cases.append(("clips/missing.mp4", "missing file"))
     (clips / "folder.mp4").mkdir()
     cases.append(("clips/folder.mp4", "directory"))
 
     # awkward but valid
-    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10", "-t", "2", "-vf",
-           "setpts='if(lt(N,10),N*0.05/TB,0.5/TB+(N-10)*0.2/TB)'", "-fps_mode", "vfr", "-c:v", "libx264",
-           "-pix_fmt", "yuv420p", "file:" + str(clips / "vfr.mp4"))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=64x48:rate=10",
+        "-t",
+        "2",
+        "-vf",
+        "setpts='if(lt(N,10),N*0.05/TB,0.5/TB+(N-10)*0.2/TB)'",
+        "-fps_mode",
+        "vfr",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        "file:" + str(clips / "vfr.mp4"),
+    )
     make_video(clips / "rotated.mp4", seconds=1, size="96x64", extra=["-metadata:s:v", "rotate=90"])
     make_video(clips / "oneframe.mp4", seconds=0.1, size="64x48", rate=10)
     make_video(clips / "tenminutes.mp4", seconds=600, size="32x32", rate=2, source="testsrc")
-    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=63x47:rate=10", "-t", "1", "-c:v", "libx264", "-pix_fmt", "yuv444p",
-           "file:" + str(clips / "odd.mp4"))
-    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10", "-t", "1", "-c:v", "libvpx-vp9", "-b:v", "100k",
-           "file:" + str(clips / "clip.webm"))
-    ffmpeg("-f", "lavfi", "-i", "mandelbrot=size=64x48:rate=10", "-t", "1", "-c:v", "libx264", "-pix_fmt", "yuv420p",
-           "file:" + str(clips / "clip.mkv"))
-    ffmpeg("-f", "lavfi", "-i", "smptebars=size=64x48:rate=10", "-t", "1", "-c:v", "mpeg4",
-           "file:" + str(clips / "clip.avi"))
-    for name in ["vfr.mp4", "rotated.mp4", "oneframe.mp4", "tenminutes.mp4", "odd.mp4", "clip.webm", "clip.mkv",
-                 "clip.avi"]:
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=63x47:rate=10",
+        "-t",
+        "1",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv444p",
+        "file:" + str(clips / "odd.mp4"),
+    )
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=64x48:rate=10",
+        "-t",
+        "1",
+        "-c:v",
+        "libvpx-vp9",
+        "-b:v",
+        "100k",
+        "file:" + str(clips / "clip.webm"),
+    )
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "mandelbrot=size=64x48:rate=10",
+        "-t",
+        "1",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        "file:" + str(clips / "clip.mkv"),
+    )
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "smptebars=size=64x48:rate=10",
+        "-t",
+        "1",
+        "-c:v",
+        "mpeg4",
+        "file:" + str(clips / "clip.avi"),
+    )
+    for name in [
+        "vfr.mp4",
+        "rotated.mp4",
+        "oneframe.mp4",
+        "tenminutes.mp4",
+        "odd.mp4",
+        "clip.webm",
+        "clip.mkv",
+        "clip.avi",
+    ]:
         cases.append((f"clips/{name}", None))
     for name in NASTY_NAMES:
         shutil.copy(good, clips / name)
@@ -64,8 +144,10 @@ def build_corpus(work):
 
 def test_hostile_corpus(tmp_path, tiny_model):
     cases = build_corpus(tmp_path)
-    records = [{"video": [video], "conversation": [{"from": "human", "value": ""}], "n": i}
-               for i, (video, _) in enumerate(cases)]
+    records = [
+        {"video": [video], "conversation": [{"from": "human", "value": ""}], "n": i}
+        for i, (video, _) in enumerate(cases)
+    ]
     records.append({"video": [], "conversation": [{"from": "human", "value": ""}], "n": len(records)})
     cases.append((None, "no media"))
     write_records(tmp_path / "records.json", records)

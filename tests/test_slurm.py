@@ -26,12 +26,24 @@ from helpers import BIN, REPO, SNAKEMAKE, make_video, tiny_config, write_records
 SLURM_DIR = Path(__file__).resolve().parent / "slurm"
 SLURM_PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
 DEFAULT_PROFILE = REPO / "profiles" / "default" / "config.yaml"
-SLURM_BINARIES = ("munged", "munge", "unmunge", "slurmctld", "slurmd", "sinfo", "sbatch", "squeue",
-                  "scontrol", "scancel")
+SLURM_BINARIES = (
+    "munged",
+    "munge",
+    "unmunge",
+    "slurmctld",
+    "slurmd",
+    "sinfo",
+    "sbatch",
+    "squeue",
+    "scontrol",
+    "scancel",
+)
 MISSING = [name for name in SLURM_BINARIES if shutil.which(name) is None]
 needs_slurm = pytest.mark.skipif(
-    bool(MISSING), reason=f"Slurm binaries absent ({', '.join(MISSING)}): apt-get install slurm-wlm munge "
-                          "(scripts/install.sh --test does it)")
+    bool(MISSING),
+    reason=f"Slurm binaries absent ({', '.join(MISSING)}): apt-get install slurm-wlm munge "
+    "(scripts/install.sh --test does it)",
+)
 
 # The site-specific values of profiles/slurm, replaced by what fits the one test node: its partitions are
 # `cpu` and `gpu` (tests/slurm/start-slurm.sh), it has nproc CPUs (>= 2) and one stand-in GPU.
@@ -42,11 +54,19 @@ TEST_SITE = {
     },
 }
 # Faster polling than a real cluster wants: the plugin adds 10 s per idle status check on top of these.
-TEST_SPEED = {"slurm-init-seconds-before-status-checks": 1, "seconds-between-status-checks": 1,
-              "latency-wait": 5, "jobs": 2}
+TEST_SPEED = {
+    "slurm-init-seconds-before-status-checks": 1,
+    "seconds-between-status-checks": 1,
+    "latency-wait": 5,
+    "jobs": 2,
+}
 SNAKEMAKE_TIMEOUT = 240  # seconds; the Slurm run takes ~100 s on 2 busy cores
-ENV = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "HF_HUB_OFFLINE": "1",
-       "TRANSFORMERS_OFFLINE": "1"}
+ENV = {
+    **os.environ,
+    "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+}
 
 
 def hard_timeout(seconds: int) -> list[str]:
@@ -105,8 +125,17 @@ def profile_for_test_node(base: Path) -> Path:
 
 
 def snakemake_cmd(workdir: Path, configfile: Path, *args: str) -> list[str]:
-    return [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--configfile",
-            str(configfile), "--nocolor", *args]
+    return [
+        SNAKEMAKE,
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(configfile),
+        "--nocolor",
+        *args,
+    ]
 
 
 def make_dataset(workdir: Path, model: Path) -> Path:
@@ -114,8 +143,9 @@ def make_dataset(workdir: Path, model: Path) -> Path:
     records = []
     for i, source in enumerate(["testsrc2", "smptebars"]):
         make_video(workdir / f"clips/clip {i}.mp4", seconds=1.0, source=source)
-        records.append({"video": [f"clips/clip {i}.mp4"], "conversation": [{"from": "human", "value": ""}],
-                        "id": i})
+        records.append(
+            {"video": [f"clips/clip {i}.mp4"], "conversation": [{"from": "human", "value": ""}], "id": i}
+        )
     write_records(workdir / "records.json", records)
     config = tiny_config(model, shards=1)  # greedy (temperature 0): a rerun anywhere gives the same text
     configfile = workdir / "config.yaml"
@@ -200,8 +230,10 @@ def slurm_run(slurm_cluster, tiny_model, tmp_path_factory) -> SlurmRun:
     workdir.mkdir()
     configfile = make_dataset(workdir, tiny_model)
     profile = profile_for_test_node(base)
-    cmd = [*hard_timeout(SNAKEMAKE_TIMEOUT),
-           *snakemake_cmd(workdir, configfile, "--workflow-profile", str(profile))]
+    cmd = [
+        *hard_timeout(SNAKEMAKE_TIMEOUT),
+        *snakemake_cmd(workdir, configfile, "--workflow-profile", str(profile)),
+    ]
     out_path, err_path = base / "snakemake.out", base / "snakemake.err"
     started = time.monotonic()
     with open(out_path, "w") as out, open(err_path, "w") as err:
@@ -219,13 +251,25 @@ def slurm_run(slurm_cluster, tiny_model, tmp_path_factory) -> SlurmRun:
     for job in jobs:
         job["record"] = scontrol_job(job["id"])
     print(f"slurm run: {seconds:.1f} s, jobs: {[(j['id'], j['rule'], j['state']) for j in jobs]}")
-    assert proc.returncode == 0, \
+    assert proc.returncode == 0, (
         f"slurm run failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-8000:]}"
-    return SlurmRun(workdir, configfile, profile, proc, seconds, local_output, jobs, cancelled_id,
-                    running_record, output_at_cancel)
+    )
+    return SlurmRun(
+        workdir,
+        configfile,
+        profile,
+        proc,
+        seconds,
+        local_output,
+        jobs,
+        cancelled_id,
+        running_record,
+        output_at_cancel,
+    )
 
 
 # ---- the slow tests: real daemons ------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 @needs_slurm
@@ -287,8 +331,20 @@ def test_tensor_parallel_2_asks_slurm_for_two_gpus(slurm_run, tmp_path):
     configfile = work / "config.yaml"
     configfile.write_text(yaml.safe_dump(config), encoding="utf-8")
     target = "results/captions/0000.jsonl"
-    proc = run(snakemake_cmd(work, configfile, "--workflow-profile", str(slurm_run.profile), "--retries", "0",
-                             "--forcerun", "caption_shard", target), 120)
+    proc = run(
+        snakemake_cmd(
+            work,
+            configfile,
+            "--workflow-profile",
+            str(slurm_run.profile),
+            "--retries",
+            "0",
+            "--forcerun",
+            "caption_shard",
+            target,
+        ),
+        120,
+    )
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0, log
     assert "SLURM sbatch failed" in log and "Requested node configuration is not available" in log, log
@@ -296,6 +352,7 @@ def test_tensor_parallel_2_asks_slurm_for_two_gpus(slurm_run, tmp_path):
 
 
 # ---- fast: profiles parsed by Snakemake, no daemons --------------------------------------------------------
+
 
 def dry_run_resources(workdir: Path, config: dict, *args: str) -> tuple[str, dict]:
     """Run `snakemake --dry-run` and return its log and the resources it planned per rule."""

@@ -135,9 +135,11 @@ def test_caption_jobs_inside_an_allocation_hold_different_gpus(tiny_model, tmp_p
         make_video(tmp_path / f"v{i}.mp4", seconds=1, source=SOURCES[i])
         records.append({"video": [f"v{i}.mp4"], "id": i})
     write_records(tmp_path / "records.json", records)
-    config = tiny_config(tiny_model, shards=2)
+    # one core per job, so both caption jobs run at once on the 2 cores (their engines overlap for ~30 s)
+    config = tiny_config(tiny_model, shards=2, frames={"threads": 1}, engine={"threads": 1})
     run_snakemake(tmp_path, config, gpus=2)
     devices = [
-        json.loads(p.read_text())["devices"] for p in sorted((tmp_path / "results" / "captions").glob("*.stats.json"))
+        json.loads(p.read_text())["devices"]
+        for p in sorted((tmp_path / "results" / "captions").glob("*.stats.json"))
     ]
     assert sorted(d for held in devices for d in held) == ["0", "1"], devices

@@ -10,15 +10,23 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vidcap", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    tiny = sub.add_parser("tiny-model", help="build a random-weight Qwen-VL checkpoint (gibberish captions): "
-                          "tiny for tests, or a real model's architecture for GPU speed measurements")
+    tiny = sub.add_parser(
+        "tiny-model",
+        help="build a random-weight Qwen-VL checkpoint (gibberish captions): "
+        "tiny for tests, or a real model's architecture for GPU speed measurements",
+    )
     tiny.add_argument("dir")
     tiny.add_argument("--arch", choices=["qwen2_vl", "qwen2_5_vl", "qwen3_vl"], default="qwen2_vl")
-    tiny.add_argument("--size", default="tiny", help="tiny (default), or a published model's dimensions: "
-                      "7b for qwen2_vl and qwen2_5_vl, 8b for qwen3_vl (about 16 GB of bf16 weights, "
-                      "written shard by shard)")
-    tiny.add_argument("--config-only", action="store_true",
-                      help="config, tokenizer and processor, no weights")
+    tiny.add_argument(
+        "--size",
+        default="tiny",
+        help="tiny (default), or a published model's dimensions: "
+        "7b for qwen2_vl and qwen2_5_vl, 8b for qwen3_vl (about 16 GB of bf16 weights, "
+        "written shard by shard)",
+    )
+    tiny.add_argument(
+        "--config-only", action="store_true", help="config, tokenizer and processor, no weights"
+    )
     errors = sub.add_parser(
         "errors",
         help="error records of a finished build, their reasons, and the "

@@ -23,6 +23,7 @@ from vidcap.backends import Answer, OfflineBackend, ServerBackend
 from vidcap.budget import geometry_for
 from vidcap.config import with_defaults
 from vidcap.engine import EngineFailure, is_too_long, start_engine
+from vidcap.frames import ensure_frames
 from vidcap.journal import Journal, journal_path, record_key
 from vidcap.prompts import Pending, chat_template, sampling_seed, vision_tokens
 from vidcap.provenance import canonical_hash
@@ -87,6 +88,8 @@ def plan_records(shard_path: str, manifest_path: str, settings: dict) -> tuple[l
         entry, digest = entries[slot], record_digest(record)
         if entry["digest"] != digest:
             raise RuntimeError(f"{manifest_path}: entry {slot} belongs to another record: stale manifest")
+        if settings.get("frames_step") and not entry["error"]:  # cache files deleted since the frames step
+            ensure_frames(entry, settings["frames_step"])
         frames = sum(len(v["meta"]["frames_indices"]) for v in entry["videos"] if "meta" in v)
         meta = {
             "status": "error",

@@ -1,208 +1,55 @@
 """Decoding the frames shown at given times, with ffmpeg (subprocess) or decord.
 
-``probe`` reads the stream facts and every packet's presentation time and keyframe flag (demuxing
-only, no decoding), so sampling works on time stamps: the frame taken for time t is the last frame
-whose time stamp is <= t, which stays right for variable frame rate. ``plan_runs`` groups the wanted
-frames into decode runs: a run starts at a seek (to the keyframe before its first frame) and decodes
-forward; a new run starts only when a keyframe lies well past the current position, so dense sampling
-is one decoding pass and sparse sampling skips whole GOPs. In ffmpeg, the select filter drops unwanted
-frames right after decoding; only the wanted ones are rotated, scaled (libswscale, pixel aspect
-applied) and converted to RGB, and each is handed over as it arrives. ffmpeg's fps= filter is not
-used: it takes the frame after each time stamp. Every failure raises FrameError with a readable reason.
+``probe`` (probe.py) gives the time stamps of the frames a player shows, so sampling works on time: the
+frame taken for time t is the last frame whose time stamp is <= t, right for variable frame rate too.
+``plan_runs`` groups the wanted frames into decode runs: a run seeks to the keyframe before its first
+frame and decodes forward; a new run starts only when a keyframe lies well past the current position,
+so dense sampling is one decoding pass and sparse sampling skips whole GOPs.
+
+In ffmpeg (argument lists built with ffmpeg-python) the select filter keeps the wanted frames by their
+presentation time stamp (``-copyts``: the stamps the probe read), so it does not matter where a seek
+lands or whether the decoder drops undecodable leading pictures; streams without presentation times
+(AVI) are read from the start and picked by decoded frame number. Only the kept frames are scaled
+(libswscale, pixel aspect applied), converted to RGB and handed over as they arrive. A run that
+yields fewer frames than asked raises FrameMismatch: the caller then reads the frame times from the
+decoder itself and samples again. ffmpeg's fps= filter is not used: it takes the frame after each
+time stamp. Every failure raises FrameError with a readable reason.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import subprocess
 import threading
 import time
 from bisect import bisect_right
+from typing import Self
 
+import ffmpeg
 import numpy as np
 
+from vidcap.probe import EXACT_SEEK_FORMATS, FrameError, ffmpeg_url, last_line, probe
+
+__all__ = [
+    "EXACT_SEEK_FORMATS",
+    "FrameError",
+    "FrameMismatch",
+    "Prestarted",
+    "decode_decord",
+    "decode_ffmpeg",
+    "decoded_frames",
+    "ffmpeg_url",
+    "frames_shown_at",
+    "plan_runs",
+    "probe",
+    "sample_times",
+]
+
 SEEK_COST_FRAMES = 48  # a new seek (process start, demuxer seek) costs about this many decoded frames
-# containers with a sample index, where a seek lands on the keyframe asked for; others (MPEG-TS/PS,
-# raw streams) seek by byte position and may land late, so they are always read from the start
-EXACT_SEEK_FORMATS = ("mov", "mp4", "matroska", "webm")
 
 
-class FrameError(Exception):
-    """A video or image cannot be used; the message is the record's error reason."""
-
-
-def _last_line(text: str | bytes, default: str, first: bool = False) -> str:
-    """One readable line of ffmpeg's stderr: "[h264 @ 0x55..] msg" becomes "h264: msg", paths dropped.
-
-    ``first``: the first line that names a component (the decoder's own complaint comes first;
-    the last lines are consequences such as "Error marking filters as finished").
-    """
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
-    lines = []
-    for line in text.strip().splitlines():
-        line = re.sub(r"^\[(\w[\w,]*) @ 0x[0-9a-f]+\] ", r"\1: ", line.strip())
-        line = re.sub(r"^file:\S*?: ", "", line)
-        if line:
-            lines.append(line)
-    if not lines:
-        return default
-    named = [line for line in lines if re.match(r"^\w[\w,]*: ", line)]
-    return ((named or lines)[0] if first else lines[-1])[:300]
-
-
-def ffmpeg_url(path: str) -> str:
-    # "file:" stops ffmpeg from reading "a:b.mp4" as protocol "a"; absolute paths defeat leading dashes
-    return "file:" + os.path.abspath(path)
-
-
-def _run(cmd: list[str], deadline: float, what: str) -> subprocess.CompletedProcess:
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise FrameError(f"timeout: {what} not finished within the per-video limit")
-    try:
-        return subprocess.run(
-            cmd, capture_output=True, timeout=remaining, stdin=subprocess.DEVNULL, check=False
-        )
-    except subprocess.TimeoutExpired:
-        raise FrameError(f"timeout: {what} not finished within the per-video limit") from None
-
-
-# ----------------------------------------------------------------------------------------- probe
-def probe(path: str, deadline: float) -> dict:
-    """Display size (rotation and pixel aspect applied), frame time stamps, keyframes, codec facts."""
-    if not os.path.exists(path):
-        raise FrameError("missing file")
-    if os.path.isdir(path):
-        raise FrameError("not a file (a directory)")
-    if os.path.getsize(path) == 0:
-        raise FrameError("empty file (0 bytes)")
-    url = ffmpeg_url(path)
-    proc = _run(
-        ["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json", url], deadline, "probe"
-    )
-    info = json.loads(proc.stdout or b"{}") if proc.returncode == 0 else {}
-    if proc.returncode != 0 or not info.get("format"):
-        reason = _last_line(proc.stderr, "unrecognised format")
-        if b"moov atom not found" in proc.stderr and _starts_like_mp4(path):  # the index sits at the end
-            raise FrameError(
-                "truncated file: not a readable media file (ffprobe: moov atom not found, "
-                "the MP4 index at the end of the file is missing)"
-            )
-        raise FrameError(f"not a readable media file (ffprobe: {reason})")
-    streams = info.get("streams", [])
-    videos = [
-        s
-        for s in streams
-        if s.get("codec_type") == "video" and not s.get("disposition", {}).get("attached_pic")
-    ]
-    if not videos:
-        kinds = sorted({s.get("codec_type", "?") for s in streams})
-        raise FrameError(f"no video stream (streams: {', '.join(kinds) or 'none'})")
-    stream = videos[0]
-    coded_w, coded_h = int(stream.get("width") or 0), int(stream.get("height") or 0)
-    if coded_w <= 0 or coded_h <= 0:
-        raise FrameError("video stream has no frame size (codec not decodable here?)")
-    width, height = coded_w, coded_h
-    sar = _ratio(stream.get("sample_aspect_ratio"), ":")
-    if sar and abs(sar - 1) > 1e-3:
-        width = max(1, round(width * sar))
-    rotation = _rotation(stream)
-    if rotation % 180 == 90:
-        width, height = height, width
-
-    proc = _run(
-        [
-            "ffprobe",
-            "-v",
-            "error",
-            "-select_streams",
-            str(stream["index"]),
-            "-show_entries",
-            "packet=pts_time,dts_time,flags",
-            "-of",
-            "csv=p=0",
-            url,
-        ],
-        deadline,
-        "reading packet times",
-    )
-    times, keys = _packet_times(proc.stdout.decode("ascii", "replace"))
-    if not times:
-        raise FrameError(f"decode error: no video packets ({_last_line(proc.stderr, 'empty stream')})")
-    header_frames = int(stream.get("nb_frames") or 0)
-    if header_frames and len(times) < header_frames:
-        raise FrameError(
-            f"truncated file: {len(times)} of {header_frames} frames present "
-            f"({_last_line(proc.stderr, 'stream ends early')})"
-        )
-    avg_fps = _ratio(stream.get("avg_frame_rate"), "/") or _ratio(stream.get("r_frame_rate"), "/") or 25.0
-    gaps = np.diff(times)
-    frame_seconds = float(np.median(gaps)) if len(gaps) else 1.0 / avg_fps
-    duration = times[-1] - times[0] + frame_seconds
-    return {
-        "width": width,
-        "height": height,
-        "coded_width": coded_w,
-        "coded_height": coded_h,
-        "rotation": rotation,
-        "times": times,
-        "keyframes": keys,
-        "fps": len(times) / duration,
-        "duration": duration,
-        "start_time": float(info["format"].get("start_time") or 0.0),
-        "stream_index": int(stream["index"]),
-        "codec": stream.get("codec_name"),
-        "pix_fmt": stream.get("pix_fmt"),
-        "sar": sar or 1.0,
-        "format": info["format"].get("format_name"),
-        "exact_seek": any(f in EXACT_SEEK_FORMATS for f in info["format"].get("format_name", "").split(",")),
-        "vfr": bool(len(gaps)) and float(gaps.max() - gaps.min()) > 0.5 * frame_seconds,
-    }
-
-
-def _starts_like_mp4(path: str) -> bool:
-    with open(path, "rb") as handle:
-        return handle.read(12)[4:8] == b"ftyp"
-
-
-def _packet_times(text: str) -> tuple[list[float], list[int]]:
-    """Presentation-ordered frame times and the positions (in that order) of keyframes."""
-    rows = []
-    for line in text.splitlines():
-        parts = line.strip().split(",")
-        if len(parts) < 3:
-            continue
-        pts, dts, flags = parts[0], parts[1], parts[2]
-        if "D" in flags:  # discarded by the demuxer (edit list): never shown
-            continue
-        stamp = pts if pts not in ("", "N/A") else dts
-        try:
-            rows.append((float(stamp), "K" in flags))
-        except ValueError:
-            continue
-    rows.sort(key=lambda r: r[0])
-    return [t for t, _ in rows], [i for i, (_, k) in enumerate(rows) if k]
-
-
-def _ratio(text: str | None, sep: str) -> float:
-    try:
-        num, den = (float(x) for x in (text or "").split(sep))
-        return num / den if den and num else 0.0
-    except ValueError:
-        return 0.0
-
-
-def _rotation(stream: dict) -> int:
-    for side in stream.get("side_data_list", []) or []:
-        if "rotation" in side:
-            return round(float(side["rotation"])) % 360
-    try:
-        return int(stream.get("tags", {}).get("rotate", 0)) % 360
-    except ValueError:
-        return 0
+class FrameMismatch(FrameError):
+    """The decoder did not output a frame the packets promised (dropped leading picture, odd stream)."""
 
 
 # ------------------------------------------------------------------------------------- planning
@@ -249,6 +96,9 @@ def decoded_frames(runs: list[tuple[int, int]], keyframes: list[int]) -> int:
 
 
 # -------------------------------------------------------------------------------------- ffmpeg
+FFMPEG = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error"]
+
+
 def decode_ffmpeg(
     path: str,
     info: dict,
@@ -258,73 +108,163 @@ def decode_ffmpeg(
     deliver,
     deadline: float,
     threads: int = 0,
+    strict: bool = True,
+    prestarted: Prestarted | None = None,
 ) -> dict:
     """Decode the wanted frames (sorted, distinct) run by run; ``deliver(index, frame)`` for each.
 
-    Inside a run ffmpeg's select filter drops the unwanted frames right after decoding, so only the
-    sampled frames are scaled, converted to RGB and piped.
+    When a run gives fewer frames than asked: ``strict`` raises FrameMismatch (after delivering those
+    it got); otherwise each missing frame repeats the last one delivered (``deliver(index, None)``).
+    ``prestarted``: an ffmpeg already started for this file, used for a first run that needs no seek.
     """
-    runs = plan_runs(wanted, info["keyframes"]) if info["exact_seek"] else [(0, wanted[-1])]
-    times = info["times"]
+    seekable = info["timed"] and info["exact_seek"]
+    runs = plan_runs(wanted, info["keyframes"]) if seekable else [(wanted[0], wanted[-1])]
     warnings = []
     for first, last in runs:
         picks = [i for i in wanted if first <= i <= last]
-        cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-threads", str(threads)]
-        if first > 0:
-            # accurate seek: demuxer jumps to the keyframe before, decoder discards frames before this
-            # time; halfway to the previous frame's time so rounding never drops the wanted frame
-            seek = (times[first - 1] + times[first]) / 2 - info["start_time"]
-            cmd += ["-ss", f"{max(seek, 0.0):.6f}"]
-        chain = f"scale={width}:{height}:flags=bicubic,format=rgb24"
-        if len(picks) < last - first + 1:  # n counts the run's decoded frames from 0
-            chain = f"select='{_pick_expression([i - first for i in picks])}'," + chain
-        cmd += [
-            "-i",
-            ffmpeg_url(path),
-            "-map",
-            f"0:{info['stream_index']}",
-            "-an",
-            "-sn",
-            "-dn",
-            "-vf",
-            chain,
-            "-fps_mode",
-            "passthrough",
-            "-frames:v",
-            str(len(picks)),
-            "-f",
-            "rawvideo",
-            "pipe:",
-        ]
-        got, stderr = _read_run(cmd, picks, width, height, deliver, deadline)
+        seek = _seek_seconds(info, picks[0]) if seekable else None
+        if prestarted and first == runs[0][0] and seek is None:
+            process = prestarted.feed(run_graph(info, picks, width, height))
+        else:
+            cmd = ffmpeg_command(path, info, picks, width, height, threads, seek)
+            process = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+            )
+        got, stderr = _read_run(process, picks, width, height, deliver, deadline)
         if stderr:
-            warnings.append(_last_line(stderr, ""))
-        if got == 0 and first == runs[0][0]:
-            raise FrameError(f"decode error: {_last_line(stderr, 'no frame could be decoded', first=True)}")
-        if got < len(picks):  # the decoder stopped early: later wanted frames repeat the last one delivered
-            warnings.append(f"decoder gave {got} of {len(picks)} frames in {first}..{last}")
+            warnings.append(last_line(stderr, ""))
+        if got < len(picks):
+            message = f"decoder gave {got} of {len(picks)} frames in {first}..{last}"
+            if strict:
+                raise FrameMismatch(message)
+            if got == 0 and first == runs[0][0]:
+                raise FrameError(
+                    f"decode error: {last_line(stderr, 'no frame could be decoded', first=True)}"
+                )
+            warnings.append(message)
             for idx in picks[got:]:
                 deliver(idx, None)
     return {
         "runs": len(runs),
-        "decoded_frames": decoded_frames(runs, info["keyframes"]),
+        "decoded_frames": decoded_frames(runs, info["keyframes"] if seekable else [0]),
         "warnings": [w for w in warnings if w][:5],
     }
 
 
-def _pick_expression(picks: list[int]) -> str:
-    """A select expression true for frame numbers in ``picks`` (sorted): a binary search, so each
-    frame costs log2(len) comparisons and nesting stays shallow (ffmpeg's parser allows ~100 levels,
-    a flat a+b+c chain of 100 terms already fails)."""
+def _seek_seconds(info: dict, first: int) -> float | None:
+    """Where a run starting at frame ``first`` seeks: its keyframe (the demuxer lands there or on an
+    earlier one, never later); None from the start of the file."""
+    keyframes = info["keyframes"]
+    k = keyframes[bisect_right(keyframes, first) - 1] if keyframes and keyframes[0] <= first else 0
+    return max(info["times"][k] - info["start_time"], 0.0) if k > 0 else None
+
+
+def _input(path: str, threads: int, seek: float | None = None):
+    # -copyts: the filters see the demuxer's own time stamps, the ones the probe listed; frames
+    # before the seek point are dropped by the select filter, not by -ss
+    options = {"threads": threads, "copyts": None, "noaccurate_seek": None}
+    if seek is not None:
+        options["ss"] = f"{seek:.6f}"
+    return ffmpeg.input(ffmpeg_url(path), **options)
+
+
+def _filters(stream, info: dict, picks: list[int], width: int, height: int):
+    """Keep ``picks`` (by time stamp, or by frame number when the stream has none), scale, RGB.
+
+    The trim ends the run after its last pick, so a frame that never comes cannot make it read on.
+    """
+    if info["timed"]:
+        stream = stream.filter("trim", end_pts=info["pts"][picks[-1]] + 1)
+        stream = stream.filter("select", _pick_expression([info["pts"][i] for i in picks], "pts"))
+    else:  # read from the start: n counts decoded frames from 0
+        stream = stream.filter("trim", end_frame=picks[-1] + 1)
+        if len(picks) < picks[-1] + 1:
+            stream = stream.filter("select", _pick_expression(picks, "n"))
+    return stream.filter("scale", width, height, flags="bicubic").filter("format", "rgb24")
+
+
+def ffmpeg_command(
+    path: str,
+    info: dict,
+    picks: list[int],
+    width: int,
+    height: int,
+    threads: int = 0,
+    seek: float | None = None,
+) -> list[str]:
+    """ffmpeg's argument list for one run: decode, keep ``picks``, scale, raw RGB to stdout."""
+    stream = _filters(_input(path, threads, seek)[str(info["stream_index"])], info, picks, width, height)
+    out = ffmpeg.output(
+        stream, "pipe:", format="rawvideo", fps_mode="passthrough", **{"frames:v": len(picks)}
+    )
+    return out.compile(cmd=FFMPEG)
+
+
+def run_graph(info: dict, picks: list[int], width: int, height: int) -> str:
+    """The filter graph of a first run, its output labelled [out] (what Prestarted maps)."""
+    stream = _filters(ffmpeg.input("-")[str(info["stream_index"])], info, picks, width, height)
+    args = ffmpeg.output(stream, "pipe:").get_args()
+    graph, label = args[args.index("-filter_complex") + 1], args[args.index("-map") + 1]
+    assert graph.endswith(label), (graph, label)
+    return graph[: -len(label)] + "[out]"
+
+
+class Prestarted:
+    """An ffmpeg started for a file before its probe has finished.
+
+    Starting ffmpeg costs about as much as probing a short clip (it loads a few dozen libraries), so it
+    starts alongside the probe and waits for its filter graph on stdin (-filter_complex_script
+    pipe:0); the first run always starts at the first frame, with no seek, so nothing else in its
+    command depends on the probe.
+    """
+
+    def __init__(self, path: str, threads: int = 0):
+        out = _input(path, threads).output("pipe:1", map="[out]", format="rawvideo", fps_mode="passthrough")
+        cmd = out.compile(cmd=[*FFMPEG, "-filter_complex_script", "pipe:0"])
+        self.process = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        self.used = False
+
+    def feed(self, graph: str) -> subprocess.Popen:
+        self.used = True
+        try:
+            self.process.stdin.write(graph.encode("utf-8"))
+            self.process.stdin.close()
+        except BrokenPipeError:  # ffmpeg already gave up; _read_run reports its stderr
+            pass
+        return self.process
+
+    def close(self) -> None:
+        """Stop it if nobody used it (the probe failed, another backend, a seek first)."""
+        if not self.used and self.process.poll() is None:
+            self.process.kill()
+        for pipe in (self.process.stdin, self.process.stdout, self.process.stderr):
+            if pipe and not pipe.closed:
+                pipe.close()
+        self.process.wait()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _pick_expression(picks: list[int], var: str = "n") -> str:
+    """A select expression true when ``var`` (n: frame number, pts: time stamp) is in ``picks``
+    (sorted): a binary search, so each frame costs log2(len) comparisons and nesting stays shallow
+    (ffmpeg's parser allows ~100 levels, a flat a+b+c chain of 100 terms already fails)."""
     if len(picks) == 1:
-        return f"eq(n,{picks[0]})"
+        return f"eq({var},{picks[0]})"
     mid = len(picks) // 2
-    return f"if(lt(n,{picks[mid]}),{_pick_expression(picks[:mid])},{_pick_expression(picks[mid:])})"
+    low, high = _pick_expression(picks[:mid], var), _pick_expression(picks[mid:], var)
+    return f"if(lt({var},{picks[mid]}),{low},{high})"
 
 
-def _read_run(cmd, picks, width, height, deliver, deadline):
-    """Run one ffmpeg run, delivering its frames as they arrive; returns (frames read, stderr text)."""
-    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+def _read_run(process: subprocess.Popen, picks, width, height, deliver, deadline):
+    """Read one run's frames from a started ffmpeg, delivering them as they arrive; returns (frames
+    read, stderr text)."""
     errors: list[bytes] = []
     reader = threading.Thread(target=lambda: errors.append(process.stderr.read()), daemon=True)
     reader.start()
@@ -384,7 +324,7 @@ def decode_decord(
     except Exception as exc:  # noqa: BLE001 -- decord raises DECORDError / RuntimeError with C++ traces
         raise FrameError(f"decode error (decord): {_decord_reason(exc)}") from None
     if total != len(info["times"]):
-        raise FrameError(f"decode error (decord): {total} frames, the container lists {len(info['times'])}")
+        raise FrameMismatch(f"{total} frames, a player shows {len(info['times'])}")
     for start in range(0, len(wanted), chunk):
         if time.monotonic() > deadline:
             raise FrameError("timeout: decoding not finished within the per-video limit")

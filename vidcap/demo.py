@@ -21,9 +21,29 @@ DEMO_CLIPS = [
 def make_clip(path: Path, source: str, seconds: float) -> None:
     """Encode a lavfi source to H.264; argument list only, never a shell string."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["ffmpeg", "-nostdin", "-y", "-loglevel", "error", "-f", "lavfi", "-i", source,
-                    "-t", str(seconds), "-pix_fmt", "yuv420p", "-c:v", "libx264", "-g", "10", str(path)],
-                   check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-y",
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            source,
+            "-t",
+            str(seconds),
+            "-pix_fmt",
+            "yuv420p",
+            "-c:v",
+            "libx264",
+            "-g",
+            "10",
+            str(path),
+        ],
+        check=True,
+    )
 
 
 def make_demo(out_dir: str | Path) -> Path:
@@ -35,8 +55,13 @@ def make_demo(out_dir: str | Path) -> Path:
         if not clip.exists():
             make_clip(clip, source, seconds)
         records.append({"video": [f"clips/{name}"], "conversation": [{"from": "human", "value": ""}]})
-    records.append({"video": ["clips/missing.mp4"], "conversation": [{"from": "human", "value": ""}],
-                    "note": "this video does not exist: its record shows caption_meta.status = error"})
+    records.append(
+        {
+            "video": ["clips/missing.mp4"],
+            "conversation": [{"from": "human", "value": ""}],
+            "note": "this video does not exist: its record shows caption_meta.status = error",
+        }
+    )
     path = out_dir / "records.json"
     write_json(path, records)
     return path

@@ -1,15 +1,18 @@
 """Sampling frames from videos (and loading images) into a per-file cache.
 
-For each video: probe the stream (frame time stamps, keyframes; see decode.py), choose how many frames
-and how large under the token budget (budget.py), take the frames shown at evenly spaced times, scaled
-inside the decoder, and store them as a uint8 THWC ``.npy`` array (written as they are decoded) with a
-JSON sidecar of metadata. The cache key covers the file's identity (path, size, mtime) and the frame
-parameters, so a video moved to another shard, reordered or listed twice is decoded once, and changing
-``frames.*`` re-extracts. Every failure becomes a readable per-record reason.
+For each video: probe the frames a player shows (time stamps, keyframes; probe.py), choose how many
+frames and how large under the token budget (budget.py), take the frames shown at evenly spaced times,
+scaled inside the decoder (decode.py), and store them as a uint8 THWC ``.npy`` array (written as they
+are decoded) with a JSON sidecar of metadata. The cache key covers the file's identity (path, size,
+mtime) and the frame parameters, so a video moved to another shard, reordered or listed twice is
+decoded once, and changing ``frames.*`` re-extracts. ``ensure_frames`` extracts again what was deleted
+from the cache. Every failure becomes a readable per-record reason; with ``media_root_only`` a path
+leaving media_root is one (media_paths.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -24,8 +27,10 @@ import numpy as np
 from vidcap import budget, decode
 from vidcap.atomic import atomic_open, iter_jsonl, read_json, write_json
 from vidcap.budget import FRAME_FACTOR
+from vidcap.config import defaults, with_defaults
 from vidcap.decode import FrameError
-from vidcap.config import with_defaults
+from vidcap.media_paths import escapes_root
+from vidcap.npystream import NpyStream
 from vidcap.records import media_list, record_digest, resolve_media
 
 PATCH_FACTOR = budget.QWEN2_PATCH_FACTOR
@@ -33,7 +38,9 @@ __all__ = [
     "FRAME_FACTOR",
     "PATCH_FACTOR",
     "FrameError",
+    "NpyStream",
     "cached_sample",
+    "ensure_frames",
     "extract_shard",
     "load_frames",
     "load_image",
@@ -56,7 +63,7 @@ def smart_resize(
         raise FrameError(str(exc)) from None
 
 
-CACHE_VERSION = 2  # bump when the sampled frames for the same parameters would change
+CACHE_VERSION = 3  # bump when the sampled frames for the same parameters would change
 
 
 # ---------------------------------------------------------------------------------------- decode
@@ -64,14 +71,48 @@ def sample_video(path: str, params: dict, out=None) -> tuple[np.ndarray, dict]:
     """Sample frames from one video: (uint8 array T x H x W x 3, metadata for the model).
 
     With ``out`` (an NpyStream) the frames are written to it as they are decoded and the returned
-    array is None: memory stays at a frame or two, whatever the video's length.
+    array is None: memory stays at a frame or two, whatever the video's length. Frame times come
+    from the packets; if the decoder does not output a frame they promised, the times are read from
+    the decoder itself (a full decode) and the video is sampled again from those.
     """
     params = with_defaults("frames", params)
     started = time.monotonic()
     deadline = started + float(params["timeout"])
-    info = decode.probe(path, deadline)
+    threads = int(params["decoder_threads"])
+    prestart = params["backend"] == "ffmpeg" and os.path.isfile(path)
+    with decode.Prestarted(path, threads) if prestart else contextlib.nullcontext() as prestarted:
+        info = decode.probe(path, deadline)
+        backend = params["backend"]
+        notes = []
+        if backend == "decord" and not (info["exact_seek"] and info["timed"] and not info["open_gop"]):
+            # decord loses the first GOP(s) of MPEG-TS and other index-less containers, and after a
+            # seek it misses open-GOP pictures that reference the GOP before
+            backend = "ffmpeg"
+            what = "open-GOP streams" if info["open_gop"] else info["format"]
+            notes.append(f"decord cannot read {what} exactly: decoded with ffmpeg")
+        try:
+            return _sample(path, info, params, backend, out, deadline, started, notes, prestarted=prestarted)
+        except decode.FrameMismatch as exc:
+            if out:
+                out.reset()
+            if backend == "decord":  # decord sees other frames than a player (edit list, dropped pictures)
+                notes.append(f"decord: {exc}: decoded with ffmpeg")
+                return _retry(path, info, params, out, deadline, started, notes)
+            notes.append(f"{exc}: frame times read from the decoder")
+            info = decode.probe(path, deadline, decoded=True)
+            return _retry(path, info, params, out, deadline, started, notes)
+
+
+def _retry(path, info, params, out, deadline, started, notes):
+    """Second and last try, with ffmpeg: a frame still missing repeats the one before it."""
+    return _sample(path, info, params, "ffmpeg", out, deadline, started, notes, strict=False)
+
+
+def _sample(path, info, params, backend, out, deadline, started, notes, strict=True, prestarted=None):
     try:
-        plan = budget.plan_video(info["duration"], info["height"], info["width"], params)
+        plan = budget.plan_video(
+            info["duration"], info["height"], info["width"], params, source_frames=len(info["times"])
+        )
     except budget.BudgetError as exc:
         raise FrameError(str(exc)) from None
     n, height, width = plan["n_frames"], plan["height"], plan["width"]
@@ -98,18 +139,24 @@ def sample_video(path: str, params: dict, out=None) -> tuple[np.ndarray, dict]:
                 array[slot] = frame
         last.update(idx=idx, frame=frame)
 
-    backend = params["backend"]
-    notes = list(plan["notes"])
-    if backend == "decord" and not info["exact_seek"]:
-        backend = "ffmpeg"  # decord loses the first GOP(s) of MPEG-TS and other index-less containers
-        notes.append(f"decord cannot read {info['format']} exactly: decoded with ffmpeg")
-    decoder = decode.decode_decord if backend == "decord" else decode.decode_ffmpeg
-    stats = decoder(path, info, wanted, width, height, deliver, deadline, int(params["decoder_threads"]))
-    notes += stats["warnings"]
+    threads = int(params["decoder_threads"])
+    if backend == "decord":
+        stats = decode.decode_decord(path, info, wanted, width, height, deliver, deadline, threads)
+    else:
+        stats = decode.decode_ffmpeg(
+            path, info, wanted, width, height, deliver, deadline, threads, strict, prestarted
+        )
+    notes = notes + plan["notes"] + stats["warnings"]
     if len(wanted) < n:
         notes.append(f"short clip: {len(wanted)} distinct frames repeated to {n}")
+    meta = _video_meta(info, plan, indices, backend, stats, notes)
+    meta["seconds"] = round(time.monotonic() - started, 3)
+    return array, meta
+
+
+def _video_meta(info: dict, plan: dict, indices: list[int], backend: str, stats: dict, notes: list) -> dict:
     times = info["times"]
-    meta = {
+    return {
         # fps, duration, total_num_frames and frames_indices are what the model's processor reads:
         # frames_indices / fps gives each frame's time stamp (exact for constant frame rate)
         "fps": info["fps"],
@@ -117,12 +164,12 @@ def sample_video(path: str, params: dict, out=None) -> tuple[np.ndarray, dict]:
         "total_num_frames": len(times),
         "frames_indices": indices,
         "timestamps": [round(times[i] - times[0], 6) for i in indices],  # exact, also for variable fps
-        "sampled_frames": n,
-        "distinct_frames": len(wanted),
-        "repeated_frames": n - len(wanted),
+        "sampled_frames": plan["n_frames"],
+        "distinct_frames": len(set(indices)),
+        "repeated_frames": plan["n_frames"] - len(set(indices)),
         "sample_fps": plan["sample_fps"],
-        "width": width,
-        "height": height,
+        "width": plan["width"],
+        "height": plan["height"],
         "vision_tokens": plan["vision_tokens"],
         "budget_tokens": plan["budget_tokens"],
         "patch_factor": plan["patch_factor"],
@@ -133,12 +180,11 @@ def sample_video(path: str, params: dict, out=None) -> tuple[np.ndarray, dict]:
         "codec": info["codec"],
         "pix_fmt": info["pix_fmt"],
         "backend": backend,
+        "frame_times": info["frame_source"],
         "decode_runs": stats["runs"],
         "decoded_frames": stats["decoded_frames"],
         "notes": notes,
-        "seconds": round(time.monotonic() - started, 3),
     }
-    return array, meta
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -195,31 +241,6 @@ def cache_key(path: str, kind: str, params: dict) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
-class NpyStream:
-    """Writes a uint8 .npy array frame by frame, in order: memory stays at one frame."""
-
-    def __init__(self, handle):
-        self.handle = handle
-        self.shape = None
-        self.written = 0
-
-    def start(self, shape: tuple) -> NpyStream:
-        self.shape = tuple(shape)
-        header = {"descr": "|u1", "fortran_order": False, "shape": self.shape}
-        np.lib.format.write_array_header_1_0(self.handle, header)
-        return self
-
-    def write(self, frame: np.ndarray) -> None:
-        if frame.shape != self.shape[1:]:
-            raise ValueError(f"frame of shape {frame.shape} for an array of {self.shape}")
-        self.handle.write(np.ascontiguousarray(frame, dtype=np.uint8).data)
-        self.written += 1
-
-    def finish(self) -> None:
-        if self.shape is None or self.written != self.shape[0]:
-            raise ValueError(f"{self.written} frames written for an array of {self.shape}")
-
-
 def cached_sample(path: str, kind: str, params: dict, cache_dir: Path) -> dict:
     """Frames of one video/image from the cache (extracted first if missing); its manifest entry."""
     params = with_defaults("frames", params)
@@ -258,6 +279,27 @@ def load_frames(entry: dict) -> np.ndarray:
     return np.load(entry["frames"], mmap_mode="r")
 
 
+def ensure_frames(entry: dict, settings: dict) -> dict:
+    """A manifest record entry whose frame files all exist, for the caption job to call first.
+
+    Media whose cached frames are gone (the cache deleted, frames.keep true) are extracted again with
+    the frames step's ``settings`` (cache_dir, frames); a file that can no longer be extracted (deleted
+    or broken since) becomes that item's and the record's error instead of a FileNotFoundError.
+    Updates ``entry`` in place and returns it.
+    """
+    params = with_defaults("frames", settings.get("frames"))
+    for field, kind in (("videos", "video"), ("images", "image")):
+        for i, item in enumerate(entry.get(field) or []):
+            if not item or "error" in item or os.path.exists(item["frames"]):
+                continue
+            try:
+                entry[field][i] = cached_sample(item["path"], kind, params, Path(settings["cache_dir"]))
+            except FrameError as exc:
+                entry[field][i] = {"path": item["path"], "error": str(exc)}
+                entry["error"] = entry.get("error") or f"{os.path.basename(item['path'])}: {exc}"
+    return entry
+
+
 # ----------------------------------------------------------------------------------------- shard
 def extract_shard(
     shard_path: str, manifest_path: str, settings: dict, threads: int = 1, log=sys.stderr
@@ -272,6 +314,7 @@ def extract_shard(
     cache_dir = Path(settings["cache_dir"])
     cache_dir.mkdir(parents=True, exist_ok=True)  # may be this shard's own output folder (frames.keep false)
     media_root = settings["media_root"]
+    only = settings.get("media_root_only", defaults()["media_root_only"])
     records = list(iter_jsonl(shard_path))
     wanted: dict[tuple[str, str], list[tuple[int, str, int]]] = {}  # (kind, path) -> places in entries
     entries = []
@@ -289,6 +332,10 @@ def extract_shard(
         entries.append(entry)
         for field, kind, items in (("videos", "video", videos), ("images", "image", images)):
             for i, item in enumerate(items):
+                escape = escapes_root(item) if only else None
+                if escape:  # never opened: the record fails, the others go on
+                    entry[field][i] = {"path": item, "error": f"refused by media_root_only: {escape}"}
+                    continue
                 wanted.setdefault((kind, resolve_media(item, media_root)), []).append((slot, field, i))
 
     jobs = list(wanted)

@@ -40,6 +40,7 @@ def frames_settings(config: dict, shard: str) -> dict:
     """What the frames step's output depends on (changing it re-extracts)."""
     return {
         "media_root": media_root(config),
+        "media_root_only": config["media_root_only"],
         "keys": config["keys"],
         "frames": frame_params(config),
         "cache_dir": frames_cache_dir(config, shard),
@@ -58,9 +59,13 @@ def caption_params(config: dict) -> dict:
     }
 
 
-def caption_job(config: dict) -> dict:
-    """Everything a caption job needs: its params plus engine sizing and the frame settings."""
-    return {**caption_params(config), "engine": engine_settings(config), "frames": config["frames"]}
+def caption_job(config: dict, shard: str | None = None) -> dict:
+    """Everything a caption job needs: its params plus engine sizing and the frame settings, and with
+    ``shard`` the frames step's settings, to extract again frames gone from the cache."""
+    job = {**caption_params(config), "engine": engine_settings(config), "frames": config["frames"]}
+    if shard is not None:
+        job["frames_step"] = frames_settings(config, shard)
+    return job
 
 
 def engine_settings(config: dict) -> dict:

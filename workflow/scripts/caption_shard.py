@@ -8,6 +8,6 @@ with job_log(snakemake.log[0]) as log:
         snakemake.input.shard,
         snakemake.input.manifest,
         snakemake.output.result,
-        caption_job(snakemake.config),
+        caption_job(snakemake.config, snakemake.wildcards.shard),
         log=log,
     )
