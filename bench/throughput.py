@@ -38,7 +38,7 @@ from vidcap.caption import caption_shard  # noqa: E402
 from vidcap.config import defaults  # noqa: E402
 from vidcap.engine import start_engine  # noqa: E402
 from vidcap.engine_build import check_engine_build, describe  # noqa: E402
-from vidcap.frames import extract_shard  # noqa: E402
+from vidcap.frames import extract_frames  # noqa: E402
 from vidcap.prompts import build_messages, record_seed, video_item  # noqa: E402
 
 PROMPT = "Describe this video in detail."
@@ -100,7 +100,7 @@ def make_inputs(args, work: Path, model: str) -> tuple[Path, Path, dict]:
         "patch_factor": patch_factor_for(model),
     }
     manifest = work / "0000.json"
-    extract_shard(
+    extract_frames(
         str(shard),
         str(manifest),
         {"keys": {}, "frames": frames, "cache_dir": str(work / "cache"), "media_root": str(work)},

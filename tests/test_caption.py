@@ -15,7 +15,7 @@ from vidcap.backends import OfflineBackend
 from vidcap.caption import caption_shard, feed
 from vidcap.config import defaults
 from vidcap.engine import start_engine
-from vidcap.frames import extract_shard
+from vidcap.frames import extract_frames
 from vidcap.journal import Journal
 from vidcap.prompts import Pending
 
@@ -73,7 +73,7 @@ def settings_for(model, **sampling):
 def build_shard(tmp_path, media, records, frames=FRAMES):
     shard = write_records(tmp_path / "shard.jsonl", records)
     manifest = tmp_path / "manifest.json"
-    extract_shard(
+    extract_frames(
         str(shard),
         str(manifest),
         {"keys": {}, "frames": frames, "cache_dir": str(tmp_path / "cache"), "media_root": str(media)},

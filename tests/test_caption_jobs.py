@@ -19,7 +19,7 @@ from helpers import REPO, make_video, synthetic_shard, write_records
 
 from vidcap import config as vconfig
 from vidcap import settings as vsettings
-from vidcap.frames import extract_shard
+from vidcap.frames import extract_frames
 from vidcap.journal import journal_path
 
 pytestmark = pytest.mark.slow
@@ -75,7 +75,7 @@ def build_shard(root: Path, n: int, config: dict, size: str = "64x48") -> tuple[
     manifest = root / f"manifest{n}.json"
     frames = vsettings.frames_settings({**config, "media_root": str(root)}, "0")
     frames["cache_dir"] = str(root / "cache")
-    extract_shard(str(shard), str(manifest), frames, threads=2)
+    extract_frames(str(shard), str(manifest), frames, threads=2)
     return shard, manifest
 
 
@@ -189,7 +189,7 @@ def test_ten_minute_clip_with_default_engine_limits(tiny_model, tmp_path):
     assert config["engine"]["max_num_batched_tokens"] is None  # the default: sized from the budget
     frames = vsettings.frames_settings(config, "0")
     frames["cache_dir"] = str(tmp_path / "cache")
-    extract_shard(str(tmp_path / "shard.jsonl"), str(tmp_path / "m.json"), frames)
+    extract_frames(str(tmp_path / "shard.jsonl"), str(tmp_path / "m.json"), frames)
     entry = json.loads((tmp_path / "m.json").read_text())["records"][0]
     assert len(entry["videos"][0]["meta"]["frames_indices"]) >= 600
     stats, _ = run_job(

@@ -191,7 +191,7 @@ def test_qwen3_vl_captions_through_vllm(tiny_model_25, clip, tmp_path):
     from transformers import AutoConfig, Qwen3VLForConditionalGeneration
 
     from vidcap.caption import caption_shard
-    from vidcap.frames import extract_shard
+    from vidcap.frames import extract_frames
 
     model = build_tiny_qwen3_vl_processor(tmp_path / "qwen3", tiny_model_25)
     torch.manual_seed(0)
@@ -204,7 +204,7 @@ def test_qwen3_vl_captions_through_vllm(tiny_model_25, clip, tmp_path):
     records = [{"video": clip["path"]}, {"image": "g.png", "video": clip["path"]}, {"image": "g.png"}]
     write_records(tmp_path / "s.jsonl", records)
     frames = {"fps": 2.0, "min_frames": 4, "max_frames": 8, "min_pixels": 3136, "max_pixels": 12544}
-    extract_shard(
+    extract_frames(
         str(tmp_path / "s.jsonl"),
         str(tmp_path / "m.json"),
         {"keys": {}, "frames": frames, "cache_dir": str(tmp_path / "cache"), "media_root": str(tmp_path)},

@@ -24,7 +24,7 @@ from vidcap.frames import (
     cache_key,
     cached_sample,
     ensure_frames,
-    extract_shard,
+    extract_frames,
     load_frames,
     load_image,
     sample_video,
@@ -421,12 +421,12 @@ def test_cache_is_reused_across_shards_and_duplicates(media, tmp_path):
         "frames": SMALL,
         "cache_dir": str(tmp_path / "cache"),
     }
-    first = extract_shard(str(tmp_path / "a.jsonl"), str(tmp_path / "a.json"), settings, threads=2)
+    first = extract_frames(str(tmp_path / "a.jsonl"), str(tmp_path / "a.json"), settings, threads=2)
     a, b, missing = first["records"]
     assert a["error"] is None and a["videos"][0]["frames"] == b["videos"][0]["frames"]
     assert missing["error"] == "nowhere.mp4: missing file"
     assert len(list((tmp_path / "cache").rglob("*.npy"))) == 1  # listed twice, extracted once
-    moved = extract_shard(str(tmp_path / "b.jsonl"), str(tmp_path / "b.json"), settings)
+    moved = extract_frames(str(tmp_path / "b.jsonl"), str(tmp_path / "b.json"), settings)
     assert moved["records"][0]["videos"][0]["cached"] is True
     manifest = json.loads((tmp_path / "b.json").read_text())
     assert (
@@ -440,7 +440,7 @@ def test_cache_is_reused_across_shards_and_duplicates(media, tmp_path):
     key = cache_key(str(video), "video", SMALL)
     assert cache_key(str(video), "video", {**SMALL, "timeout": 5, "decoder_threads": 1}) == key
     assert cache_key(str(video), "video", {**SMALL, "fps": 1.0}) != key
-    changed = extract_shard(
+    changed = extract_frames(
         str(tmp_path / "b.jsonl"), str(tmp_path / "b.json"), {**settings, "frames": {**SMALL, "fps": 1.0}}
     )
     assert changed["records"][0]["videos"][0]["cached"] is False
@@ -540,7 +540,7 @@ def test_ensure_frames_extracts_a_deleted_cache_again(media, tmp_path):
         "frames": SMALL,
         "cache_dir": str(tmp_path / "cache"),
     }
-    entry, missing = extract_shard(str(tmp_path / "s.jsonl"), str(tmp_path / "s.json"), settings)["records"]
+    entry, missing = extract_frames(str(tmp_path / "s.jsonl"), str(tmp_path / "s.json"), settings)["records"]
     first = numbers(load_frames(entry["videos"][0]))
     shutil.rmtree(tmp_path / "cache")  # a user frees disk space; the prompt then changes
     with pytest.raises(FileNotFoundError):
@@ -571,9 +571,9 @@ def test_media_root_only_refuses_paths_that_leave_it(media, tmp_path):
     ]
     write_records(tmp_path / "s.jsonl", records)
     settings = {"media_root": str(root), "keys": {}, "frames": SMALL, "cache_dir": str(tmp_path / "cache")}
-    loose = extract_shard(str(tmp_path / "s.jsonl"), str(tmp_path / "a.json"), settings)["records"]
+    loose = extract_frames(str(tmp_path / "s.jsonl"), str(tmp_path / "a.json"), settings)["records"]
     assert [r["error"] is None for r in loose] == [True, True, True, True, False, True]  # default: off
-    strict = extract_shard(
+    strict = extract_frames(
         str(tmp_path / "s.jsonl"), str(tmp_path / "b.json"), {**settings, "media_root_only": True}
     )["records"]
     assert [r["error"] is None for r in strict] == [True, False, False, False, False, True]

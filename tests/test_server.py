@@ -17,7 +17,7 @@ from helpers import make_video, write_records
 
 from vidcap.caption import caption_shard
 from vidcap.engine import EngineFailure
-from vidcap.frames import extract_shard
+from vidcap.frames import extract_frames
 from vidcap.server import server_ready
 
 pytestmark = pytest.mark.slow
@@ -96,7 +96,7 @@ def shard(tmp_path_factory):
         {"video": "missing.mp4"},
     ]
     write_records(root / "s.jsonl", records)
-    extract_shard(
+    extract_frames(
         str(root / "s.jsonl"),
         str(root / "m.json"),
         {"keys": {}, "frames": FRAMES, "cache_dir": str(root / "cache"), "media_root": str(root)},

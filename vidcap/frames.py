@@ -41,7 +41,7 @@ __all__ = [
     "NpyStream",
     "cached_sample",
     "ensure_frames",
-    "extract_shard",
+    "extract_frames",
     "load_frames",
     "load_image",
     "sample_video",
@@ -301,7 +301,7 @@ def ensure_frames(entry: dict, settings: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------------------- shard
-def extract_shard(
+def extract_frames(
     shard_path: str, manifest_path: str, settings: dict, threads: int = 1, log=sys.stderr
 ) -> dict:
     """Sample the media of every record in a shard; write a manifest with one entry per record.

@@ -12,8 +12,8 @@ import sys
 from collections import Counter
 
 from vidcap.config import with_defaults
-from vidcap.records import RecordWriter, iter_records, record_digest, record_prompt, with_prompt
-from vidcap.shards import raise_open_file_limit, shard_ids, shard_of
+from vidcap.records import RecordWriter, record_digest, record_prompt, with_prompt
+from vidcap.shards import iter_shard_positions, raise_open_file_limit, shard_ids
 
 
 class StaleResultError(RuntimeError):
@@ -39,8 +39,8 @@ def merge_captions(
     with contextlib.ExitStack() as stack:
         results = [stack.enter_context(open(path, encoding="utf-8")) for path in result_files]
         writer = stack.enter_context(RecordWriter(output_path))
-        for index, record in iter_records(input_path, keys):
-            shard = shard_of(record, keys, n_shards)
+        # the k-th record of shard s is line k of its result: read in step, positions need not be kept
+        for index, record, shard, _ in iter_shard_positions(input_path, keys, n_shards):
             line = results[shard].readline()
             if not line:
                 raise StaleResultError(

@@ -58,6 +58,16 @@ def _shard_index(media: list[str], record: dict, n_shards: int) -> int:
     return int.from_bytes(digest, "big") % n_shards
 
 
+def iter_shard_positions(input_path, keys: dict, n_shards: int):
+    """(index, record, shard, position) for every input record, in input order: the record is line
+    ``position`` of shard ``shard``'s files (the join merge and report walk; memory: one record)."""
+    positions = [0] * n_shards
+    for index, record in iter_records(input_path, keys):
+        shard = shard_of(record, keys, n_shards)
+        yield index, record, shard, positions[shard]
+        positions[shard] += 1
+
+
 def raise_open_file_limit(needed: int) -> int:
     """Raise the soft limit on open files towards ``needed`` (+ slack); return how many may be opened."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -11,15 +11,14 @@ import base64
 import io
 import os
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from vidcap.atomic import read_json
 from vidcap.config import with_defaults
-from vidcap.records import iter_records, record_digest, record_media
-from vidcap.shards import shard_of
+from vidcap.records import record_digest, record_media
+from vidcap.shards import iter_shard_positions
 from vidcap.stats import iter_output
 
 THUMB_HEIGHT = 64
@@ -116,19 +115,6 @@ def gallery_selection(
 
 
 # ------------------------------------------------------------------------------------------ join
-def iter_shard_positions(input_path: str, keys: dict, n_shards: int) -> Iterator[tuple[int, dict, int, int]]:
-    """(index, record, shard, position) for every input record: it is entry ``position`` of shard ``shard``.
-
-    The one place the report rebuilds the record -> shard -> position join; merge.py walks the same
-    order inline (a shared helper belongs next to ``shards.shard_of``).
-    """
-    positions = [0] * n_shards
-    for index, record in iter_records(input_path, keys):
-        shard = shard_of(record, keys, n_shards)
-        yield index, record, shard, positions[shard]
-        positions[shard] += 1
-
-
 def gallery_items(
     input_path: str, output_path: str, manifests: list[str], keys: dict, selected: list[int]
 ) -> list[dict]:

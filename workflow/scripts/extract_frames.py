@@ -1,9 +1,9 @@
-# Adapter: Snakemake rule extract_frames -> vidcap.frames.extract_shard
-from vidcap.frames import extract_shard
+# Adapter: Snakemake rule extract_frames -> vidcap.frames.extract_frames
+from vidcap.frames import extract_frames
 from vidcap.joblog import job_log
 
 with job_log(snakemake.log[0]) as log:
-    extract_shard(
+    extract_frames(
         snakemake.input.shard,
         snakemake.output.manifest,
         snakemake.params.settings,
