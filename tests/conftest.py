@@ -36,3 +36,9 @@ def tiny_model(tmp_path_factory) -> Path:
 def tiny_model_25(tmp_path_factory) -> Path:
     """A tiny random-weight Qwen2.5-VL checkpoint, built once per session."""
     return _build_tiny(tmp_path_factory, "qwen2_5_vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_3(tmp_path_factory) -> Path:
+    """A tiny random-weight Qwen3-VL checkpoint, built once per session."""
+    return _build_tiny(tmp_path_factory, "qwen3_vl")

@@ -19,6 +19,9 @@ from vidcap.engine import EngineFailure, EngineWatchdog, is_engine_failure
 from vidcap.prompts import Pending, frame_bytes, image_array, video_item
 from vidcap.provenance import canonical_hash
 
+# frames arrive at the size vidcap planned (multiples of the patch factor), so the tokens it counted are the
+# tokens the model sees; a processor with other pixel bounds (Qwen3-VL's, a tiny model's) would resize again
+NO_RESIZE = {"do_resize": False}
 # host bytes a queued request holds per byte of its uint8 frames: the frames plus vLLM's float32 patches
 HELD_PER_FRAME_BYTE = 5
 
@@ -123,6 +126,8 @@ class OfflineBackend:
             "prompt": item.text,
             "multi_modal_data": media_data(item),
             "multi_modal_uuids": media_uuids(item),
+            # the frames step sized every frame for the model: its processor must not resize them again
+            "mm_processor_kwargs": NO_RESIZE,
         }
         t1 = time.monotonic()
         self.prepare_seconds += t1 - t0

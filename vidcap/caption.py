@@ -224,7 +224,8 @@ def fit_to_context(llm, pending: list[Pending], results: list[dict], settings: d
 
     def estimate(item: Pending) -> int:
         placeholders = len(item.entry["videos"]) + len(item.entry["images"])
-        return count_tokens(item.text) - placeholders + vision_tokens(item.entry, item.keep, geometry)
+        stamps = (lambda t: count_tokens(f"<{t:.1f} seconds>")) if geometry.tokens_per_frame_group else None
+        return count_tokens(item.text) - placeholders + vision_tokens(item.entry, item.keep, geometry, stamps)
 
     ready = []
     for item in pending:

@@ -105,18 +105,42 @@ def image_array(image: dict) -> np.ndarray:
 
 
 def vision_tokens(
-    entry: dict, keep: list[list[int] | None] | None = None, geometry: VisionGeometry | None = None
+    entry: dict,
+    keep: list[list[int] | None] | None = None,
+    geometry: VisionGeometry | None = None,
+    timestamp_tokens=None,
 ) -> int:
-    """Placeholder tokens the model will see for one manifest entry's media (``keep``: frames per video)."""
+    """Placeholder tokens the model will see for one manifest entry's media (``keep``: frames per video).
+
+    Qwen3-VL writes each frame group as ``<t seconds>`` text, vision start, its tokens, vision end, in place
+    of the template's video pad token: with ``timestamp_tokens`` (seconds -> tokens of that text, from the
+    model's tokenizer) the count is exact, else the group overhead is the geometry's estimate.
+    """
     geometry = geometry or VisionGeometry()
     total = 0
     for i, video in enumerate(entry["videos"]):
         meta = video["meta"]
-        n = len(meta["frames_indices"]) if keep is None or keep[i] is None else len(keep[i])
-        total += geometry.tokens(n, meta["height"], meta["width"])
+        indices = list(meta["frames_indices"])
+        if keep is not None and keep[i] is not None:
+            indices = [indices[k] for k in keep[i]]
+        total += geometry.tokens(len(indices), meta["height"], meta["width"])
+        if geometry.tokens_per_frame_group and timestamp_tokens is not None:
+            stamps = group_times(indices, float(meta["fps"]), geometry.temporal)
+            overhead = sum(timestamp_tokens(t) + 2 for t in stamps)  # "<t seconds>", vision start and end
+            total += (
+                overhead - len(stamps) * geometry.tokens_per_frame_group
+            )  # exact, instead of the estimate
     for image in entry["images"]:
         total += VisionGeometry(geometry.factor).tokens(1, image["meta"]["height"], image["meta"]["width"])
     return total
+
+
+def group_times(indices: list[int], fps: float, temporal: int) -> list[float]:
+    """Qwen3-VL's time stamp per frame group: the mean time of the group's first and last frame."""
+    if len(indices) % temporal:
+        indices = indices + [indices[-1]] * (temporal - len(indices) % temporal)
+    times = [i / fps for i in indices]
+    return [(times[k] + times[k + temporal - 1]) / 2 for k in range(0, len(times), temporal)]
 
 
 def frame_bytes(entry: dict) -> int:

@@ -73,6 +73,7 @@ def chat_body(
             }
         }
     content.append({"type": "text", "text": prompt})
+    body["mm_processor_kwargs"] = {"do_resize": False}  # frames come sized as planned, as offline
     messages = [{"role": "user", "content": content}]
     if system_prompt:
         messages.insert(0, {"role": "system", "content": system_prompt})
