@@ -203,7 +203,15 @@ def test_qwen3_vl_captions_through_vllm(tiny_model_25, clip, tmp_path):
     Image.new("RGB", (112, 84), (10, 200, 90)).save(tmp_path / "g.png")
     records = [{"video": clip["path"]}, {"image": "g.png", "video": clip["path"]}, {"image": "g.png"}]
     write_records(tmp_path / "s.jsonl", records)
-    frames = {"fps": 2.0, "min_frames": 4, "max_frames": 8, "min_pixels": 3136, "max_pixels": 12544}
+    # sized for Qwen3-VL's 32-pixel patches, as the workflow does (frames.patch_factor from the model)
+    frames = {
+        "fps": 2.0,
+        "min_frames": 4,
+        "max_frames": 8,
+        "min_pixels": 4096,
+        "max_pixels": 16384,
+        "patch_factor": 32,
+    }
     extract_frames(
         str(tmp_path / "s.jsonl"),
         str(tmp_path / "m.json"),
