@@ -301,6 +301,34 @@ def ensure_frames(entry: dict, settings: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------------------- shard
+def plan_shard_media(records, keys: dict, settings: dict) -> tuple[list[dict], dict]:
+    """One manifest entry per record (media slots still empty) and the distinct media files to extract:
+    {(kind, resolved path): [(record slot, "videos"|"images", index), ...]}."""
+    only = settings.get("media_root_only", defaults()["media_root_only"])
+    wanted: dict[tuple[str, str], list[tuple[int, str, int]]] = {}
+    entries = []
+    for slot, record in enumerate(records):
+        videos = media_list(record, keys["video"])
+        images = media_list(record, keys["image"])
+        entry = {
+            "digest": record_digest(record),
+            "videos": [None] * len(videos),
+            "images": [None] * len(images),
+        }
+        entry["error"] = None if videos or images else "no media: empty video and image lists"
+        entries.append(entry)
+        for field, kind, items in (("videos", "video", videos), ("images", "image", images)):
+            for i, item in enumerate(items):
+                escape = escapes_root(item) if only else None
+                if escape:  # never opened: the record fails, the others go on
+                    entry[field][i] = {"path": item, "error": f"refused by media_root_only: {escape}"}
+                    continue
+                wanted.setdefault((kind, resolve_media(item, settings["media_root"])), []).append(
+                    (slot, field, i)
+                )
+    return entries, wanted
+
+
 def extract_frames(
     shard_path: str, manifest_path: str, settings: dict, threads: int = 1, log=sys.stderr
 ) -> dict:
@@ -313,31 +341,7 @@ def extract_frames(
     params = with_defaults("frames", settings.get("frames"))
     cache_dir = Path(settings["cache_dir"])
     cache_dir.mkdir(parents=True, exist_ok=True)  # may be this shard's own output folder (frames.keep false)
-    media_root = settings["media_root"]
-    only = settings.get("media_root_only", defaults()["media_root_only"])
-    records = list(iter_jsonl(shard_path))
-    wanted: dict[tuple[str, str], list[tuple[int, str, int]]] = {}  # (kind, path) -> places in entries
-    entries = []
-    for slot, record in enumerate(records):
-        videos = media_list(record, keys["video"])
-        images = media_list(record, keys["image"])
-        entry = {
-            "digest": record_digest(record),
-            "videos": [None] * len(videos),
-            "images": [None] * len(images),
-            "error": None,
-        }
-        if not videos and not images:
-            entry["error"] = "no media: empty video and image lists"
-        entries.append(entry)
-        for field, kind, items in (("videos", "video", videos), ("images", "image", images)):
-            for i, item in enumerate(items):
-                escape = escapes_root(item) if only else None
-                if escape:  # never opened: the record fails, the others go on
-                    entry[field][i] = {"path": item, "error": f"refused by media_root_only: {escape}"}
-                    continue
-                wanted.setdefault((kind, resolve_media(item, media_root)), []).append((slot, field, i))
-
+    entries, wanted = plan_shard_media(iter_jsonl(shard_path), keys, settings)
     jobs = list(wanted)
     done = 0
     started = time.monotonic()
