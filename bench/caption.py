@@ -43,22 +43,25 @@ JOB = """
 import json, sys
 from vidcap.caption import caption_shard
 stats = caption_shard(*sys.argv[1:4], json.loads(sys.argv[4]), log=sys.stderr)
-print(json.dumps(stats))
+with open(sys.argv[3] + ".bench-stats", "w") as handle:
+    json.dump(stats, handle)
 """
 
 
 def run_job(shard: Path, manifest: Path, out: Path, settings: dict) -> tuple[dict, float]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", JOB, str(shard), str(manifest), str(out), json.dumps(settings)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=REPO,
-    )
+    """One caption job in its own process (all it prints goes to OUT.log); its stats and peak RSS in MiB."""
+    log = Path(f"{out}.log")
+    with open(log, "w") as handle:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", JOB, str(shard), str(manifest), str(out), json.dumps(settings)],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
     _, status, usage = os.wait4(proc.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"caption job failed for {shard}")
-    return json.loads(proc.stdout.read().strip().splitlines()[-1]), usage.ru_maxrss / 1024
+        raise SystemExit(f"caption job failed for {shard}: see {log}")
+    return json.loads(Path(f"{out}.bench-stats").read_text()), usage.ru_maxrss / 1024
 
 
 def main() -> None:

@@ -67,6 +67,12 @@ def engine_kwargs(model: str, engine: dict, limits: dict, seed: int) -> dict:
     if is_cpu_build():
         if engine["tensor_parallel_size"] == 1:
             kwargs["distributed_executor_backend"] = "uni"
+        # vLLM 0.32's CPU build fails a seeded request whose prompt is split over steps ("CPU Generator does
+        # not use offset"), and that kills the engine: never split prompts there (a step then holds any one)
+        kwargs["enable_chunked_prefill"] = False
+        kwargs["max_num_batched_tokens"] = max(
+            kwargs.get("max_num_batched_tokens") or 0, engine["max_model_len"]
+        )
     else:
         kwargs["gpu_memory_utilization"] = engine["gpu_memory_utilization"]
     return {**kwargs, **(engine.get("vllm_args") or {})}  # the user's word wins
