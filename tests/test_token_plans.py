@@ -7,6 +7,7 @@ plus its per-group time-stamp text). The tiny checkpoints' processors cap frames
 no-resize request they would shrink these 224-pixel frames and the counts would differ.
 """
 
+import gc
 import json
 
 import pytest
@@ -56,6 +57,7 @@ def test_planned_vision_tokens_are_what_vllm_counts(family, request, tmp_path):
         "enforce_eager": True,
         "cpu_kvcache_space_gb": 1,
     }
+    gc.collect()  # an earlier in-process engine torn down mid-start would take this one's process groups along
     llm = start_engine(model, engine, {"video": 1, "image": 0}, 0)
     job = {
         "model": model,
@@ -79,3 +81,5 @@ def test_planned_vision_tokens_are_what_vllm_counts(family, request, tmp_path):
     assert meta["prompt_tokens"] == text_tokens + planned, (meta["prompt_tokens"], text_tokens, planned)
     if geometry.tokens_per_frame_group == 0:  # Qwen2/2.5-VL: the plan's own count is the whole vision part
         assert meta["prompt_tokens"] - text_tokens == video["vision_tokens"]
+    del llm
+    gc.collect()
