@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from helpers import make_video, write_records  # noqa: E402
 
+from vidcap.backends import NO_RESIZE  # noqa: E402
 from vidcap.budget import patch_factor_for  # noqa: E402
 from vidcap.caption import caption_shard  # noqa: E402
 from vidcap.config import defaults  # noqa: E402
@@ -234,7 +235,15 @@ def main() -> None:
 
     entries = json.loads(manifest.read_text())["records"]
     text = chat_text(model, llm.get_tokenizer())
-    requests = [{"prompt": text, "multi_modal_data": {"video": video_item(e["videos"][0])}} for e in entries]
+    # as the job sends them: frames at their planned size (no processor resize)
+    requests = [
+        {
+            "prompt": text,
+            "multi_modal_data": {"video": video_item(e["videos"][0])},
+            "mm_processor_kwargs": NO_RESIZE,
+        }
+        for e in entries
+    ]
     params = sampling_params(args, [e["digest"] for e in entries])
     llm.generate(requests[:2], params[:2], use_tqdm=False)  # warm-up: compile, allocate
 
