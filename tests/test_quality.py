@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from vidcap.config import with_defaults
 from vidcap.quality import (
     choose,
     compression_ratio,
@@ -13,7 +14,6 @@ from vidcap.quality import (
     retry_presence_penalty,
     retry_seed,
     script_shares,
-    settings,
 )
 
 GOOD = (
@@ -34,7 +34,7 @@ MIXED = (
 
 @pytest.fixture
 def quality():
-    return settings("quality")
+    return with_defaults("quality")
 
 
 def test_normal_caption_passes_every_default_check(quality):
@@ -142,7 +142,7 @@ def test_consensus_ties_go_to_the_first():
 
 def test_choose_skips_degenerate_candidates_unless_all_are():
     candidates = ["", "A dog runs on a beach.", "A dog runs along the beach."]
-    eligible = [degeneration(c, settings("quality")) is None for c in candidates]
+    eligible = [degeneration(c, with_defaults("quality")) is None for c in candidates]
     assert eligible == [False, True, True]
     assert choose(candidates, "first", eligible) == 1
     assert choose(candidates, "consensus", eligible) in (1, 2)
@@ -155,8 +155,8 @@ def test_choose_refuses_unknown_keep_mode():
 
 
 def test_schema_defaults_of_the_new_sections():
-    assert settings("candidates") == {"n": 1, "keep": "first"}
-    quality = settings("quality")
+    assert with_defaults("candidates") == {"n": 1, "keep": "first"}
+    quality = with_defaults("quality")
     assert quality["retries"] == 0 and quality["language"] is None
-    assert settings("quality", {"retries": 2})["retries"] == 2
-    assert set(settings("audit")) == {"near_duplicate_jaccard", "opening_words", "top", "group_indices"}
+    assert with_defaults("quality", {"retries": 2})["retries"] == 2
+    assert set(with_defaults("audit")) == {"near_duplicate_jaccard", "opening_words", "top", "group_indices"}

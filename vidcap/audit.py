@@ -24,7 +24,8 @@ from collections import Counter
 
 import numpy as np
 
-from vidcap.quality import settings, tokens
+from vidcap.config import with_defaults
+from vidcap.quality import tokens
 from vidcap.stats import iter_output
 
 NUM_PERM = 64  # MinHash size: Jaccard estimate error ~0.05 at 0.8, 256 bytes per distinct caption
@@ -229,7 +230,7 @@ def _near(path, caption_key: str, scan: dict, cfg: dict) -> tuple[int, int, list
 
 def audit_output(path, settings_: dict | None = None, caption_key: str = "caption") -> dict:
     """The audit of one output file (.json array or .jsonl) as a dict; ``settings_`` is the ``audit`` section."""
-    cfg = settings("audit", settings_)
+    cfg = with_defaults("audit", settings_)
     scan = _scan(path, caption_key, cfg["opening_words"])
     n_captioned = len(scan["index"])
     exact = _groups(scan["text"], scan["index"], cfg["top"], cfg["group_indices"])

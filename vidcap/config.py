@@ -53,7 +53,7 @@ def defaults(section: str | None = None) -> dict:
     return values if section is None else values[section]
 
 
-def with_defaults(section: str, given: dict | None) -> dict:
+def with_defaults(section: str, given: dict | None = None) -> dict:
     """``given`` settings of one section over its schema defaults (for callers outside the workflow)."""
     return {**defaults(section), **(given or {})}
 

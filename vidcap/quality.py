@@ -14,8 +14,6 @@ import unicodedata
 import zlib
 from collections import Counter
 
-from vidcap.config import with_defaults
-
 # Unicode blocks per script; a letter outside every listed block counts as "other". Ranges, not a
 # language-id model: the failure we guard against is a caption drifting into another script
 # (Qwen models slipping into Chinese), which a script share detects exactly and deterministically.
@@ -45,11 +43,6 @@ MAX_PRESENCE_PENALTY = 2.0
 KEEP_MODES = ("first", "all", "consensus")
 # one token per CJK character (no spaces between words there), otherwise runs of word characters
 _TOKEN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]|[^\W_]+")
-
-
-def settings(section: str, given: dict | None = None) -> dict:
-    """``given`` over the schema defaults of a config section (``quality``, ``candidates``, ``audit``)."""
-    return with_defaults(section, given)
 
 
 def tokens(text: str) -> list[str]:
