@@ -85,3 +85,20 @@ def test_stale_results_are_refused(tmp_path):
     src.write_text(json.dumps(recs))
     with pytest.raises(StaleResultError, match="record 0"):
         merge_captions(str(src), files, str(tmp_path / "o.json"), SETTINGS, log=None)
+
+
+def test_candidates_and_json_answers_reach_the_output(tmp_path):
+    recs = [{"video": ["v.mp4"], "conversation": [{"from": "human", "value": ""}], "i": i} for i in range(4)]
+
+    def add_fields(per_shard):
+        for lines in per_shard.values():
+            for line in lines:
+                line["captions"] = [line["caption"], "other"]
+                line["caption_json"] = {"summary": line["caption"]}
+
+    src, files = build(tmp_path, recs, 3, tamper=add_fields)
+    merge_captions(str(src), files, str(tmp_path / "out.json"), SETTINGS, log=None)
+    for rec in json.loads((tmp_path / "out.json").read_text()):
+        assert rec["captions"] == [rec["caption"], "other"] and rec["caption_json"] == {
+            "summary": rec["caption"]
+        }

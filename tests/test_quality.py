@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from vidcap.config import with_defaults
+from vidcap.judge import Judge
+from vidcap.prompts import Pending
 from vidcap.quality import (
     choose,
     compression_ratio,
@@ -15,6 +19,7 @@ from vidcap.quality import (
     retry_seed,
     script_shares,
 )
+from vidcap.structured import DEFAULT_SCHEMA, parse_answer
 
 GOOD = (
     "A person walks a dog along a quiet suburban street in the early morning. The dog, a medium-sized brown "
@@ -160,3 +165,81 @@ def test_schema_defaults_of_the_new_sections():
     assert quality["retries"] == 0 and quality["language"] is None
     assert with_defaults("quality", {"retries": 2})["retries"] == 2
     assert set(with_defaults("audit")) == {"near_duplicate_jaccard", "opening_words", "top", "group_indices"}
+
+
+# --- structured answers (vidcap.structured) and the accept / retry / degenerate decision (vidcap.judge) ---
+
+
+def json_answer(**overrides) -> str:
+    answer = {
+        "summary": GOOD,
+        "events": [{"start": 0, "end": 4, "text": "walks"}],
+        "subjects": ["dog"],
+        "camera": "follows",
+    }
+    return json.dumps({**answer, **overrides})
+
+
+def test_a_valid_answer_parses_with_no_notes():
+    answer, reason, notes = parse_answer(json_answer(), DEFAULT_SCHEMA, 10.0)
+    assert reason is None and notes == [] and answer["summary"] == GOOD
+
+
+def test_cut_or_shapeless_answers_are_rejected_with_the_reason():
+    assert parse_answer(json_answer()[:-20], DEFAULT_SCHEMA, 10.0)[1].startswith("json: does not parse")
+    _, reason, _ = parse_answer(json.dumps({"summary": "x"}), DEFAULT_SCHEMA, 10.0)
+    assert reason.startswith("json: answer:") and "required" in reason
+
+
+def test_event_times_are_clamped_ordered_and_overlaps_noted():
+    events = [
+        {"start": -1, "end": 3, "text": "a"},
+        {"start": 9, "end": 2, "text": "b"},
+        {"start": 5, "end": 99, "text": "c"},
+    ]
+    answer, reason, notes = parse_answer(json_answer(events=events), DEFAULT_SCHEMA, 8.0)
+    assert reason is None
+    assert [(e["start"], e["end"]) for e in answer["events"]] == [(0, 3), (2, 8), (5, 8)]
+    assert notes == [
+        "event 0: -1-3 s clamped to 0-3 s",
+        "event 1: 9-2 s clamped to 2-8 s",
+        "event 1 overlaps event 0",
+        "event 2: 5-99 s clamped to 5-8 s",
+        "event 2 overlaps event 1",
+    ]
+
+
+def test_bounds_the_grammar_let_through_are_cut_and_noted():
+    answer, reason, notes = parse_answer(
+        json_answer(camera="c" * 130, subjects=["s"] * 12), DEFAULT_SCHEMA, 10.0
+    )
+    assert reason is None and len(answer["camera"]) == 100 and len(answer["subjects"]) == 8
+    assert notes == ["/subjects: 12 items cut to 8", "/camera: 130 characters cut to 100"]
+
+
+def judge_for(**quality):
+    settings = {
+        "quality": with_defaults("quality", quality),
+        "candidates": with_defaults("candidates", {"n": 2, "keep": "all"}),
+        "sampling": with_defaults("sampling"),
+    }
+    return Judge(settings)
+
+
+def test_judge_keeps_a_passing_candidate_over_a_loop():
+    judge, item = judge_for(), Pending(0, "d", {"videos": [], "images": []}, "p", seed=7)
+    verdict = judge.decide(item, judge.check(7, [LOOP, GOOD], ["length", "stop"], None))
+    assert (verdict.status, verdict.chosen, verdict.rejected) == ("ok", 1, [])
+    assert judge.fields(verdict) == {"caption": GOOD, "captions": [LOOP, GOOD]}
+
+
+def test_judge_retries_with_new_seed_and_penalty_then_labels_degenerate():
+    judge, item = judge_for(retries=1), Pending(0, "d", {"videos": [], "images": []}, "p", seed=7)
+    first = judge.decide(item, judge.check(item.seed, [LOOP, ""], ["length", "stop"], None))
+    assert first.status == "retry" and item.attempt == 1
+    assert item.seed == retry_seed(7, 1) and item.presence_penalty == 0.5
+    last = judge.decide(item, judge.check(item.seed, [SHORT_LOOP, ""], ["stop", "stop"], None))
+    assert last.status == "degenerate"
+    assert [r["seed"] for r in last.rejected] == [7, retry_seed(7, 1)]
+    assert judge.fields(last)["caption"] == LOOP  # the most distinct words of all attempts
+    assert judge.meta(last, item.attempt + 1)["attempts"] == 2

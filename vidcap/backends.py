@@ -28,10 +28,20 @@ HELD_PER_FRAME_BYTE = 5
 
 @dataclass
 class Answer:
-    text: str
+    """One request's candidates (``candidates.n`` of them, in sample order) and its token counts."""
+
+    texts: list[str]
     prompt_tokens: int | None
-    output_tokens: int | None
-    finish_reason: str | None
+    output_tokens: int | None  # summed over the candidates
+    finish_reasons: list[str | None]
+
+    @property
+    def text(self) -> str:
+        return self.texts[0]
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.finish_reasons[0]
 
 
 class Window:
@@ -90,8 +100,11 @@ def media_uuids(item: Pending) -> dict:
 class OfflineBackend:
     """A vLLM engine in this process, fed request by request (``LLM.enqueue``) and stepped."""
 
-    def __init__(self, llm, sampling: dict, engine: dict, log=None):
+    def __init__(
+        self, llm, sampling: dict, engine: dict, log=None, n: int = 1, json_schema: dict | None = None
+    ):
         self.llm, self.sampling = llm, sampling
+        self.n, self.json_schema = n, json_schema
         self.watchdog = EngineWatchdog(llm, log)
         seqs = llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
         # a few waiting requests keep the batch full when running ones finish
@@ -106,17 +119,25 @@ class OfflineBackend:
 
     def params(self, item: Pending):
         from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
 
         s = self.sampling
+        structured = None
+        if self.json_schema is not None:
+            structured = StructuredOutputsParams(json=self.json_schema)
         return SamplingParams(
+            n=self.n,  # one prefill, n decodes
             temperature=s["temperature"],
             top_p=s["top_p"],
             top_k=s["top_k"] or 0,  # vLLM: 0 (or -1) is off
-            presence_penalty=s["presence_penalty"],
+            presence_penalty=s["presence_penalty"]
+            if item.presence_penalty is None
+            else item.presence_penalty,
             repetition_penalty=s["repetition_penalty"],
             min_tokens=s["min_tokens"],
             max_tokens=s["max_tokens"],
             seed=item.seed,
+            structured_outputs=structured,
         )
 
     def submit(self, item: Pending) -> None:
@@ -165,9 +186,12 @@ class OfflineBackend:
 
     @staticmethod
     def _answer(output) -> Answer:
-        completion = output.outputs[0]
+        completions = sorted(output.outputs, key=lambda c: c.index)
         return Answer(
-            completion.text, len(output.prompt_token_ids), len(completion.token_ids), completion.finish_reason
+            [c.text for c in completions],
+            len(output.prompt_token_ids),
+            sum(len(c.token_ids) for c in completions),
+            [c.finish_reason for c in completions],
         )
 
     def __len__(self) -> int:
@@ -177,10 +201,13 @@ class OfflineBackend:
 class ServerBackend:
     """An OpenAI-compatible ``vllm serve``: at most ``concurrency`` request bodies exist at a time."""
 
-    def __init__(self, model: str, system_prompt: str, sampling: dict, engine: dict):
+    def __init__(
+        self, model: str, system_prompt: str, sampling: dict, engine: dict, n: int = 1, json_schema=None
+    ):
         from vidcap import server
 
         self.server, self.engine = server, engine
+        self.n, self.json_schema = n, json_schema
         self.model = engine["served_model"] or model
         self.system_prompt, self.sampling = system_prompt, sampling
         if not server.server_ready(engine["url"], timeout=min(30.0, engine["request_timeout"])):
@@ -196,9 +223,19 @@ class ServerBackend:
         # built in the worker thread: the PNG encoding of one body runs beside the others
         images = [image_array(i) for i in item.entry["images"]]
         video = video_item(item.entry["videos"][0], item.keep[0]) if item.entry["videos"] else None
+        sampling = self.sampling
+        if item.presence_penalty is not None:
+            sampling = {**sampling, "presence_penalty": item.presence_penalty}
         body = self.server.chat_body(
-            self.model, self.system_prompt, item.prompt, images, video, self.sampling, item.seed
+            self.model, self.system_prompt, item.prompt, images, video, sampling, item.seed
         )
+        if self.n > 1:
+            body["n"] = self.n
+        if self.json_schema is not None:
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "caption", "schema": self.json_schema},
+            }
         e = self.engine
         return self.server.post_chat(e["url"], body, e["retries"], e["request_timeout"])
 
@@ -225,18 +262,12 @@ class ServerBackend:
                     raise EngineFailure(str(exc)) from exc
                 done.append((item, exc))
                 continue
-            choice, usage = answer["choices"][0], answer.get("usage") or {}
-            text = choice["message"]["content"]
+            choices = sorted(answer["choices"], key=lambda c: c.get("index", 0))
+            usage = answer.get("usage") or {}
+            texts = [c["message"]["content"] or "" for c in choices]
+            reasons = [c["finish_reason"] for c in choices]
             done.append(
-                (
-                    item,
-                    Answer(
-                        text,
-                        usage.get("prompt_tokens"),
-                        usage.get("completion_tokens"),
-                        choice["finish_reason"],
-                    ),
-                )
+                (item, Answer(texts, usage.get("prompt_tokens"), usage.get("completion_tokens"), reasons))
             )
         return done
 

@@ -25,6 +25,7 @@ from vidcap.config import with_defaults
 from vidcap.engine import EngineFailure, is_too_long, start_engine
 from vidcap.frames import ensure_frames
 from vidcap.journal import Journal, journal_path, record_key
+from vidcap.judge import Judge
 from vidcap.prompts import Pending, chat_template, sampling_seed, vision_tokens
 from vidcap.provenance import canonical_hash
 from vidcap.records import record_digest, record_prompt
@@ -47,6 +48,8 @@ def caption_shard(
         "keys": with_defaults("keys", settings.get("keys")),
         "sampling": with_defaults("sampling", settings.get("sampling")),
         "engine": with_defaults("engine", settings.get("engine")),
+        "candidates": with_defaults("candidates", settings.get("candidates")),
+        "quality": with_defaults("quality", settings.get("quality")),
     }
     results, pending = plan_records(shard_path, manifest_path, settings)
     carried = len(results) - len(pending)
@@ -100,6 +103,7 @@ def plan_records(shard_path: str, manifest_path: str, settings: dict) -> tuple[l
             "output_tokens": None,
             "finish_reason": None,
             "seed": None,
+            "attempts": 0,
         }
         results.append({"digest": digest, "caption": None, "caption_meta": meta})
         if not entry["error"]:
@@ -115,6 +119,7 @@ def plan_records(shard_path: str, manifest_path: str, settings: dict) -> tuple[l
 
 def settings_hash(settings: dict) -> str:
     keys = ("model", "prompt", "system_prompt", "keys", "sampling", "max_model_len")
+    keys += ("candidates", "quality", "output_format", "output_schema")
     return canonical_hash({k: settings.get(k) for k in keys})
 
 
@@ -137,8 +142,10 @@ def new_stats(records: int, resumed: int) -> dict:
         "records": records,
         "ok": 0,
         "truncated": 0,
+        "degenerate": 0,
         "error": 0,
         "halved": 0,
+        "retries": 0,
         "resumed": resumed,
         "requests": 0,
         "prompt_tokens": 0,
@@ -164,6 +171,8 @@ def caption_pending(pending, results, settings, stats, journal, log, llm=None) -
     from vidcap.provenance import job_provenance
 
     engine = settings["engine"]
+    judge = Judge(settings)
+    n = settings["candidates"]["n"]
     with contextlib.ExitStack() as stack:
         # hashing the model folder and asking ffmpeg its version overlap with engine start and generate
         pool = stack.enter_context(ThreadPoolExecutor(max_workers=1))
@@ -171,7 +180,7 @@ def caption_pending(pending, results, settings, stats, journal, log, llm=None) -
         stack.callback(journal.close)
         if engine["backend"] == "server":
             backend = ServerBackend(
-                settings["model"], settings["system_prompt"], settings["sampling"], engine
+                settings["model"], settings["system_prompt"], settings["sampling"], engine, n, judge.schema
             )
             stack.callback(backend.close)
             ready = pending
@@ -181,10 +190,10 @@ def caption_pending(pending, results, settings, stats, journal, log, llm=None) -
                     device_slots(engine["tensor_parallel_size"], timeout=engine["gpu_wait_timeout"], log=log)
                 )
                 llm = start_logged(settings, pending, stats, log)
-            backend = OfflineBackend(llm, settings["sampling"], engine, log)
+            backend = OfflineBackend(llm, settings["sampling"], engine, log, n, judge.schema)
             stack.callback(backend.close)
             ready = fit_to_context(llm, pending, results, settings)
-        feed(backend, ready, results, stats, journal, log)
+        feed(backend, ready, results, stats, journal, log, judge)
         stats["prepare_seconds"] = round(backend.prepare_seconds, 3)
         stats["generate_seconds"] = round(backend.engine_seconds, 3)
         t0 = time.monotonic()
@@ -244,7 +253,7 @@ def fit_to_context(llm, pending: list[Pending], results: list[dict], settings: d
     return ready
 
 
-def feed(backend, ready: list[Pending], results: list[dict], stats: dict, journal: Journal, log) -> None:
+def feed(backend, ready, results: list[dict], stats: dict, journal: Journal, log, judge: Judge) -> None:
     """Keep the backend's window full until every record has its answer or its error."""
     queue = deque()
     for item in ready:
@@ -264,21 +273,33 @@ def feed(backend, ready: list[Pending], results: list[dict], stats: dict, journa
             except EngineFailure:
                 raise
             except Exception as exc:  # refused while adding it: this request only
-                settle(item, exc, results, stats, journal, queue, failures)
+                settle(item, exc, results, stats, journal, queue, failures, judge)
         if len(backend):
             for item, outcome in backend.collect():
-                settle(item, outcome, results, stats, journal, queue, failures)
+                settle(item, outcome, results, stats, journal, queue, failures, judge)
                 progress.done(stats)
     progress.report(stats, final=True)
 
 
-def settle(item: Pending, outcome, results, stats, journal, queue: deque, failures: dict) -> None:
-    """Record an answer, or a request's failure: once more with half the frames if it was too long."""
+def settle(
+    item: Pending, outcome, results, stats, journal, queue: deque, failures: dict, judge: Judge
+) -> None:
+    """Record an answer, or a request's failure: once more with half the frames if it was too long, or
+    with a new seed if every candidate was degenerate (``judge``)."""
     meta = results[item.slot]["caption_meta"]
-    meta["seed"] = item.seed
+    meta["seed"] = item.first_seed
     if isinstance(outcome, Answer):
         failures["ok"] += 1
-        record_answer(item, outcome, results[item.slot], stats)
+        count_tokens(outcome, stats)
+        videos = item.entry["videos"]
+        duration = float(videos[0]["meta"]["duration"]) if videos else None
+        attempt = judge.check(item.seed, outcome.texts, outcome.finish_reasons, duration)
+        verdict = judge.decide(item, attempt)
+        if verdict.status == "retry":
+            stats["retries"] += 1
+            queue.appendleft(item)
+            return
+        record_answer(item, outcome, verdict, judge, results[item.slot], stats)
     elif is_too_long(outcome) and item.halve():
         queue.appendleft(item)
         return
@@ -294,21 +315,27 @@ def settle(item: Pending, outcome, results, stats, journal, queue: deque, failur
     journal.add(item.key, results[item.slot])
 
 
-def record_answer(item: Pending, answer: Answer, result: dict, stats: dict) -> None:
+def count_tokens(answer: Answer, stats: dict) -> None:
+    """Every answered request counts, re-sampled attempts included: they are GPU work too."""
+    stats["prompt_tokens"] += answer.prompt_tokens or 0
+    stats["output_tokens"] += answer.output_tokens or 0
+
+
+def record_answer(item: Pending, answer: Answer, verdict, judge: Judge, result: dict, stats: dict) -> None:
+    """Write the chosen caption; its tokens are the last request's (earlier attempts are in ``rejected``)."""
     meta = result["caption_meta"]
-    result["caption"] = answer.text
+    result.update(judge.fields(verdict))
     meta.update(
-        status="truncated" if answer.finish_reason == "length" else "ok",
+        status=verdict.status,
         error=None,
         prompt_tokens=answer.prompt_tokens,
         output_tokens=answer.output_tokens,
-        finish_reason=answer.finish_reason,
+        finish_reason=verdict.attempt.finish_reasons[verdict.chosen],
+        **judge.meta(verdict, item.attempt + 1),
     )
     if item.halved:
         meta.update(frames=item.frames_sent(), halved=True)
         stats["halved"] += 1
-    stats["prompt_tokens"] += answer.prompt_tokens or 0
-    stats["output_tokens"] += answer.output_tokens or 0
 
 
 class Progress:

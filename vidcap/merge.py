@@ -16,6 +16,10 @@ from vidcap.records import RecordWriter, record_digest, record_prompt, with_prom
 from vidcap.shards import iter_shard_positions, raise_open_file_limit, shard_ids
 
 
+# candidates.keep: all writes every candidate; output_format: json the answer's object
+EXTRA_FIELDS = ("captions", "caption_json")
+
+
 class StaleResultError(RuntimeError):
     """A shard result does not match the current input (it was built from other records)."""
 
@@ -53,6 +57,9 @@ def merge_captions(
                 )
             out = with_prompt(record, keys, record_prompt(record, keys, settings["prompt"]))
             out[keys["caption"]] = result["caption"]
+            for extra in EXTRA_FIELDS:  # written only by the settings that make them
+                if extra in result:
+                    out[extra] = result[extra]
             out["caption_meta"] = result["caption_meta"]
             if style == "assistant_turn" and result["caption"] is not None:
                 out[keys["conversation"]] = out[keys["conversation"]] + [

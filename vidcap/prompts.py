@@ -165,6 +165,15 @@ class Pending:
     keep: list = field(default_factory=list)  # per video: kept frame slots, None for all
     halved: bool = False
     key: str = ""  # what its caption depends on (vidcap.journal.record_key)
+    # re-sampling after a degenerate answer (vidcap.judge): attempt number, its seed and presence penalty
+    attempt: int = 0
+    first_seed: int | None = None
+    presence_penalty: float | None = None  # None: the sampling section's
+    rejected: list = field(default_factory=list)
+    tried: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.first_seed = self.seed
 
     def halve(self) -> bool:
         """Keep half of every video's frames; False when it was already halved or has no video."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from vidcap import budget
-from vidcap.config import ConfigError
+from vidcap.config import ConfigError, with_defaults
 
 
 def media_root(config: dict) -> str:
@@ -56,6 +56,25 @@ def caption_params(config: dict) -> dict:
         "keys": config["keys"],
         "sampling": config["sampling"],
         "max_model_len": config["engine"]["max_model_len"],
+        **quality_params(config),
+    }
+
+
+def quality_params(config: dict) -> dict:
+    """Candidates, the degeneration guard and the answer format (the schema's content, not its path)."""
+    from vidcap.structured import load_schema
+
+    candidates = with_defaults("candidates", config.get("candidates"))
+    if candidates["n"] > 1 and config["sampling"]["temperature"] <= 0:
+        raise ConfigError(
+            f"candidates.n {candidates['n']} needs sampling.temperature > 0: greedy decoding gives one answer"
+        )
+    output_format = config.get("output_format", "text")
+    return {
+        "candidates": candidates,
+        "quality": with_defaults("quality", config.get("quality")),
+        "output_format": output_format,
+        "output_schema": load_schema(config.get("output_schema")) if output_format == "json" else None,
     }
 
 

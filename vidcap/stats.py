@@ -18,7 +18,7 @@ import pandas as pd
 # the output is ours: read without the input checks
 from vidcap.records import DEFAULT_KEYS, _iter_json_array, _iter_jsonl, is_jsonl, record_media
 
-STATUSES = ("ok", "truncated", "error")
+STATUSES = ("ok", "truncated", "degenerate", "error")
 DISTRIBUTIONS = {  # summary key -> what it counts
     "frames": "sampled frames per record",
     "prompt_tokens": "prompt tokens per record (text + vision)",
