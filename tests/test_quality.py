@@ -19,7 +19,9 @@ from vidcap.quality import (
     retry_seed,
     script_shares,
 )
-from vidcap.structured import DEFAULT_SCHEMA, parse_answer
+from vidcap.structured import load_schema, parse_answer
+
+DEFAULT_SCHEMA = load_schema(None)
 
 GOOD = (
     "A person walks a dog along a quiet suburban street in the early morning. The dog, a medium-sized brown "

@@ -90,7 +90,7 @@ def test_summarize_output_counts_statuses_reasons_and_lengths(tmp_path, suffix):
     path = write_records(tmp_path / f"out{suffix}", OUTPUT)
     summary = summarize_output(path, keep_error_indices=2)
     assert summary["records"] == 6
-    assert summary["status"] == {"ok": 1, "truncated": 1, "error": 4}
+    assert summary["status"] == {"ok": 1, "truncated": 1, "degenerate": 0, "error": 4}
     assert [(e["reason"], e["count"], e["example_index"]) for e in summary["errors"]] == [
         ("missing file", 2, 2),
         ("not a readable media file", 1, 3),
@@ -350,7 +350,7 @@ def test_build_report_writes_summary_histograms_and_gallery(tmp_path):
         summary = build_report(
             str(tmp_path / "records.json"), str(tmp_path / "captions.json"), files, out, settings, log=handle
         )
-    assert summary["status"] == {"ok": 5, "truncated": 0, "error": 1}
+    assert summary["status"] == {"ok": 5, "truncated": 0, "degenerate": 0, "error": 1}
     gallery = Path(out["gallery"]).read_text()
     cards = re.findall(r'<div class="record (\w+)" data-index="(\d+)"', gallery)
     assert cards == [("error" if i == 2 else "ok", str(i)) for i in range(6)]
@@ -363,6 +363,7 @@ def test_build_report_writes_summary_histograms_and_gallery(tmp_path):
     assert sum(c for c, _, _ in frames_bars) == 5  # one per video with frames
     assert summary_page.count("<svg") == 4  # the histograms, inline
     assert "gallery: 6 of 6 records" in log.read_text()
+    assert 'id="audit"' in summary_page and "5 of 6 records have a caption" in summary_page
 
 
 def test_big_build_gallery_shows_a_sample_plus_every_error(tmp_path):

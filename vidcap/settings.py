@@ -149,6 +149,10 @@ def report_settings(config: dict) -> dict:
         "sampling": config["sampling"],
         "engine": {k: v for k, v in config["engine"].items() if k != "env"},
         "gallery_sample": config["gallery_sample"],
+        "candidates": with_defaults("candidates", config.get("candidates")),
+        "quality": with_defaults("quality", config.get("quality")),
+        "audit": with_defaults("audit", config.get("audit")),
+        "output_format": config.get("output_format", "text"),
     }
 
 

@@ -12,42 +12,18 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-# Every string and list is bounded: the answer's worst case must fit in sampling.max_tokens, and a model
-# stuck in a loop ends at the bound with valid JSON instead of at max_tokens with a cut one.
-DEFAULT_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "summary": {"type": "string", "maxLength": 1000},
-        "events": {
-            "type": "array",
-            "maxItems": 8,
-            "items": {
-                "type": "object",
-                "properties": {
-                    "start": {"type": "number"},
-                    "end": {"type": "number"},
-                    "text": {"type": "string", "maxLength": 200},
-                },
-                "required": ["start", "end", "text"],
-                "additionalProperties": False,
-            },
-        },
-        "subjects": {"type": "array", "maxItems": 8, "items": {"type": "string", "maxLength": 40}},
-        "camera": {"type": "string", "maxLength": 100},
-    },
-    "required": ["summary", "events", "subjects", "camera"],
-    "additionalProperties": False,
-}
+# config/schemas/caption_answer.schema.json, shipped in the package: every string and list is bounded, so
+# the answer's worst case fits in sampling.max_tokens, and a model stuck in a loop ends at the bound with
+# valid JSON instead of at max_tokens with a cut one.
+DEFAULT_SCHEMA_PATH = Path(__file__).with_name("caption_answer.schema.json")
 
 
 def load_schema(path: str | dict | None) -> dict:
     """The answer schema: vidcap's, or the user's file (which must describe an object with a ``summary``);
     a schema already loaded is returned as it is."""
-    if path is None:
-        return DEFAULT_SCHEMA
     if isinstance(path, dict):
         return path
-    schema = json.loads(Path(path).read_text(encoding="utf-8"))
+    schema = json.loads(Path(path or DEFAULT_SCHEMA_PATH).read_text(encoding="utf-8"))
     if schema.get("type") != "object" or "summary" not in schema.get("properties", {}):
         raise ValueError(f"output_schema {path}: must be an object schema with a 'summary' property")
     return schema

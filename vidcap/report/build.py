@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 from vidcap.atomic import atomic_open, read_json
+from vidcap.audit import audit_output
 from vidcap.config import defaults, with_defaults
 from vidcap.report.charts import svg_histogram
 from vidcap.report.gallery import GALLERY_MAX_ERRORS, gallery_card, gallery_items, gallery_selection
@@ -90,7 +91,8 @@ def build_report(
     steps = read_benchmarks(files.get("benchmarks", []))
     throughput = caption_throughput(files.get("caption_stats", []))
     histograms = write_histograms(dict(summary["values"], frames=frames_per_video(files["manifests"])), out)
-    write_text(out["summary"], summary_html(summary, settings, steps, throughput, histograms))
+    audit = audit_output(output_path, settings.get("audit"), keys["caption"])
+    write_text(out["summary"], summary_html(summary, settings, steps, throughput, histograms, audit))
 
     sample = int(settings.get("gallery_sample") or defaults()["gallery_sample"])
     selected = gallery_selection(summary["records"], summary["error_indices"], sample)

@@ -20,7 +20,7 @@ TINY_NOTE = (
     "The model is the random-weight tiny test model (VIDCAP_TINY_MODEL.txt): "
     "its captions are gibberish by design; only their structure means anything."
 )
-SETTING_GROUPS = ("frames", "sampling", "engine")
+SETTING_GROUPS = ("frames", "sampling", "engine", "candidates", "quality", "audit")
 
 
 def visible(text: str) -> str:
@@ -67,9 +67,15 @@ def settings_rows(settings: dict) -> list[tuple[str, str]]:
 
 
 def summary_html(
-    summary: dict, settings: dict, steps: dict[str, dict], throughput: dict | None, histograms: dict[str, str]
+    summary: dict,
+    settings: dict,
+    steps: dict[str, dict],
+    throughput: dict | None,
+    histograms: dict[str, str],
+    audit: dict | None = None,
 ) -> str:
-    """The build summary page: status, error reasons, lengths, histograms, wall time, settings."""
+    """The build summary page: status, error reasons, lengths, histograms, the caption audit, wall time,
+    settings."""
     model = settings.get("model", "?")
     lengths = describe_table(summary["values"])
     lengths.index = [DISTRIBUTIONS[name] for name in lengths.index]
@@ -85,7 +91,27 @@ def summary_html(
         steps=[{"step": step, **row} for step, row in steps.items()],
         throughput=throughput,
         settings=settings_rows(settings),
+        audit=audit,
+        audit_groups=audit_rows(audit) if audit else [],
     )
+
+
+def audit_rows(audit: dict) -> list[dict]:
+    """Exact and near-duplicate groups as table rows: kind, size, records, an example caption."""
+    rows = [
+        {"kind": "exact", "size": g["size"], "records": indices_text(g), "example": g["caption"]}
+        for g in audit["exact_duplicates"]["top"]
+    ]
+    rows += [
+        {"kind": "near", "size": g["size"], "records": indices_text(g), "example": " | ".join(g["examples"])}
+        for g in audit["near_duplicates"]["top"]
+    ]
+    return rows
+
+
+def indices_text(group: dict) -> str:
+    more = group["size"] - len(group["indices"])
+    return ", ".join(map(str, group["indices"])) + (f" ... ({more} more)" if more > 0 else "")
 
 
 def gallery_html(summary: dict, cards: list[dict], model: str, sample: int, max_errors: int) -> str:
