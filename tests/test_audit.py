@@ -186,3 +186,12 @@ def test_diff_command_lists_changes(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "record 0: prompt" in out and "record 4: prompt" in out and "record 1" not in out
     assert out.strip().endswith("2 records changed")
+
+
+def test_diff_names_quality_settings_from_provenance(tmp_path):
+    base = {"model": "m", "quality": {"candidates": {"n": 1, "keep": "first"}}, "config_hash": "c1"}
+    changed = {**base, "quality": {"candidates": {"n": 4, "keep": "consensus"}}, "config_hash": "c2"}
+    old, new = _builds(tmp_path, changed=(0,), provenance=(base, changed))
+    result = diff_outputs(old, new)
+    assert set(result["run_differences"]) == {"quality"}
+    assert result["changes"][0]["reasons"] == ["prompt", "quality"]

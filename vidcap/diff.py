@@ -27,11 +27,18 @@ RUN_FIELDS = {
     "sampling": "sampling",
     "frames": "frames",
     "engine": "engine",
+    "quality": "quality",
     "versions": "software",
     "variants": "provenance",
 }
 # caption_meta fields that are inputs to the caption (not results of it) -> the reason they name
-META_CAUSES = {"frames": "frames", "halved": "frames", "seed": "sampling", "prompt_tokens": "prompt tokens"}
+META_CAUSES = {
+    "frames": "frames",
+    "halved": "frames",
+    "seed": "sampling",
+    "prompt_tokens": "prompt tokens",
+    "attempts": "quality",
+}
 EXCERPT = 120
 
 

@@ -145,6 +145,7 @@ def job_provenance(settings: dict, engine: dict, frames: dict | None) -> dict:
         "sampling": settings.get("sampling"),
         "frames": frames,
         "engine": {k: v for k, v in engine.items() if k not in ("env", "threads")},
+        "quality": quality_settings(settings),
     }
     return {
         **model_identity(settings["model"]),
@@ -153,7 +154,14 @@ def job_provenance(settings: dict, engine: dict, frames: dict | None) -> dict:
         "sampling": settings.get("sampling"),
         "frames": frames,
         "engine": caption_config["engine"],
+        "quality": caption_config["quality"],
     }
+
+
+def quality_settings(settings: dict) -> dict:
+    """Candidates, the degeneration guard and the answer format: they change which caption is kept."""
+    keys = ("candidates", "quality", "output_format", "output_schema")
+    return {k: settings.get(k) for k in keys}
 
 
 def write_provenance(stats_paths: list[str], output_path: str, extra: dict | None = None) -> dict:
