@@ -13,7 +13,7 @@ import sys
 import time
 
 import pytest
-from helpers import make_video, write_records
+from helpers import CAPTIONED, make_video, write_records
 
 from vidcap.caption import caption_shard
 from vidcap.engine import EngineFailure
@@ -138,7 +138,7 @@ def test_server_captions_equal_offline_captions(server, tiny_model, shard):
     )
     served, offline = read(shard / "server.jsonl"), read(shard / "offline.jsonl")
     for i in (0, 1, 2):  # video, image + video, image only
-        assert served[i]["caption_meta"]["status"] in ("ok", "truncated")
+        assert served[i]["caption_meta"]["status"] in CAPTIONED
         assert served[i]["caption"] == offline[i]["caption"]
         for key in ("prompt_tokens", "output_tokens", "finish_reason", "seed", "frames"):
             assert served[i]["caption_meta"][key] == offline[i]["caption_meta"][key], key
@@ -148,6 +148,33 @@ def test_server_captions_equal_offline_captions(server, tiny_model, shard):
         == offline[4]["caption_meta"]["error"]
         == "missing.mp4: missing file"
     )
+
+
+def test_candidates_and_json_answers_equal_through_the_server(server, tiny_model, shard, tmp_path):
+    """n=2 candidates and a structured answer: the server (n, response_format json_schema) gives what the
+    in-process engine (n, structured outputs) gives, candidate for candidate."""
+    schema = {
+        "type": "object",
+        "properties": {"summary": {"type": "string", "maxLength": 40}},
+        "required": ["summary"],
+        "additionalProperties": False,
+    }
+    (tmp_path / "answer.json").write_text(json.dumps(schema))
+    quality = {
+        "candidates": {"n": 2, "keep": "all"},
+        "output_format": "json",
+        "output_schema": str(tmp_path / "answer.json"),
+    }
+    outputs = {}
+    for name, engine in (("server", {"backend": "server", "url": server, "concurrency": 2}), ("offline", {})):
+        job = {**settings(tiny_model, **engine), **quality}
+        job["sampling"] = {**job["sampling"], "max_tokens": 200}
+        caption_shard(str(shard / "s.jsonl"), str(shard / "m.json"), str(tmp_path / f"{name}.jsonl"), job)
+        outputs[name] = read(tmp_path / f"{name}.jsonl")
+    for served, offline in zip(outputs["server"][:3], outputs["offline"][:3]):
+        assert served["caption_meta"]["status"] in ("ok", "degenerate"), served["caption_meta"]
+        assert len(served["captions"]) == 2 and served["captions"] == offline["captions"]
+        assert served["caption_json"] == offline["caption_json"] == {"summary": served["caption"]}
 
 
 def test_unreachable_server_fails_the_job_and_writes_nothing(tiny_model, shard):
