@@ -138,9 +138,13 @@ def test_truncated_when_max_tokens_is_reached(llm, tiny_model_25, media, tmp_pat
     results, _ = run(llm, tiny_model_25, shard, manifest, tmp_path / "out.jsonl", max_tokens=2)
     meta = results[0]["caption_meta"]
     assert meta["output_tokens"] <= 2
-    assert (meta["status"], meta["finish_reason"]) in (("truncated", "length"), ("ok", "stop"))
+    # two random tokens may also be no word at all: the degeneration label then wins over truncated/ok
+    if meta["status"] == "degenerate":
+        assert meta["rejected"][0]["reason"] and meta["finish_reason"] in ("length", "stop")
+    else:
+        assert (meta["status"], meta["finish_reason"]) in (("truncated", "length"), ("ok", "stop"))
     if meta["output_tokens"] == 2:
-        assert meta["status"] == "truncated"
+        assert meta["finish_reason"] == "length" and meta["status"] in ("truncated", "degenerate")
 
 
 def test_engine_rejections_are_isolated_per_request(llm, tiny_model_25, tmp_path):
