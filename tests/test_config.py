@@ -78,3 +78,27 @@ def test_unknown_vllm_arg_is_refused_with_the_nearest():
         settings.caption_job(whole)
     ok = config.load(overrides={"input": "x.json", "engine": {"vllm_args": {"quantization": "fp8"}}})
     assert settings.caption_job(ok)["engine"]["vllm_args"] == {"quantization": "fp8"}
+
+
+def test_quality_settings_reach_the_caption_job_and_greedy_candidates_are_refused(tmp_path):
+    job = settings.caption_job(config.load(overrides={"input": "x.json"}))
+    assert job["candidates"] == {"n": 1, "keep": "first"} and job["quality"]["retries"] == 0
+    assert job["output_format"] == "text" and job["output_schema"] is None
+    (tmp_path / "answer.json").write_text('{"type": "object", "properties": {"summary": {"type": "string"}}}')
+    structured = config.load(
+        overrides={"input": "x.json", "output_format": "json", "output_schema": str(tmp_path / "answer.json")}
+    )
+    # the schema's content, not its path, is a caption param: editing the file reruns the caption jobs
+    assert settings.caption_params(structured)["output_schema"]["properties"] == {
+        "summary": {"type": "string"}
+    }
+    greedy = config.load(
+        overrides={"input": "x.json", "sampling": {"temperature": 0}, "candidates": {"n": 3}}
+    )
+    with pytest.raises(config.ConfigError, match="candidates.n 3 needs sampling.temperature > 0"):
+        settings.caption_job(greedy)
+    missing = config.load(
+        overrides={"input": "x.json", "output_format": "json", "output_schema": "nope.json"}
+    )
+    with pytest.raises(config.ConfigError, match="output_schema: .*nope.json"):
+        settings.caption_job(missing)

@@ -51,6 +51,7 @@ def test_full_build_captions_every_record_in_order(built40):
             assert meta["status"] in CAPTIONED, meta
             assert isinstance(rec["caption"], str) and meta["output_tokens"] > 0
             assert meta["frames"] >= 4 and meta["prompt_tokens"] > meta["frames"]
+            assert meta["attempts"] == 1  # quality.retries is 0 by default: degenerate ones are labelled only
 
 
 def test_nothing_to_do_after_a_build(built40):

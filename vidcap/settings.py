@@ -69,12 +69,17 @@ def quality_params(config: dict) -> dict:
         raise ConfigError(
             f"candidates.n {candidates['n']} needs sampling.temperature > 0: greedy decoding gives one answer"
         )
-    output_format = config.get("output_format", "text")
+    output_format, schema = config.get("output_format", "text"), None
+    if output_format == "json":
+        try:
+            schema = load_schema(config.get("output_schema"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"output_schema: {exc}") from None
     return {
         "candidates": candidates,
         "quality": with_defaults("quality", config.get("quality")),
         "output_format": output_format,
-        "output_schema": load_schema(config.get("output_schema")) if output_format == "json" else None,
+        "output_schema": schema,
     }
 
 
