@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vidcap import budget, decode
+from vidcap import budget, decode, npystream
 from vidcap.atomic import atomic_open, iter_jsonl, read_json, write_json
 from vidcap.budget import FRAME_FACTOR
 from vidcap.config import defaults, with_defaults
@@ -247,10 +247,13 @@ def cached_sample(path: str, kind: str, params: dict, cache_dir: Path) -> dict:
     key = cache_key(path, kind, params)
     array_path = Path(cache_dir) / key[:2] / f"{key}.npy"
     meta_path = array_path.with_suffix(".json")
-    if meta_path.exists() and array_path.exists():  # the sidecar is written last: it marks a complete entry
-        meta = read_json(meta_path)
+    meta = _cached_meta(meta_path, array_path)
+    if meta is not None:
         return {"path": path, "frames": str(array_path), "meta": meta, "cached": True}
-    with atomic_open(array_path, "wb") as handle:  # a failed extraction leaves no file
+    # not fsynced: a cache entry can be made again, and fsync of a video's frames cost about a tenth
+    # of a 10 s clip's extraction; after a power loss a short file or sidecar is seen as missing
+    # (_cached_meta, ensure_frames). The manifest, the job's output, stays durable.
+    with atomic_open(array_path, "wb", durable=False) as handle:  # a failed extraction leaves no file
         if kind == "video":
             stream = NpyStream(handle)
             _, meta = sample_video(path, params, out=stream)
@@ -258,8 +261,18 @@ def cached_sample(path: str, kind: str, params: dict, cache_dir: Path) -> dict:
         else:
             array, meta = load_image(path, params)
             np.save(handle, array)
-    write_json(meta_path, meta)
+    write_json(meta_path, meta, durable=False)
     return {"path": path, "frames": str(array_path), "meta": meta, "cached": False}
+
+
+def _cached_meta(meta_path: Path, array_path: Path) -> dict | None:
+    """The sidecar of a complete cache entry (written last, so it marks one), else None."""
+    if not (meta_path.exists() and npystream.is_complete(array_path)):
+        return None
+    try:
+        return read_json(meta_path)
+    except ValueError:  # cut short by a power loss
+        return None
 
 
 def disk_usage(folder: str | os.PathLike) -> tuple[int, int]:
@@ -290,7 +303,7 @@ def ensure_frames(entry: dict, settings: dict) -> dict:
     params = with_defaults("frames", settings.get("frames"))
     for field, kind in (("videos", "video"), ("images", "image")):
         for i, item in enumerate(entry.get(field) or []):
-            if not item or "error" in item or os.path.exists(item["frames"]):
+            if not item or "error" in item or npystream.is_complete(item["frames"]):
                 continue
             try:
                 entry[field][i] = cached_sample(item["path"], kind, params, Path(settings["cache_dir"]))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 
@@ -34,3 +36,21 @@ class NpyStream:
     def finish(self) -> None:
         if self.shape is None or self.written != self.shape[0]:
             raise ValueError(f"{self.written} frames written for an array of {self.shape}")
+
+
+def is_complete(path) -> bool:
+    """The file holds a whole .npy array: its header reads and its size is the header's shape.
+
+    Frame cache files are written without fsync (frames.cached_sample), so after a power loss a
+    renamed file can be empty or short; this tells such a file from a good one without reading it.
+    """
+    try:
+        with open(path, "rb") as handle:
+            fmt = np.lib.format
+            version = fmt.read_magic(handle)
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = read(handle)
+            expected = handle.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            return os.fstat(handle.fileno()).st_size == expected
+    except (OSError, ValueError):
+        return False
