@@ -63,7 +63,7 @@ def smart_resize(
         raise FrameError(str(exc)) from None
 
 
-CACHE_VERSION = 3  # bump when the sampled frames for the same parameters would change
+CACHE_VERSION = 4  # bump when the sampled frames for the same parameters would change
 
 
 # ---------------------------------------------------------------------------------------- decode
