@@ -516,9 +516,10 @@ def test_streamed_cache_file_equals_in_memory_frames(media, tmp_path, backend):
     assert entry["meta"]["frames_indices"] == meta["frames_indices"] == [0, 0, 0, 1, 1, 2]  # t = 0..0.2 s
 
 
-def test_timeout_while_decoding_kills_ffmpeg(media):
+@pytest.mark.parametrize("into_file", [False, True])
+def test_timeout_while_decoding_kills_ffmpeg(media, tmp_path, into_file):
     info = decode.probe(str(media["long_gop"]), time.monotonic() + 60)
-    with pytest.raises(FrameError, match="^timeout: decoding"):
+    with open(tmp_path / "frames.raw", "wb") as sink, pytest.raises(FrameError, match="^timeout: decoding"):
         decode.decode_ffmpeg(
             str(media["long_gop"]),
             info,
@@ -527,6 +528,7 @@ def test_timeout_while_decoding_kills_ffmpeg(media):
             56,
             lambda i, f: None,
             deadline=time.monotonic(),
+            sink=sink if into_file else None,
         )
 
 

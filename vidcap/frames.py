@@ -80,7 +80,9 @@ def sample_video(path: str, params: dict, out=None) -> tuple[np.ndarray, dict]:
     deadline = started + float(params["timeout"])
     threads = int(params["decoder_threads"])
     prestart = params["backend"] == "ffmpeg" and os.path.isfile(path)
-    with decode.Prestarted(path, threads) if prestart else contextlib.nullcontext() as prestarted:
+    # into a cache file, ffmpeg writes the frames itself: they never pass through this process
+    sink = out.skip_header() if out and prestart else None
+    with decode.Prestarted(path, threads, sink) if prestart else contextlib.nullcontext() as prestarted:
         info = decode.probe(path, deadline)
         backend = params["backend"]
         notes = []
@@ -123,8 +125,12 @@ def _sample(path, info, params, backend, out, deadline, started, notes, strict=T
     for slot, idx in enumerate(indices):
         slots.setdefault(idx, []).append(slot)
     array = None if out else np.empty((n, height, width, 3), np.uint8)
+    # ffmpeg cannot repeat a frame nor stand in for a missing one
+    direct = bool(out and out.direct) and strict and backend == "ffmpeg" and len(wanted) == n
     if out:
-        out.start((n, height, width, 3))
+        out.start((n, height, width, 3), direct)
+    if prestarted and prestarted.sink and not direct:
+        prestarted = None  # it writes into the file
     last = {"idx": -1}
 
     def deliver(idx: int, frame):  # called in increasing idx order, which is slot order
@@ -143,9 +149,12 @@ def _sample(path, info, params, backend, out, deadline, started, notes, strict=T
     if backend == "decord":
         stats = decode.decode_decord(path, info, wanted, width, height, deliver, deadline, threads)
     else:
+        sink = out.handle if direct else None
         stats = decode.decode_ffmpeg(
-            path, info, wanted, width, height, deliver, deadline, threads, strict, prestarted
+            path, info, wanted, width, height, deliver, deadline, threads, strict, prestarted, sink
         )
+        if direct:
+            out.advance(len(wanted))  # strict: every wanted frame came, or FrameMismatch
     notes = notes + plan["notes"] + stats["warnings"]
     if len(wanted) < n:
         notes.append(f"short clip: {len(wanted)} distinct frames repeated to {n}")
