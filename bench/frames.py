@@ -196,6 +196,7 @@ def main() -> None:
         "~7.5 GB of uint8 frames plus float copies)",
     )
     parser.add_argument("--workdir", default="/tmp/vidcap-bench")
+    parser.add_argument("--videos", help=f"comma-separated subset of {', '.join(VIDEOS)}")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument(
         "--repeat", type=int, default=1, help="runs per method (medians reported; methods take turns)"
@@ -216,6 +217,8 @@ def main() -> None:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     names = [n for n in VIDEOS if args.long or n != "10min-1080p"]
+    if args.videos:
+        names = [n for n in names if n in args.videos.split(",")]
     methods = args.methods.split(",")
     if args.baseline:
         os.environ["VIDCAP_BENCH_BASELINE"] = str(Path(args.baseline).resolve())
