@@ -70,8 +70,9 @@ CACHE_VERSION = 4  # bump when the sampled frames for the same parameters would 
 def sample_video(path: str, params: dict, out=None) -> tuple[np.ndarray, dict]:
     """Sample frames from one video: (uint8 array T x H x W x 3, metadata for the model).
 
-    With ``out`` (an NpyStream) the frames are written to it as they are decoded and the returned
-    array is None: memory stays at a frame or two, whatever the video's length. Frame times come
+    With ``out`` (an NpyStream) the frames are written to it as they are decoded (by ffmpeg itself
+    where it can) and the returned array is None: memory stays at a frame or two, whatever the
+    video's length. Frame times come
     from the packets; if the decoder does not output a frame they promised, the times are read from
     the decoder itself (a full decode) and the video is sampled again from those.
     """
