@@ -10,8 +10,8 @@ is its own. Wall times on a shared machine swing with the other load; CPU second
 the process and its children) are steadier, so both are printed with their ratios. Methods:
   floor         ffmpeg decodes every frame to nothing (the least any exact dense method can cost)
   anchor        qwen_vl_utils.fetch_video, decord backend (full-size decode, then torch resize)
-  vidcap-ffmpeg vidcap.frames.cached_sample (what the frames job runs: frames streamed to the
-                .npy cache file as they are decoded), ffmpeg backend, fps 2 (dense)
+  vidcap-ffmpeg vidcap.frames.cached_sample (what the frames job runs: ffmpeg writes the frames
+                into the .npy cache file as they are decoded), ffmpeg backend, fps 2 (dense)
   vidcap-decord the same, decord backend
   sparse-ffmpeg / sparse-decord   the same with max_frames 32 (seeks when keyframes allow)
 The pixel check compares each method's frames with the anchor's where both took the same frame
@@ -196,6 +196,7 @@ def main() -> None:
         "~7.5 GB of uint8 frames plus float copies)",
     )
     parser.add_argument("--workdir", default="/tmp/vidcap-bench")
+    parser.add_argument("--videos", help=f"comma-separated subset of {', '.join(VIDEOS)}")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument(
         "--repeat", type=int, default=1, help="runs per method (medians reported; methods take turns)"
@@ -212,9 +213,12 @@ def main() -> None:
         print(json.dumps(run_method(*args.run)))
         return
 
+    load_before = os.getloadavg()
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     names = [n for n in VIDEOS if args.long or n != "10min-1080p"]
+    if args.videos:
+        names = [n for n in names if n in args.videos.split(",")]
     methods = args.methods.split(",")
     if args.baseline:
         os.environ["VIDCAP_BENCH_BASELINE"] = str(Path(args.baseline).resolve())
@@ -287,6 +291,11 @@ def main() -> None:
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     for r in rows:
         print("  ".join(str(r[h]).ljust(w) for h, w in zip(header, widths)))
+    # wall times on a shared machine mean little without the load they were measured under
+    loads = [" ".join(f"{x:.2f}" for x in load) for load in (load_before, os.getloadavg())]
+    print(
+        f"load average (1, 5, 15 min): {loads[0]} at the start, {loads[1]} at the end; {os.cpu_count()} cores"
+    )
 
 
 if __name__ == "__main__":

@@ -516,9 +516,10 @@ def test_streamed_cache_file_equals_in_memory_frames(media, tmp_path, backend):
     assert entry["meta"]["frames_indices"] == meta["frames_indices"] == [0, 0, 0, 1, 1, 2]  # t = 0..0.2 s
 
 
-def test_timeout_while_decoding_kills_ffmpeg(media):
+@pytest.mark.parametrize("into_file", [False, True])
+def test_timeout_while_decoding_kills_ffmpeg(media, tmp_path, into_file):
     info = decode.probe(str(media["long_gop"]), time.monotonic() + 60)
-    with pytest.raises(FrameError, match="^timeout: decoding"):
+    with open(tmp_path / "frames.raw", "wb") as sink, pytest.raises(FrameError, match="^timeout: decoding"):
         decode.decode_ffmpeg(
             str(media["long_gop"]),
             info,
@@ -527,6 +528,7 @@ def test_timeout_while_decoding_kills_ffmpeg(media):
             56,
             lambda i, f: None,
             deadline=time.monotonic(),
+            sink=sink if into_file else None,
         )
 
 
@@ -554,6 +556,27 @@ def test_ensure_frames_extracts_a_deleted_cache_again(media, tmp_path):
     os.unlink(video)
     ensure_frames(entry, settings)
     assert entry["error"] == "clip.mp4: missing file" and entry["videos"][0]["error"] == "missing file"
+
+
+def test_cache_files_cut_short_are_extracted_again(media, tmp_path):
+    """Cache files are not fsynced: after a power loss a renamed .npy or sidecar can be empty or short;
+    such an entry counts as missing, for cached_sample and for the caption job's ensure_frames."""
+    video = str(media["cfr"])
+    entry = cached_sample(video, "video", SMALL, tmp_path)
+    first = numbers(load_frames(entry))
+    array, sidecar = Path(entry["frames"]), Path(entry["frames"]).with_suffix(".json")
+    assert cached_sample(video, "video", SMALL, tmp_path)["cached"] is True
+    for damage in (lambda: array.write_bytes(array.read_bytes()[:-1]), lambda: array.write_bytes(b"")):
+        damage()
+        assert cached_sample(video, "video", SMALL, tmp_path)["cached"] is False
+        assert numbers(load_frames(entry)) == first
+    sidecar.write_text('{"fps": 2')
+    assert cached_sample(video, "video", SMALL, tmp_path)["cached"] is False
+    array.write_bytes(b"")
+    record = {"videos": [entry], "images": [], "error": None}
+    settings = {"cache_dir": str(tmp_path), "frames": SMALL}
+    assert ensure_frames(record, settings)["videos"][0]["cached"] is False
+    assert numbers(load_frames(entry)) == first
 
 
 def test_media_root_only_refuses_paths_that_leave_it(media, tmp_path):

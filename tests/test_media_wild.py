@@ -20,7 +20,7 @@ import pytest
 from test_frames import STRIPES, counter_video, ffmpeg, numbers
 
 from vidcap import decode
-from vidcap.frames import FrameError, sample_video
+from vidcap.frames import FrameError, cached_sample, load_frames, sample_video
 
 SMALL = {"min_pixels": 28 * 28 * 4, "max_pixels": 28 * 28 * 4, "max_frames": 256, "min_frames": 4}
 
@@ -186,6 +186,20 @@ def test_sampled_frames_are_the_frames_a_player_shows(wild, name, fps, backend):
     assert numbers(frames) == want_numbers
     assert meta["timestamps"] == pytest.approx(want_times, abs=2e-3)
     assert meta["duration"] == pytest.approx(ref_times[-1] + 0.04, abs=0.01)
+
+
+@pytest.mark.parametrize("fps", [0.7, 25.0])
+@pytest.mark.parametrize(
+    "name", ["mp4_edit_list", "open_gop", "avi_mpeg4_bframes", "mpeg_ts", "hevc_10bit_mkv", "hevc_cut_ts"]
+)
+def test_cache_file_written_by_ffmpeg_holds_the_same_frames(wild, name, fps, tmp_path):
+    # into the cache ffmpeg writes the frames itself (seeks, reads from the start, the decoder's own
+    # frame times after a dropped picture): the file must hold what the in-memory path returns
+    params = {**SMALL, "fps": fps}
+    frames, meta = sample_video(str(wild[name]), params)
+    entry = cached_sample(str(wild[name]), "video", params, tmp_path)
+    assert entry["meta"]["frames_indices"] == meta["frames_indices"]
+    assert np.array_equal(load_frames(entry), frames)
 
 
 def test_edit_list_cut_starts_at_the_frame_shown_at_the_edit(wild):

@@ -17,8 +17,14 @@ FILE_MODE = 0o666 & ~_UMASK
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
-    """Open a temp file beside ``path``; on clean exit fsync it and rename it over ``path``."""
+def atomic_open(
+    path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8", durable: bool = True
+) -> Iterator[IO]:
+    """Open a temp file beside ``path``; on clean exit fsync it and rename it over ``path``.
+
+    ``durable=False`` skips the fsync: still never torn while the machine runs, but after a power
+    loss the renamed file may be empty or short. Only for files a reader checks and can re-create.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -27,7 +33,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as handle:
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -35,8 +42,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
         raise
 
 
-def write_json(path: str | os.PathLike, data, indent: int | None = 2) -> None:
-    with atomic_open(path) as handle:
+def write_json(path: str | os.PathLike, data, indent: int | None = 2, durable: bool = True) -> None:
+    with atomic_open(path, durable=durable) as handle:
         json.dump(data, handle, ensure_ascii=False, indent=indent)
         handle.write("\n")
 

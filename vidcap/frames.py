@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vidcap import budget, decode
+from vidcap import budget, decode, npystream
 from vidcap.atomic import atomic_open, iter_jsonl, read_json, write_json
 from vidcap.budget import FRAME_FACTOR
 from vidcap.config import defaults, with_defaults
@@ -63,15 +63,16 @@ def smart_resize(
         raise FrameError(str(exc)) from None
 
 
-CACHE_VERSION = 3  # bump when the sampled frames for the same parameters would change
+CACHE_VERSION = 4  # bump when the sampled frames for the same parameters would change
 
 
 # ---------------------------------------------------------------------------------------- decode
 def sample_video(path: str, params: dict, out=None) -> tuple[np.ndarray, dict]:
     """Sample frames from one video: (uint8 array T x H x W x 3, metadata for the model).
 
-    With ``out`` (an NpyStream) the frames are written to it as they are decoded and the returned
-    array is None: memory stays at a frame or two, whatever the video's length. Frame times come
+    With ``out`` (an NpyStream) the frames are written to it as they are decoded (by ffmpeg itself
+    where it can) and the returned array is None: memory stays at a frame or two, whatever the
+    video's length. Frame times come
     from the packets; if the decoder does not output a frame they promised, the times are read from
     the decoder itself (a full decode) and the video is sampled again from those.
     """
@@ -80,7 +81,9 @@ def sample_video(path: str, params: dict, out=None) -> tuple[np.ndarray, dict]:
     deadline = started + float(params["timeout"])
     threads = int(params["decoder_threads"])
     prestart = params["backend"] == "ffmpeg" and os.path.isfile(path)
-    with decode.Prestarted(path, threads) if prestart else contextlib.nullcontext() as prestarted:
+    # into a cache file, ffmpeg writes the frames itself: they never pass through this process
+    sink = out.skip_header() if out and prestart else None
+    with decode.Prestarted(path, threads, sink) if prestart else contextlib.nullcontext() as prestarted:
         info = decode.probe(path, deadline)
         backend = params["backend"]
         notes = []
@@ -123,8 +126,12 @@ def _sample(path, info, params, backend, out, deadline, started, notes, strict=T
     for slot, idx in enumerate(indices):
         slots.setdefault(idx, []).append(slot)
     array = None if out else np.empty((n, height, width, 3), np.uint8)
+    # ffmpeg cannot repeat a frame nor stand in for a missing one
+    direct = bool(out and out.direct) and strict and backend == "ffmpeg" and len(wanted) == n
     if out:
-        out.start((n, height, width, 3))
+        out.start((n, height, width, 3), direct)
+    if prestarted and prestarted.sink and not direct:
+        prestarted = None  # it writes into the file
     last = {"idx": -1}
 
     def deliver(idx: int, frame):  # called in increasing idx order, which is slot order
@@ -143,9 +150,12 @@ def _sample(path, info, params, backend, out, deadline, started, notes, strict=T
     if backend == "decord":
         stats = decode.decode_decord(path, info, wanted, width, height, deliver, deadline, threads)
     else:
+        sink = out.handle if direct else None
         stats = decode.decode_ffmpeg(
-            path, info, wanted, width, height, deliver, deadline, threads, strict, prestarted
+            path, info, wanted, width, height, deliver, deadline, threads, strict, prestarted, sink
         )
+        if direct:
+            out.advance(len(wanted))  # strict: every wanted frame came, or FrameMismatch
     notes = notes + plan["notes"] + stats["warnings"]
     if len(wanted) < n:
         notes.append(f"short clip: {len(wanted)} distinct frames repeated to {n}")
@@ -247,10 +257,13 @@ def cached_sample(path: str, kind: str, params: dict, cache_dir: Path) -> dict:
     key = cache_key(path, kind, params)
     array_path = Path(cache_dir) / key[:2] / f"{key}.npy"
     meta_path = array_path.with_suffix(".json")
-    if meta_path.exists() and array_path.exists():  # the sidecar is written last: it marks a complete entry
-        meta = read_json(meta_path)
+    meta = _cached_meta(meta_path, array_path)
+    if meta is not None:
         return {"path": path, "frames": str(array_path), "meta": meta, "cached": True}
-    with atomic_open(array_path, "wb") as handle:  # a failed extraction leaves no file
+    # not fsynced: a cache entry can be made again, and fsync of a video's frames cost about a tenth
+    # of a 10 s clip's extraction; after a power loss a short file or sidecar is seen as missing
+    # (_cached_meta, ensure_frames). The manifest, the job's output, stays durable.
+    with atomic_open(array_path, "wb", durable=False) as handle:  # a failed extraction leaves no file
         if kind == "video":
             stream = NpyStream(handle)
             _, meta = sample_video(path, params, out=stream)
@@ -258,8 +271,18 @@ def cached_sample(path: str, kind: str, params: dict, cache_dir: Path) -> dict:
         else:
             array, meta = load_image(path, params)
             np.save(handle, array)
-    write_json(meta_path, meta)
+    write_json(meta_path, meta, durable=False)
     return {"path": path, "frames": str(array_path), "meta": meta, "cached": False}
+
+
+def _cached_meta(meta_path: Path, array_path: Path) -> dict | None:
+    """The sidecar of a complete cache entry (written last, so it marks one), else None."""
+    if not (meta_path.exists() and npystream.is_complete(array_path)):
+        return None
+    try:
+        return read_json(meta_path)
+    except ValueError:  # cut short by a power loss
+        return None
 
 
 def disk_usage(folder: str | os.PathLike) -> tuple[int, int]:
@@ -290,7 +313,7 @@ def ensure_frames(entry: dict, settings: dict) -> dict:
     params = with_defaults("frames", settings.get("frames"))
     for field, kind in (("videos", "video"), ("images", "image")):
         for i, item in enumerate(entry.get(field) or []):
-            if not item or "error" in item or os.path.exists(item["frames"]):
+            if not item or "error" in item or npystream.is_complete(item["frames"]):
                 continue
             try:
                 entry[field][i] = cached_sample(item["path"], kind, params, Path(settings["cache_dir"]))
