@@ -290,7 +290,7 @@ def ensure_frames(entry: dict, settings: dict) -> dict:
     params = with_defaults("frames", settings.get("frames"))
     for field, kind in (("videos", "video"), ("images", "image")):
         for i, item in enumerate(entry.get(field) or []):
-            if not item or "error" in item or os.path.exists(item["frames"]):
+            if not item or "error" in item or "windows" in item or os.path.exists(item["frames"]):
                 continue
             try:
                 entry[field][i] = cached_sample(item["path"], kind, params, Path(settings["cache_dir"]))
@@ -342,6 +342,11 @@ def extract_frames(
     cache_dir = Path(settings["cache_dir"])
     cache_dir.mkdir(parents=True, exist_ok=True)  # may be this shard's own output folder (frames.keep false)
     entries, wanted = plan_shard_media(iter_jsonl(shard_path), keys, settings)
+    long_video = settings.get("long_video")
+    if long_video:  # imported here: long_frames builds on this module
+        from vidcap import long_frames
+
+        wanted = long_frames.split_long(entries, wanted, long_video)
     jobs = list(wanted)
     done = 0
     started = time.monotonic()
@@ -351,7 +356,10 @@ def extract_frames(
         nonlocal done
         kind, path = job
         try:
-            result = cached_sample(path, kind, params, cache_dir)
+            if kind == "long":  # a video alone in its record: windowed if long_video says so
+                result = long_frames.cached_long(path, params, long_video, cache_dir)
+            else:
+                result = cached_sample(path, kind, params, cache_dir)
         except FrameError as exc:
             result = {"path": path, "error": str(exc)}
         except Exception as exc:  # noqa: BLE001 -- a bug or an exotic file must not sink the other records
