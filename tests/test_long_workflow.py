@@ -5,8 +5,16 @@ import json
 import shutil
 
 import pytest
-from helpers import cut_tail, jobs_run, make_shots_video, make_video, planned_jobs, run_snakemake, tiny_config
-from helpers import write_records
+from helpers import (
+    cut_tail,
+    jobs_run,
+    make_shots_video,
+    make_video,
+    planned_jobs,
+    run_snakemake,
+    tiny_config,
+    write_records,
+)
 
 pytestmark = pytest.mark.slow
 
