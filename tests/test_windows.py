@@ -2,12 +2,14 @@
 folding window results into records, the summary prompt."""
 
 import json
+import os
 
 import pytest
 from helpers import cut_tail, make_shots_video, make_video, write_records
 
 from vidcap import config as vconfig
 from vidcap import settings as vsettings
+from vidcap.caption import plan_records
 from vidcap.frames import cached_sample, extract_frames
 from vidcap.long_frames import cached_long, split_long
 from vidcap.summary import needs_summary, summary_text
@@ -157,6 +159,18 @@ def test_frames_step_writes_windowed_manifest_entries(shots_video, tmp_path):
     long_item, short_item = (e["videos"][0] for e in manifest["records"])
     assert len(long_item["windows"]) == 3 and "windows" not in short_item
     assert json.loads((tmp_path / "m.json").read_text())["records"][0]["error"] is None
+    # the cache deleted since: the caption job extracts the windows again before sending them
+    for window in long_item["windows"]:
+        os.unlink(window["frames"])
+    job = {
+        "keys": config["keys"],
+        "prompt": "Describe.",
+        "sampling": config["sampling"],
+        "frames_step": settings,
+    }
+    results, pending = plan_records(str(shard), str(tmp_path / "m.json"), job)
+    assert len(results) == 5 and [p.slot for p in pending] == [1, 2, 3, 4]  # the clip, then 3 windows
+    assert all(os.path.exists(p.entry["videos"][0]["frames"]) for p in pending)
 
 
 # ---------------------------------------------------------------------------------------- caption job
@@ -180,7 +194,7 @@ def test_window_results_fold_into_the_record_in_time_order():
     for p, text in zip(pending, ["first", "third"]):
         results[p.slot]["caption"] = text
         results[p.slot]["caption_meta"].update(status="ok", prompt_tokens=10, output_tokens=3, seed=1)
-    out = fold(results, 1, [entry])
+    out = fold(results, 1)
     assert len(out) == 1 and WINDOW_KEY not in out[0]
     meta = out[0]["caption_meta"]
     assert [(w["start"], w["status"], w["caption"]) for w in meta["windows"]] == [

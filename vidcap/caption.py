@@ -64,7 +64,7 @@ def caption_shard(
     )
     if pending:
         caption_pending(pending, results, settings, stats, journal, log, llm)
-    results = windowed.fold(results, records, read_json(manifest_path)["records"])
+    results = windowed.fold(results, records)
     with atomic_open(result_path) as handle:
         for result in results:
             handle.write(dumps_line(result))
@@ -93,6 +93,8 @@ def plan_records(shard_path: str, manifest_path: str, settings: dict) -> tuple[l
             raise RuntimeError(f"{manifest_path}: entry {slot} belongs to another record: stale manifest")
         if settings.get("frames_step") and not entry["error"]:  # cache files deleted since the frames step
             ensure_frames(entry, settings["frames_step"])
+            if windowed.is_windowed(entry):
+                windowed.ensure_windows(entry, settings["frames_step"])
         frames = sum(len(v["meta"].get("frames_indices", ())) for v in entry["videos"] if "meta" in v)
         meta = {
             "status": "error",

@@ -10,8 +10,12 @@ summary job (vidcap.summary), status ``ok`` unless every window failed.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
+from vidcap.config import with_defaults
+from vidcap.decode import FrameError
 from vidcap.prompts import Pending
 from vidcap.windows import clip_phrase
 
@@ -28,8 +32,10 @@ def is_windowed(entry: dict) -> bool:
 
 
 def window_requests(slot, digest, entry, prompt, seed, results: list[dict]) -> list[WindowPending]:
-    """One request per decodable window; each gets a result slot appended to ``results``."""
+    """One request per decodable window; each gets a result slot appended to ``results``, and the record's
+    own result lists every window (those that could not be decoded as errors already)."""
     video = entry["videos"][0]
+    results[slot]["caption_meta"]["windows"] = [window_result(w, None) for w in video["windows"]]
     pending = []
     for w, window in enumerate(video["windows"]):
         if "error" in window:
@@ -48,6 +54,24 @@ def window_requests(slot, digest, entry, prompt, seed, results: list[dict]) -> l
     return pending
 
 
+def ensure_windows(entry: dict, frames_step: dict) -> None:
+    """Extract a windowed video again when window frames are gone from the cache (as frames.ensure_frames);
+    a video that can no longer be read becomes the record's error."""
+    from vidcap.long_frames import cached_long
+
+    video = entry["videos"][0]
+    if all(os.path.exists(w["frames"]) for w in video["windows"] if "frames" in w):
+        return
+    params = with_defaults("frames", frames_step.get("frames"))
+    try:
+        entry["videos"][0] = cached_long(
+            video["path"], params, frames_step["long_video"], Path(frames_step["cache_dir"])
+        )
+    except FrameError as exc:
+        entry["videos"][0] = {"path": video["path"], "error": str(exc)}
+        entry["error"] = f"{os.path.basename(video['path'])}: {exc}"
+
+
 def empty_meta(window: dict) -> dict:
     return {
         "status": "error",
@@ -61,49 +85,51 @@ def empty_meta(window: dict) -> dict:
     }
 
 
-def fold(results: list[dict], n_records: int, entries: list[dict]) -> list[dict]:
+def fold(results: list[dict], n_records: int) -> list[dict]:
     """The shard's record results with their windows' results folded in (window slots dropped)."""
-    by_record: dict[int, dict[int, dict]] = {}
+    out = results[:n_records]
+    sent: dict[int, list[dict]] = {}
     for result in results[n_records:]:
         slot, w = result.pop(WINDOW_KEY)
-        by_record.setdefault(slot, {})[w] = result
-    out = results[:n_records]
-    for slot, entry in enumerate(entries):
-        if is_windowed(entry) and not entry["error"]:
-            fold_record(out[slot], entry["videos"][0], by_record.get(slot, {}))
+        out[slot]["caption_meta"]["windows"][w] = window_result(
+            None, result, out[slot]["caption_meta"]["windows"][w]
+        )
+        sent.setdefault(slot, []).append(result)
+    for slot, result in enumerate(out):
+        if "windows" in result["caption_meta"]:
+            fold_record(result, sent.get(slot, []))
     return out
 
 
-def fold_record(result: dict, video: dict, done: dict[int, dict]) -> None:
-    windows = [window_result(w, done.get(i)) for i, w in enumerate(video["windows"])]
-    good = [w for w in windows if w["status"] != "error"]
+def fold_record(result: dict, sent: list[dict]) -> None:
     meta = result["caption_meta"]
-    sent = [d["caption_meta"] for d in done.values()]
+    windows = meta["windows"]
+    metas = [d["caption_meta"] for d in sent]
     meta.update(
-        frames=sum(m["frames"] for m in sent),
-        halved=any(m["halved"] for m in sent),
-        prompt_tokens=sum(m["prompt_tokens"] or 0 for m in sent),
-        output_tokens=sum(m["output_tokens"] or 0 for m in sent),
-        seed=next((m["seed"] for m in sent), None),
-        windows=windows,
+        frames=sum(m["frames"] for m in metas),
+        halved=any(m["halved"] for m in metas),
+        prompt_tokens=sum(m["prompt_tokens"] or 0 for m in metas),
+        output_tokens=sum(m["output_tokens"] or 0 for m in metas),
+        seed=next((m["seed"] for m in metas), None),
     )
-    if not good:
+    if all(w["status"] == "error" for w in windows):
         meta.update(status="error", error=f"every window failed, e.g. {windows[0]['error']}")
     elif len(windows) == 1:
         result["caption"] = windows[0]["caption"]
-        meta.update(
-            status=windows[0]["status"], error=None, finish_reason=done[0]["caption_meta"]["finish_reason"]
-        )
+        meta.update(status=windows[0]["status"], error=None, finish_reason=metas[0]["finish_reason"])
     else:  # the summary job writes caption and status
         meta.update(status="ok", error=None, summary=None)
 
 
-def window_result(window: dict, done: dict | None) -> dict:
-    """A window as caption_meta.windows lists it."""
-    out = {"start": window["start"], "end": window["end"], "frames": None, "caption": None}
-    if done is None:  # never sent: its frames did not decode
+def window_result(window: dict | None, done: dict | None = None, listed: dict | None = None) -> dict:
+    """A window as caption_meta.windows lists it: from the manifest (not sent yet, or never: an error) or,
+    with ``done``, from its request's result."""
+    if done is None:
         return {
-            **out,
+            "start": window["start"],
+            "end": window["end"],
+            "frames": None,
+            "caption": None,
             "status": "error",
             "error": window.get("error"),
             "prompt_tokens": None,
@@ -111,7 +137,7 @@ def window_result(window: dict, done: dict | None) -> dict:
         }
     meta = done["caption_meta"]
     return {
-        **out,
+        **listed,
         "frames": meta["frames"],
         "caption": done["caption"],
         "status": meta["status"],
