@@ -66,6 +66,11 @@ def test_long_videos_are_captioned_per_window_and_summarised(built):
     assert "no decodable frames" in windows[2]["error"]
     assert cut["caption_meta"]["status"] in ("ok", "truncated") and isinstance(cut["caption"], str)
     assert "windows" not in short["caption_meta"] and "summary" not in short["caption_meta"]
+    # the report's gallery shows a timeline per long video: a thumbnail strip and a caption per window
+    gallery = (work / "results" / "report" / "gallery.html").read_text(encoding="utf-8")
+    assert gallery.count('<ol class="timeline">') == 2
+    assert gallery.count('<img class="window"') == 5  # 3 + 2: the truncated tail has no frames to show
+    assert "0.0-50.0 s" in gallery and "no decodable frames from 120.0 s" in gallery
 
 
 def test_editing_the_summary_prompt_reruns_only_summaries_and_the_merge(built, tmp_path):
