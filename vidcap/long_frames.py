@@ -119,12 +119,11 @@ def sample_windows(
         spans = windows.plan_windows(
             duration, fps, lv["window_frames"], lv["min_window_frames"], decoded["cuts"], lv["shots"]
         )
-        frames = np.load(spool, mmap_mode="r")
-        items = [
-            _window_item(i, span_, grid, decoded, frames, info, params, (height, width), folder, key)
-            for i, span_ in enumerate(spans)
-        ]
-        del frames
+        with GridReader(spool) as frames:
+            items = [
+                _window_item(i, span_, grid, decoded, frames, info, params, (height, width), folder, key)
+                for i, span_ in enumerate(spans)
+            ]
     if all("error" in w for w in items):
         raise FrameError(items[0]["error"])
     meta = {
@@ -144,6 +143,30 @@ def sample_windows(
         "seconds": round(time.monotonic() - started, 3),
     }
     return {"path": path, "meta": meta, "windows": items}
+
+
+class GridReader:
+    """Rows of the grid spool read with pread: a memory map would count the whole spool (a GB for 10 minutes
+    at the defaults) in the job's resident memory while the windows are copied out."""
+
+    def __init__(self, path: Path):
+        with open(path, "rb") as handle:
+            np.lib.format.read_magic(handle)
+            shape, _, _ = np.lib.format.read_array_header_1_0(handle)
+            self.offset = handle.tell()
+        self.frame_shape = tuple(shape[1:])
+        self.frame_bytes = int(np.prod(self.frame_shape))
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def row(self, i: int) -> np.ndarray:
+        data = os.pread(self.fd, self.frame_bytes, self.offset + i * self.frame_bytes)
+        return np.frombuffer(data, np.uint8).reshape(self.frame_shape)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.fd)
 
 
 def _nominal_plan(info: dict, params: dict, span: float) -> dict:
@@ -293,7 +316,7 @@ def _window_item(i, span, grid, decoded, frames, info, params, size, folder, key
     with atomic_open(path, "wb") as handle:
         out = NpyStream(handle).start((len(keep), height, width, 3))
         for row in keep:
-            out.write(frames[row])
+            out.write(frames.row(row))
         out.finish()
     indices = [decoded["indices"][r] for r in keep]
     plan = {
