@@ -10,6 +10,7 @@ from helpers import cut_tail, make_shots_video, make_video, write_records
 from vidcap import config as vconfig
 from vidcap import settings as vsettings
 from vidcap.caption import plan_records
+from vidcap.decode import FrameError
 from vidcap.frames import cached_sample, extract_frames
 from vidcap.long_frames import cached_long, split_long
 from vidcap.summary import needs_summary, summary_text
@@ -125,6 +126,18 @@ def test_a_short_clip_under_auto_is_sampled_as_today(tmp_path):
     today = cached_sample(str(clip), "video", frame_params(), tmp_path / "b")
     assert "windows" not in auto
     assert auto["meta"] == today["meta"] | {"seconds": auto["meta"]["seconds"]}
+
+
+def test_auto_windows_long_videos_also_truncated_or_cached_as_single_before(shots_video, tmp_path):
+    cached_sample(str(shots_video), "video", frame_params(), tmp_path)  # an earlier build with mode single
+    item = cached_long(str(shots_video), frame_params(), long_video(mode="auto"), tmp_path)
+    assert len(item["windows"]) == 3
+    cut = cut_tail(shots_video, tmp_path / "cut.mp4", 100)
+    item = cached_long(str(cut), frame_params(), long_video(mode="auto", shots=False), tmp_path)
+    assert [("error" in w) for w in item["windows"]] == [False, False, True]
+    short_cut = cut_tail(make_video(tmp_path / "short.mp4", seconds=8), tmp_path / "short-cut.mp4", 4)
+    with pytest.raises(FrameError, match="truncated file"):  # short: one prompt, failing as today
+        cached_long(str(short_cut), frame_params(), long_video(mode="auto"), tmp_path)
 
 
 def test_only_one_video_records_are_windowed(tmp_path):

@@ -67,11 +67,12 @@ CACHE_VERSION = 3  # bump when the sampled frames for the same parameters would 
 
 
 # ---------------------------------------------------------------------------------------- decode
-def sample_video(path: str, params: dict, out=None) -> tuple[np.ndarray, dict]:
+def sample_video(path: str, params: dict, out=None, check=None) -> tuple[np.ndarray, dict]:
     """Sample frames from one video: (uint8 array T x H x W x 3, metadata for the model).
 
     With ``out`` (an NpyStream) the frames are written to it as they are decoded and the returned
-    array is None: memory stays at a frame or two, whatever the video's length. Frame times come
+    array is None: memory stays at a frame or two, whatever the video's length. ``check(info)``, called
+    with the probe, may raise to take the video elsewhere (vidcap.long_frames: windows). Frame times come
     from the packets; if the decoder does not output a frame they promised, the times are read from
     the decoder itself (a full decode) and the video is sampled again from those.
     """
@@ -82,6 +83,8 @@ def sample_video(path: str, params: dict, out=None) -> tuple[np.ndarray, dict]:
     prestart = params["backend"] == "ffmpeg" and os.path.isfile(path)
     with decode.Prestarted(path, threads) if prestart else contextlib.nullcontext() as prestarted:
         info = decode.probe(path, deadline)
+        if check is not None:
+            check(info)
         backend = params["backend"]
         notes = []
         if backend == "decord" and not (info["exact_seek"] and info["timed"] and not info["open_gop"]):
@@ -241,8 +244,9 @@ def cache_key(path: str, kind: str, params: dict) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
-def cached_sample(path: str, kind: str, params: dict, cache_dir: Path) -> dict:
-    """Frames of one video/image from the cache (extracted first if missing); its manifest entry."""
+def cached_sample(path: str, kind: str, params: dict, cache_dir: Path, check=None) -> dict:
+    """Frames of one video/image from the cache (extracted first if missing); its manifest entry.
+    ``check``: see :func:`sample_video`."""
     params = with_defaults("frames", params)
     key = cache_key(path, kind, params)
     array_path = Path(cache_dir) / key[:2] / f"{key}.npy"
@@ -253,7 +257,7 @@ def cached_sample(path: str, kind: str, params: dict, cache_dir: Path) -> dict:
     with atomic_open(array_path, "wb") as handle:  # a failed extraction leaves no file
         if kind == "video":
             stream = NpyStream(handle)
-            _, meta = sample_video(path, params, out=stream)
+            _, meta = sample_video(path, params, out=stream, check=check)
             stream.finish()
         else:
             array, meta = load_image(path, params)

@@ -34,6 +34,7 @@ from vidcap.config import with_defaults
 from vidcap.decode import FrameError
 from vidcap.frames import _video_meta, cache_key, cached_sample
 from vidcap.npystream import NpyStream
+from vidcap.probe import Truncated
 
 SCENE_THRESHOLD = 0.3  # ffmpeg scene score (0..1) from which a frame starts a new shot
 SCENE_WIDTH = 64  # pixels: enough to see a cut, nearly free to scale to and compare
@@ -62,6 +63,14 @@ def _one_video(entry: dict) -> bool:
     return len(entry["videos"]) == 1 and not entry["images"]
 
 
+class LongVideo(Exception):
+    """Raised from inside the single-prompt sampler once its probe shows a long video (mode auto)."""
+
+    def __init__(self, info: dict):
+        super().__init__("long video")
+        self.info = info
+
+
 def cached_long(path: str, params: dict, long_video: dict, cache_dir: Path) -> dict:
     """A video's manifest item: windowed when ``long_video`` says so, else exactly :func:`cached_sample`'s."""
     params = with_defaults("frames", params)
@@ -72,28 +81,41 @@ def cached_long(path: str, params: dict, long_video: dict, cache_dir: Path) -> d
         item = read_json(item_path)
         if all(os.path.exists(w["frames"]) for w in item["windows"] if "frames" in w):
             return {**item, "cached": True}
-    if lv["mode"] == "auto":  # a short video extracted before: no probe needed
-        short = _cached_short(path, params, lv["window_frames"], cache_dir)
-        if short is not None:
-            return short
     deadline = time.monotonic() + float(params["timeout"])
-    info = decode.probe(path, deadline, truncated_ok=True)  # a truncated tail fails its windows only
-    if lv["mode"] == "auto" and not windows.is_long(full_duration(info), params["fps"], lv["window_frames"]):
-        return cached_sample(path, "video", params, cache_dir)
+    info = None
+    if lv["mode"] == "auto":
+        try:
+            return _single_unless_long(path, params, lv["window_frames"], cache_dir)
+        except LongVideo as exc:
+            info = exc.info
+        except Truncated:  # windows caption what is left of a long one; a short one fails as today
+            info = decode.probe(path, deadline, truncated_ok=True)
+            if not windows.is_long(full_duration(info), params["fps"], lv["window_frames"]):
+                raise
+    if info is None:
+        info = decode.probe(path, deadline, truncated_ok=True)  # a truncated tail fails its windows only
     item = sample_windows(path, info, params, lv, Path(cache_dir), key, deadline)
     write_json(item_path, item)
     return {**item, "cached": False}
 
 
-def _cached_short(path: str, params: dict, window_frames: int, cache_dir: Path) -> dict | None:
-    """The single-prompt cache entry of a video already known to be short (no probe needed)."""
+def _single_unless_long(path: str, params: dict, window_frames: int, cache_dir: Path) -> dict:
+    """Today's single-prompt sampling, with its own probe (no second one: a short clip costs what it did);
+    raises LongVideo as soon as that probe (or a cache entry) shows more than one window."""
     key = cache_key(path, "video", params)
     meta_path = Path(cache_dir) / key[:2] / f"{key}.json"
-    if not meta_path.exists() or windows.is_long(
-        read_json(meta_path)["duration"], params["fps"], window_frames
-    ):
-        return None
-    return cached_sample(path, "video", params, cache_dir)
+    if meta_path.exists():  # extracted before, e.g. with mode single: its duration decides
+        meta = read_json(meta_path)
+        if windows.is_long(meta["duration"], params["fps"], window_frames):
+            raise LongVideo(
+                decode.probe(path, time.monotonic() + float(params["timeout"]), truncated_ok=True)
+            )
+
+    def check(info: dict) -> None:
+        if windows.is_long(info["duration"], params["fps"], window_frames):
+            raise LongVideo(info)
+
+    return cached_sample(path, "video", params, cache_dir, check=check)
 
 
 def full_duration(info: dict) -> float:
