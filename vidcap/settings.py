@@ -66,8 +66,11 @@ def summary_params(config: dict) -> dict:
 
 
 def summary_job(config: dict) -> dict:
-    """Everything a summary job needs: its params plus engine sizing (a text engine: no frame budget)."""
-    return {**summary_params(config), "engine": dict(config["engine"])}
+    """Everything a summary job needs: its params plus engine sizing (a text engine: no frame budget), and
+    for a server backend the model name the server answers to."""
+    lv, engine = config["long_video"], config["engine"]
+    served = lv["summary_model"] or engine["served_model"] or config["model"]
+    return {**summary_params(config), "engine": dict(engine), "served_name": served}
 
 
 def caption_params(config: dict) -> dict:

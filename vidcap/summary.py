@@ -80,6 +80,8 @@ def summarize(todo: list[dict], settings: dict, log, llm=None) -> dict[str, dict
     from vidcap.gpus import device_slots
 
     engine = with_defaults("engine", settings.get("engine"))
+    if engine["backend"] == "server":
+        return via_server(todo, settings, engine)
     with contextlib.ExitStack() as stack:
         if llm is None:
             stack.enter_context(
@@ -147,6 +149,51 @@ def generate(llm, todo: list[dict], settings: dict) -> dict[str, dict]:
                 "output_tokens": len(completion.token_ids),
                 "finish_reason": completion.finish_reason,
             }
+    return answers
+
+
+def via_server(todo: list[dict], settings: dict, engine: dict) -> dict[str, dict]:
+    """The summaries through an OpenAI-compatible ``vllm serve`` (engine.backend server) of the summary model:
+    ``served_name`` (summary_model, else engine.served_model, else model). A request the server refuses
+    (4xx: e.g. too long) is that record's error; an unreachable or failing server (5xx) fails the job."""
+    from vidcap import server
+
+    if not server.server_ready(engine["url"], timeout=min(30.0, engine["request_timeout"])):
+        raise EngineFailure(f"server unreachable at {engine['url']} (no answer on /health)")
+    s = settings["sampling"]
+    bodies = []
+    for result in todo:
+        text = summary_text(settings["prompt"], result["caption_meta"]["windows"])
+        body = server.chat_body(
+            settings["served_name"],
+            settings["system_prompt"],
+            text,
+            [],
+            None,
+            s,
+            sampling_seed(s, result["digest"]),
+        )
+        body.pop("mm_processor_kwargs")  # a text prompt: nothing to resize
+        bodies.append(body)
+    replies = server.run_bodies(
+        engine["url"], bodies, engine["concurrency"], engine["retries"], engine["request_timeout"]
+    )
+    answers = {}
+    for result, reply in zip(todo, replies):
+        if isinstance(reply, server.ServerError):
+            if reply.status == 0 or reply.status >= 500:
+                raise EngineFailure(str(reply))
+            answers[result["digest"]] = failed(str(reply))
+            continue
+        choice, usage = reply["choices"][0], reply.get("usage") or {}
+        answers[result["digest"]] = {
+            "text": choice["message"]["content"],
+            "status": "truncated" if choice["finish_reason"] == "length" else "ok",
+            "error": None,
+            "prompt_tokens": usage.get("prompt_tokens"),
+            "output_tokens": usage.get("completion_tokens"),
+            "finish_reason": choice["finish_reason"],
+        }
     return answers
 
 
