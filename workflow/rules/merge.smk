@@ -2,7 +2,7 @@ rule merge_captions:
     input:
         records=config["input"],
         # caption results with the long videos' summaries (vidcap.summary)
-        results=expand(rules.summarize_shard.output.summaries, shard=SHARDS),
+        results=expand(merged_results(), shard=SHARDS),
         stats=expand(f"{RESULTS}/captions/{{shard}}.stats.json", shard=SHARDS),
     output:
         captions=config["output"],
