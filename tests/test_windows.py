@@ -102,6 +102,10 @@ def test_window_edges_follow_shot_cuts(shots_video, tmp_path):
         stamps = window["meta"]["timestamps"]  # the frames' own times lie inside their window
         assert window["start"] - 1e-6 <= stamps[0] and stamps[-1] < window["end"], (window["start"], stamps)
         assert len(stamps) == window["meta"]["sampled_frames"]
+        # what Qwen2.5-VL derives its temporal step from: the window's own sampling rate, not the video's
+        meta, span = window["meta"], window["end"] - window["start"]
+        rate = len(meta["frames_indices"]) / meta["total_num_frames"] * meta["fps"]
+        assert rate == pytest.approx(len(stamps) / span, rel=0.02)
     again = cached_long(str(shots_video), frame_params(), long_video(), tmp_path)
     assert again["cached"] and again["windows"] == item["windows"]
 

@@ -202,8 +202,9 @@ def _nominal_plan(info: dict, params: dict, span: float) -> dict:
 def _decode_grid(path, info, grid, width, height, spool, shots, tmp, deadline) -> dict:
     """One ffmpeg pass: the frames shown at the ``grid`` times into ``spool``, and the shot cuts.
 
-    When the decoder ends early (a truncated file), the frame times are read from the decoder and the
-    pass runs again; grid times past the last decodable frame are then missing (``valid`` False).
+    Grid times past the last frame of a truncated file (probed with truncated_ok) are missing (``valid``
+    False). When the decoder gives fewer frames than the packets promised, the frame times are read from
+    the decoder and the pass runs again once.
     """
     indices = decode.frames_shown_at(info["times"], grid)
     end = info["times"][-1] + 1.5 / max(info["fps"], 1e-6)
@@ -353,7 +354,20 @@ def _window_item(i, span, grid, decoded, frames, info, params, size, folder, key
     notes = [] if len(good) == len(rows) else [f"{len(rows) - len(good)} of {len(rows)} frames not decodable"]
     stats = {"runs": 1, "decoded_frames": decoded["got"], "warnings": []}
     meta = _video_meta(decoded["info"], plan, indices, "ffmpeg", stats, notes)
+    meta.update(window_span(decoded["info"]["times"], start, end))
     return {"start": start, "end": end, "frames": str(path), "meta": meta}
+
+
+def window_span(times: list[float], start: float, end: float) -> dict:
+    """A window's source frames and length, in place of the whole video's.
+
+    Qwen2.5-VL derives its temporal step from len(frames_indices) / total_num_frames x fps (the sampling
+    rate), so total_num_frames must count the window's source frames; frames_indices stay absolute, so
+    Qwen3-VL's time stamps (frames_indices / fps) are the true times in the video.
+    """
+    t0 = times[0]
+    inside = sum(1 for t in times if start - 1e-6 <= t - t0 < end - 1e-6)
+    return {"total_num_frames": max(inside, 1), "duration": round(end - start, 6), "window_start": start}
 
 
 def window_frame_count(seconds: float, available: int, info: dict, params: dict, size: tuple) -> int:
