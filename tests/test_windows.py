@@ -11,9 +11,10 @@ from vidcap import config as vconfig
 from vidcap import settings as vsettings
 from vidcap.caption import plan_records
 from vidcap.decode import FrameError
+from vidcap.engine import EngineFailure
 from vidcap.frames import cached_sample, extract_frames
 from vidcap.long_frames import cached_long, split_long
-from vidcap.summary import needs_summary, summary_text
+from vidcap.summary import needs_summary, summarize_shard, summary_text
 from vidcap.windowed import WINDOW_KEY, fold, window_requests
 from vidcap.windows import clip_phrase, is_long, nominal_edges, plan_windows
 
@@ -228,3 +229,52 @@ def test_window_results_fold_into_the_record_in_time_order():
         "From 0.0 s to 50.0 s: first",
         "From 110.0 s to 180.0 s: third",
     ]
+
+
+# ---------------------------------------------------------------------------------------- summary step
+def summary_lines(tmp_path):
+    windows = [
+        {"start": 0.0, "end": 60.0, "caption": "a", "status": "ok"},
+        {"start": 60.0, "end": 90.0, "caption": "b", "status": "ok"},
+    ]
+    one = {"start": 0.0, "end": 20.0, "caption": "c", "status": "ok"}
+    return [
+        {"digest": "d1", "caption": "short clip", "caption_meta": {"status": "ok", "error": None}},
+        {"digest": "d2", "caption": "c", "caption_meta": {"status": "ok", "error": None, "windows": [one]}},
+        {
+            "digest": "d3",
+            "caption": None,
+            "caption_meta": {"status": "error", "error": "x", "windows": windows},
+        },
+    ], windows
+
+
+def test_a_shard_without_two_window_records_starts_no_engine(tmp_path):
+    lines, _ = summary_lines(tmp_path)
+    captions = write_records(tmp_path / "captions.jsonl", lines)
+    settings = {
+        "model": "/nonexistent/model",
+        "prompt": "Sum up.",
+        "system_prompt": "",
+        "max_model_len": 1024,
+    }
+    counts = summarize_shard(str(captions), str(tmp_path / "out.jsonl"), settings)
+    assert counts == {"records": 3, "summarized": 0, "summary_errors": 0}
+    assert [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()] == lines
+
+
+def test_an_unreachable_summary_server_fails_the_job_and_writes_nothing(tmp_path):
+    lines, windows = summary_lines(tmp_path)
+    lines[2]["caption_meta"].update(status="ok", error=None)  # two captioned windows: needs a summary
+    captions = write_records(tmp_path / "captions.jsonl", lines)
+    settings = {
+        "model": "m",
+        "served_name": "m",
+        "prompt": "Sum up.",
+        "system_prompt": "",
+        "max_model_len": 1024,
+        "engine": {"backend": "server", "url": "http://127.0.0.1:9", "retries": 0},
+    }
+    with pytest.raises(EngineFailure, match="server unreachable"):
+        summarize_shard(str(captions), str(tmp_path / "out.jsonl"), settings)
+    assert not (tmp_path / "out.jsonl").exists()
