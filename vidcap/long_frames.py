@@ -342,14 +342,15 @@ def _window_item(i, span, grid, decoded, frames, info, params, size, folder, key
             out.write(frames.row(row))
         out.finish()
     indices = [decoded["indices"][r] for r in keep]
+    factor = int(params.get("patch_factor") or budget.QWEN2_PATCH_FACTOR)
     plan = {
         "n_frames": len(keep),
         "sample_fps": len(keep) / (end - start) if end > start else None,
         "width": width,
         "height": height,
-        "vision_tokens": budget.vision_tokens(len(keep), height, width, int(params["patch_factor"] or 28)),
+        "vision_tokens": budget.vision_tokens(len(keep), height, width, factor),
         "budget_tokens": params.get("max_vision_tokens"),
-        "patch_factor": int(params.get("patch_factor") or budget.QWEN2_PATCH_FACTOR),
+        "patch_factor": factor,
     }
     notes = [] if len(good) == len(rows) else [f"{len(rows) - len(good)} of {len(rows)} frames not decodable"]
     stats = {"runs": 1, "decoded_frames": decoded["got"], "warnings": []}
