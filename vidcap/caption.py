@@ -56,7 +56,7 @@ def caption_shard(
     pending, resumed = resume(pending, results, journal, settings)
     stats = new_stats(records, resumed)
     print(
-        f"shard {Path(shard_path).stem}: {records} records, {len(pending)} requests to send, "
+        f"shard {Path(shard_path).stem}: {records} records, {len(pending)} requests to caption, "
         f"{stats['resumed']} finished by an earlier attempt, "
         f"{carried} carried errors",
         file=log,
