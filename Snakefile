@@ -23,6 +23,7 @@ wildcard_constraints:
 include: "workflow/rules/common.smk"
 include: "workflow/rules/frames.smk"
 include: "workflow/rules/caption.smk"
+include: "workflow/rules/summary.smk"
 include: "workflow/rules/merge.smk"
 include: "workflow/rules/report.smk"
 

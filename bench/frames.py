@@ -14,6 +14,10 @@ the process and its children) are steadier, so both are printed with their ratio
                 into the .npy cache file as they are decoded), ffmpeg backend, fps 2 (dense)
   vidcap-decord the same, decord backend
   sparse-ffmpeg / sparse-decord   the same with max_frames 32 (seeks when keyframes allow)
+  windows       vidcap.long_frames.cached_long, long_video.mode windows at the defaults (256-frame windows
+                at 2 fps, shots on: cuts from the scene-score branch of the same decode), the workflow's
+                default token budget per window (48,640 vision tokens: max_model_len 51200 - 2048 - 512)
+  windows-noshots  the same with shots off (no scene branch): windows minus this is shot detection's cost
 The pixel check compares each method's frames with the anchor's where both took the same frame
 index (vidcap takes the frame on screen at each time, qwen rounds to the nearest index, so some
 indices differ by one); it prints the mean absolute difference and how many frames matched.
@@ -42,7 +46,19 @@ VIDEOS = {  # name: (seconds, size)
     "10min-1080p": (600, "1920x1080"),
 }
 PIXELS = {"min_pixels": 128 * 28 * 28, "max_pixels": 768 * 28 * 28}
-METHODS = ["floor", "anchor", "vidcap-ffmpeg", "vidcap-decord", "sparse-ffmpeg", "sparse-decord"]
+METHODS = [
+    "floor",
+    "anchor",
+    "vidcap-ffmpeg",
+    "vidcap-decord",
+    "sparse-ffmpeg",
+    "sparse-decord",
+    "windows",
+    "windows-noshots",
+]
+WINDOW_BUDGET = (
+    51200 - 2048 - 512
+)  # the workflow's default vision tokens per prompt (frames.max_vision_tokens)
 
 
 def make_video(path: Path, seconds: int, size: str) -> Path:
@@ -120,6 +136,8 @@ def run_method(method: str, video: str, out: str) -> dict:
             ],
             check=True,
         )
+    elif method.startswith("windows"):
+        frames, decoded = run_windows(video, out, shots=method == "windows")
     elif method == "anchor":
         video_tensor, meta = fetch_video(
             {"video": video, "fps": 2.0, **PIXELS, "total_pixels": 1e12}, return_video_metadata=True
@@ -154,6 +172,25 @@ def run_method(method: str, video: str, out: str) -> dict:
         "shape": list(frames.shape) if frames is not None else None,
         "decoded": decoded,
     }
+
+
+def run_windows(video: str, out: str, shots: bool) -> tuple[np.ndarray, str]:
+    """The windowed frames step on one video; the first window's frames are kept as ``out``."""
+    from vidcap.config import defaults, with_defaults
+    from vidcap.long_frames import cached_long
+
+    params = with_defaults(
+        "frames", {**PIXELS, "fps": 2.0, "max_vision_tokens": WINDOW_BUDGET, "patch_factor": 28}
+    )
+    lv = {**defaults("long_video"), "mode": "windows", "shots": shots}
+    with tempfile.TemporaryDirectory(dir=Path(out).parent) as cache:
+        item = cached_long(video, params, lv, Path(cache))
+        os.replace(item["windows"][0]["frames"], out)
+    meta, wins = item["meta"], item["windows"]
+    sent = sum(w["meta"]["sampled_frames"] for w in wins if "meta" in w)
+    edges = ", ".join(f"{w['start']:.0f}" for w in wins[1:])
+    decoded = f"{len(wins)} windows (edges {edges} s), {sent} frames, {len(meta['cuts'])} cuts"
+    return np.load(out, mmap_mode="r"), decoded
 
 
 def compare(a_path: Path, a_idx: list[int], b_path: Path, b_idx: list[int]) -> tuple[float | None, int]:

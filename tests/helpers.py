@@ -192,3 +192,42 @@ def synthetic_shard(
     ]
     write_json(manifest, {"shard": "0", "records": entries})
     return shard, manifest
+
+
+def make_shots_video(
+    path: str | os.PathLike,
+    cuts: tuple[float, ...] = (50, 110),
+    seconds: float = 180,
+    size: str = "64x64",
+    rate: int = 4,
+) -> Path:
+    """A video of len(cuts) + 1 shots, each from another lavfi source, cut at ``cuts`` seconds; the MP4 index
+    sits at the start (+faststart), so cutting the file's tail leaves its head readable."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sources = ["testsrc2", "smptebars", "mandelbrot", "rgbtestsrc", "yuvtestsrc"]
+    bounds = [0, *cuts, seconds]
+    cmd = ["ffmpeg", "-nostdin", "-y", "-loglevel", "error"]
+    for source, start, end in zip(sources, bounds, bounds[1:]):
+        cmd += ["-f", "lavfi", "-t", str(end - start), "-i", f"{source}=size={size}:rate={rate}"]
+    shots = len(bounds) - 1
+    graph = "".join(f"[{i}:v]" for i in range(shots)) + f"concat=n={shots}:v=1[v]"
+    cmd += ["-filter_complex", graph, "-map", "[v]", "-pix_fmt", "yuv420p", "-c:v", "libx264"]
+    cmd += ["-g", str(rate * 2), "-movflags", "+faststart", "file:" + str(path.resolve())]
+    subprocess.run(cmd, check=True)
+    return path
+
+
+def cut_tail(source: str | os.PathLike, target: str | os.PathLike, at_seconds: float) -> Path:
+    """A copy of ``source`` cut at the first video packet at or after ``at_seconds`` (a truncated download)."""
+    rows = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pts_time,pos"]
+        + ["-of", "csv=p=0", str(source)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    pos = next(int(p) for t, p in (r.split(",")[:2] for r in rows) if float(t) >= at_seconds)
+    target = Path(target)
+    target.write_bytes(Path(source).read_bytes()[:pos])
+    return target

@@ -469,6 +469,7 @@ def test_snakemake_report_in_chromium_shows_every_record(tiny_model, tmp_path):
     assert planned_jobs(tmp_path, config) == {
         "extract_frames": 1,
         "caption_shard": 1,
+        "summarize_shard": 1,
         "merge_captions": 1,
         "build_report": 1,
         "all": 1,

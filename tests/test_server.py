@@ -19,6 +19,7 @@ from vidcap.caption import caption_shard
 from vidcap.engine import EngineFailure
 from vidcap.frames import extract_frames
 from vidcap.server import server_ready
+from vidcap.summary import summarize_shard
 
 pytestmark = pytest.mark.slow
 
@@ -226,3 +227,40 @@ def test_server_failing_every_request_fails_the_job(tiny_model, shard):
     finally:
         httpd.shutdown()
     assert not out.exists()
+
+
+def test_server_summaries_equal_offline_summaries(server, tiny_model, tmp_path):
+    """long_video summaries through the server and by an in-process engine, seeded: the same text (gibberish:
+    tiny random model); records without windows pass through untouched."""
+    windows = [
+        {"start": 0.0, "end": 60.0, "caption": "a red car", "status": "ok"},
+        {"start": 60.0, "end": 120.0, "caption": "a blue sky", "status": "ok"},
+    ]
+    lines = [
+        {
+            "digest": "d1",
+            "caption": None,
+            "caption_meta": {"status": "ok", "error": None, "windows": windows},
+        },
+        {"digest": "d2", "caption": "short clip", "caption_meta": {"status": "ok", "error": None}},
+    ]
+    captions = write_records(tmp_path / "captions.jsonl", lines)
+    base = {
+        "model": str(tiny_model),
+        "prompt": "Sum up these clips.",
+        "system_prompt": "You are a helpful assistant.",
+        "sampling": {"temperature": 0.8, "seed": 0, "max_tokens": 8},
+        "max_model_len": 1024,
+    }
+    engine = {"max_model_len": 1024, "dtype": "float32", "enforce_eager": True, "cpu_kvcache_space_gb": 1}
+    summarize_shard(str(captions), str(tmp_path / "offline.jsonl"), {**base, "engine": engine})
+    served = {**base, "engine": {"backend": "server", "url": server}, "served_name": str(tiny_model)}
+    summarize_shard(str(captions), str(tmp_path / "server.jsonl"), served)
+    offline, online = (
+        [json.loads(line) for line in (tmp_path / name).read_text().splitlines()]
+        for name in ("offline.jsonl", "server.jsonl")
+    )
+    assert online[1] == offline[1] == lines[1]
+    assert online[0]["caption"] == offline[0]["caption"] and isinstance(online[0]["caption"], str)
+    assert online[0]["caption_meta"]["summary"] == offline[0]["caption_meta"]["summary"]
+    assert offline[0]["caption_meta"]["summary"]["output_tokens"] == 8

@@ -211,7 +211,14 @@ def test_workflow_reruns_one_shard_per_changed_media_file(tmp_path):
     config = tiny_config("none", shards=4)
     _pretend_built(tmp_path, config)
     assert planned_jobs(tmp_path, config) == {}
-    one_shard = {"extract_frames": 1, "caption_shard": 1, "merge_captions": 1, "build_report": 1, "all": 1}
+    one_shard = {
+        "extract_frames": 1,
+        "caption_shard": 1,
+        "summarize_shard": 1,
+        "merge_captions": 1,
+        "build_report": 1,
+        "all": 1,
+    }
     steps = [
         (2, lambda p: replace_in_place(p, b"video 2")),
         (12, lambda p: p.write_bytes(b"now here")),

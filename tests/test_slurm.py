@@ -51,6 +51,7 @@ TEST_SITE = {
     "default-resources": {"slurm_partition": "cpu", "mem_mb": 1000, "runtime": 10},
     "set-resources": {
         "caption_shard": {"slurm_partition": "gpu", "cpus_per_task": 2, "mem_mb": 6000, "runtime": 10},
+        "summarize_shard": {"slurm_partition": "gpu", "cpus_per_task": 2, "mem_mb": 6000, "runtime": 10},
     },
 }
 # Faster polling than a real cluster wants: the plugin adds 10 s per idle status check on top of these.
@@ -277,9 +278,10 @@ def test_caption_jobs_get_one_gpu_and_frames_jobs_cpus_only(slurm_run):
     by_rule = {}
     for job in slurm_run.jobs:
         by_rule.setdefault(job["rule"], []).append(job)
-    # merge_captions and build_report are local rules: only frames and caption jobs reach Slurm
-    assert set(by_rule) == {"extract_frames", "caption_shard"}, slurm_run.jobs
-    for job in by_rule["caption_shard"]:
+    # merge_captions and build_report are local rules: only frames, caption and summary jobs reach Slurm
+    # (the summary job, on the GPU partition like captioning, starts no engine here: no long video)
+    assert set(by_rule) == {"extract_frames", "caption_shard", "summarize_shard"}, slurm_run.jobs
+    for job in by_rule["caption_shard"] + by_rule["summarize_shard"]:
         record = job["record"]
         assert gpus_requested(record) == 1, record  # resources gpu=1 -> sbatch --gpus=1
         assert record["Partition"] == "gpu" and record["NumCPUs"] == "2", record

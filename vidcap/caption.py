@@ -18,6 +18,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from vidcap import windowed
 from vidcap.atomic import atomic_open, dumps_line, iter_jsonl, read_json, write_json
 from vidcap.backends import Answer, OfflineBackend, ServerBackend
 from vidcap.budget import geometry_for
@@ -52,12 +53,13 @@ def caption_shard(
         "quality": with_defaults("quality", settings.get("quality")),
     }
     results, pending = plan_records(shard_path, manifest_path, settings)
-    carried = len(results) - len(pending)
+    records = sum(1 for r in results if windowed.WINDOW_KEY not in r)  # window requests take slots after
+    carried = sum(1 for r in results[:records] if r["caption_meta"]["error"])
     journal = Journal(journal_path(result_path))
     pending, resumed = resume(pending, results, journal, settings)
-    stats = new_stats(len(results), resumed)
+    stats = new_stats(records, resumed)
     print(
-        f"shard {Path(shard_path).stem}: {len(results)} records, {len(pending)} to caption, "
+        f"shard {Path(shard_path).stem}: {records} records, {len(pending)} requests to caption, "
         f"{stats['resumed']} finished by an earlier attempt, "
         f"{carried} carried errors",
         file=log,
@@ -65,6 +67,7 @@ def caption_shard(
     )
     if pending:
         caption_pending(pending, results, settings, stats, journal, log, llm)
+    results = windowed.fold(results, records)
     with atomic_open(result_path) as handle:
         for result in results:
             handle.write(dumps_line(result))
@@ -84,7 +87,7 @@ def caption_shard(
 def plan_records(shard_path: str, manifest_path: str, settings: dict) -> tuple[list[dict], list[Pending]]:
     """One result per shard record (an error until captioned) and the records to send to the engine."""
     entries = read_json(manifest_path)["records"]
-    results, pending = [], []
+    results, pending, windows = [], [], []
     for slot, record in enumerate(iter_jsonl(shard_path)):
         if slot >= len(entries):
             raise RuntimeError(f"{manifest_path} has fewer entries than the shard's records: stale")
@@ -93,7 +96,9 @@ def plan_records(shard_path: str, manifest_path: str, settings: dict) -> tuple[l
             raise RuntimeError(f"{manifest_path}: entry {slot} belongs to another record: stale manifest")
         if settings.get("frames_step") and not entry["error"]:  # cache files deleted since the frames step
             ensure_frames(entry, settings["frames_step"])
-        frames = sum(len(v["meta"]["frames_indices"]) for v in entry["videos"] if "meta" in v)
+            if windowed.is_windowed(entry):
+                windowed.ensure_windows(entry, settings["frames_step"])
+        frames = sum(len(v["meta"].get("frames_indices", ())) for v in entry["videos"] if "meta" in v)
         meta = {
             "status": "error",
             "error": entry["error"],
@@ -109,11 +114,16 @@ def plan_records(shard_path: str, manifest_path: str, settings: dict) -> tuple[l
         if not entry["error"]:
             prompt = record_prompt(record, settings["keys"], settings["prompt"])
             seed = sampling_seed(settings["sampling"], digest)
+            if windowed.is_windowed(entry):  # one request per window, in result slots after the records
+                windows.append((slot, digest, entry, prompt, seed))
+                continue
             pending.append(Pending(slot, digest, entry, prompt, seed, keep=[None] * len(entry["videos"])))
     if len(results) != len(entries):
         raise RuntimeError(
             f"{manifest_path} has {len(entries)} entries for {len(results)} shard records: stale"
         )
+    for args in windows:
+        pending.extend(windowed.window_requests(*args, results))
     return results, pending
 
 

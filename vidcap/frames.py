@@ -67,12 +67,13 @@ CACHE_VERSION = 4  # bump when the sampled frames for the same parameters would 
 
 
 # ---------------------------------------------------------------------------------------- decode
-def sample_video(path: str, params: dict, out=None) -> tuple[np.ndarray, dict]:
+def sample_video(path: str, params: dict, out=None, check=None) -> tuple[np.ndarray, dict]:
     """Sample frames from one video: (uint8 array T x H x W x 3, metadata for the model).
 
     With ``out`` (an NpyStream) the frames are written to it as they are decoded (by ffmpeg itself
     where it can) and the returned array is None: memory stays at a frame or two, whatever the
-    video's length. Frame times come
+    video's length. ``check(info)``, called with the probe, may raise to take the video elsewhere
+    (vidcap.long_frames: windows). Frame times come
     from the packets; if the decoder does not output a frame they promised, the times are read from
     the decoder itself (a full decode) and the video is sampled again from those.
     """
@@ -85,6 +86,8 @@ def sample_video(path: str, params: dict, out=None) -> tuple[np.ndarray, dict]:
     sink = out.skip_header() if out and prestart else None
     with decode.Prestarted(path, threads, sink) if prestart else contextlib.nullcontext() as prestarted:
         info = decode.probe(path, deadline)
+        if check is not None:
+            check(info)
         backend = params["backend"]
         notes = []
         if backend == "decord" and not (info["exact_seek"] and info["timed"] and not info["open_gop"]):
@@ -251,8 +254,9 @@ def cache_key(path: str, kind: str, params: dict) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
-def cached_sample(path: str, kind: str, params: dict, cache_dir: Path) -> dict:
-    """Frames of one video/image from the cache (extracted first if missing); its manifest entry."""
+def cached_sample(path: str, kind: str, params: dict, cache_dir: Path, check=None) -> dict:
+    """Frames of one video/image from the cache (extracted first if missing); its manifest entry.
+    ``check``: see :func:`sample_video`."""
     params = with_defaults("frames", params)
     key = cache_key(path, kind, params)
     array_path = Path(cache_dir) / key[:2] / f"{key}.npy"
@@ -266,7 +270,7 @@ def cached_sample(path: str, kind: str, params: dict, cache_dir: Path) -> dict:
     with atomic_open(array_path, "wb", durable=False) as handle:  # a failed extraction leaves no file
         if kind == "video":
             stream = NpyStream(handle)
-            _, meta = sample_video(path, params, out=stream)
+            _, meta = sample_video(path, params, out=stream, check=check)
             stream.finish()
         else:
             array, meta = load_image(path, params)
@@ -313,7 +317,7 @@ def ensure_frames(entry: dict, settings: dict) -> dict:
     params = with_defaults("frames", settings.get("frames"))
     for field, kind in (("videos", "video"), ("images", "image")):
         for i, item in enumerate(entry.get(field) or []):
-            if not item or "error" in item or npystream.is_complete(item["frames"]):
+            if not item or "error" in item or "windows" in item or npystream.is_complete(item["frames"]):
                 continue
             try:
                 entry[field][i] = cached_sample(item["path"], kind, params, Path(settings["cache_dir"]))
@@ -365,6 +369,11 @@ def extract_frames(
     cache_dir = Path(settings["cache_dir"])
     cache_dir.mkdir(parents=True, exist_ok=True)  # may be this shard's own output folder (frames.keep false)
     entries, wanted = plan_shard_media(iter_jsonl(shard_path), keys, settings)
+    long_video = settings.get("long_video")
+    if long_video:  # imported here: long_frames builds on this module
+        from vidcap import long_frames
+
+        wanted = long_frames.split_long(entries, wanted, long_video)
     jobs = list(wanted)
     done = 0
     started = time.monotonic()
@@ -374,7 +383,10 @@ def extract_frames(
         nonlocal done
         kind, path = job
         try:
-            result = cached_sample(path, kind, params, cache_dir)
+            if kind == "long":  # a video alone in its record: windowed if long_video says so
+                result = long_frames.cached_long(path, params, long_video, cache_dir)
+            else:
+                result = cached_sample(path, kind, params, cache_dir)
         except FrameError as exc:
             result = {"path": path, "error": str(exc)}
         except Exception as exc:  # noqa: BLE001 -- a bug or an exotic file must not sink the other records

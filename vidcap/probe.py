@@ -34,6 +34,14 @@ class FrameError(Exception):
     """A video or image cannot be used; the message is the record's error reason."""
 
 
+class Truncated(FrameError):
+    """The frames end well before the stream's declared end; ``declared``: that end in seconds."""
+
+    def __init__(self, message: str, declared: float):
+        super().__init__(message)
+        self.declared = declared
+
+
 def last_line(text: str | bytes, default: str, first: bool = False) -> str:
     """One readable line of ffmpeg's stderr: "[h264 @ 0x55..] msg" becomes "h264: msg", paths dropped.
 
@@ -87,10 +95,12 @@ def ffprobe(url: str, deadline: float, what: str, *args: str) -> tuple[dict, byt
 
 
 # ----------------------------------------------------------------------------------------- probe
-def probe(path: str, deadline: float, decoded: bool = False) -> dict:
+def probe(path: str, deadline: float, decoded: bool = False, truncated_ok: bool = False) -> dict:
     """Display size (rotation and pixel aspect applied), frame times, keyframes, codec facts.
 
     ``decoded``: frame times from a full decode (what the decoder outputs) instead of the packets.
+    ``truncated_ok``: a truncated file is not an error; ``declared_duration`` then gives its declared length
+    (windowed long videos caption what is left, vidcap.long_frames).
     """
     if not os.path.exists(path):
         raise FrameError("missing file")
@@ -124,7 +134,13 @@ def probe(path: str, deadline: float, decoded: bool = False) -> dict:
     avg_fps = _ratio(stream.get("avg_frame_rate"), "/") or _ratio(stream.get("r_frame_rate"), "/") or 25.0
     frame_seconds = float(np.median(gaps)) if len(gaps) else 1.0 / avg_fps
     last_seconds = durations[-1] * tb if durations and durations[-1] > 0 else frame_seconds
-    _check_complete(stream, times, last_seconds, frame_seconds, stderr)
+    declared = None
+    try:
+        _check_complete(stream, times, last_seconds, frame_seconds, stderr)
+    except Truncated as exc:
+        if not truncated_ok:
+            raise
+        declared = exc.declared
     duration = times[-1] - times[0] + frame_seconds
     fmt = info["format"]
     return {
@@ -144,6 +160,7 @@ def probe(path: str, deadline: float, decoded: bool = False) -> dict:
         "open_gop": False if decoded else open_gop(info.get("packets", [])),
         "vfr": bool(len(gaps)) and float(gaps.max() - gaps.min()) > 0.5 * frame_seconds,
         "frame_source": "decoder" if decoded else "packets",
+        "declared_duration": declared,
     }
 
 
@@ -242,9 +259,10 @@ def _check_complete(stream: dict, times: list[float], last: float, frame: float,
     missing = (start + declared) - (times[-1] + last)
     if missing > max(2 * frame, 0.01 * declared):
         shown = times[-1] + last - start
-        raise FrameError(
+        raise Truncated(
             f"truncated file: frames end at {shown:.2f} s of {declared:.2f} s "
-            f"({last_line(stderr, 'stream ends early')})"
+            f"({last_line(stderr, 'stream ends early')})",
+            declared,
         )
 
 

@@ -44,7 +44,33 @@ def frames_settings(config: dict, shard: str) -> dict:
         "keys": config["keys"],
         "frames": frame_params(config),
         "cache_dir": frames_cache_dir(config, shard),
+        "long_video": window_settings(config),
     }
+
+
+def window_settings(config: dict) -> dict:
+    """What windows depend on (the frames step's part of long_video; the summary keys are not)."""
+    return {k: config["long_video"][k] for k in ("mode", "window_frames", "min_window_frames", "shots")}
+
+
+def summary_params(config: dict) -> dict:
+    """What a summary depends on (a change reruns only the summary jobs and the merge)."""
+    lv = config["long_video"]
+    return {
+        "model": lv["summary_model"] or config["model"],
+        "prompt": lv["summary_prompt"],
+        "system_prompt": config["system_prompt"],
+        "sampling": {**config["sampling"], "max_tokens": lv["summary_max_tokens"]},
+        "max_model_len": config["engine"]["max_model_len"],
+    }
+
+
+def summary_job(config: dict) -> dict:
+    """Everything a summary job needs: its params plus engine sizing (a text engine: no frame budget), and
+    for a server backend the model name the server answers to."""
+    lv, engine = config["long_video"], config["engine"]
+    served = lv["summary_model"] or engine["served_model"] or config["model"]
+    return {**summary_params(config), "engine": dict(engine), "served_name": served}
 
 
 def caption_params(config: dict) -> dict:

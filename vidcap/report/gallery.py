@@ -167,6 +167,9 @@ def gallery_card(item: dict, keys: dict) -> dict:
         if meta.get(name) is not None
     ]
     caption = record.get(keys["caption"])
+    timeline = window_timeline(item["entry"], meta.get("windows"))
+    if timeline:
+        strip, note = None, f"long video in {len(timeline)} windows: timeline below"
     return {
         "index": item["index"],
         "status": meta.get("status", "unknown"),
@@ -176,4 +179,34 @@ def gallery_card(item: dict, keys: dict) -> dict:
         "facts": facts,
         "error": meta.get("error"),
         "caption": caption if isinstance(caption, str) else None,
+        "timeline": timeline,
     }
+
+
+WINDOW_THUMBS = 4
+
+
+def window_timeline(entry: dict | None, windows: list[dict] | None) -> list[dict]:
+    """A windowed video's windows in time order: a few thumbnails, time range, caption and status each."""
+    videos = (entry or {}).get("videos") or []
+    if not windows or len(videos) != 1 or "windows" not in (videos[0] or {}):
+        return []
+    rows = []
+    for listed, window in zip(windows, videos[0]["windows"]):
+        strip = None
+        if "frames" in window:
+            try:
+                array = np.load(window["frames"], mmap_mode="r")
+                strip = jpeg_data_uri(contact_sheet([array], THUMB_HEIGHT * 3 // 4, WINDOW_THUMBS))
+            except (OSError, ValueError):
+                strip = None  # gone from the cache: the text still shows
+        rows.append(
+            {
+                "span": f"{listed['start']:.1f}-{listed['end']:.1f} s",
+                "strip": strip,
+                "status": listed["status"],
+                "error": listed.get("error"),
+                "caption": listed.get("caption"),
+            }
+        )
+    return rows

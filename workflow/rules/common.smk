@@ -56,3 +56,11 @@ def frames_store():
 
 def frames_settings_of(wildcards):
     return settings.frames_settings(config, wildcards.shard)
+
+
+def merged_results():
+    """What the merge reads per shard: the summaries (long videos' captions), or with long_video.mode single
+    (no windows, nothing to summarise) the caption results, so that mode runs no summary job at all.
+    """
+    step = "captions" if config["long_video"]["mode"] == "single" else "summaries"
+    return f"{RESULTS}/{step}/{{shard}}.jsonl"

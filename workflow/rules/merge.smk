@@ -1,7 +1,8 @@
 rule merge_captions:
     input:
         records=config["input"],
-        results=expand(f"{RESULTS}/captions/{{shard}}.jsonl", shard=SHARDS),
+        # caption results with the long videos' summaries (vidcap.summary)
+        results=expand(merged_results(), shard=SHARDS),
         stats=expand(f"{RESULTS}/captions/{{shard}}.stats.json", shard=SHARDS),
     output:
         captions=config["output"],

@@ -1,0 +1,152 @@
+"""Caption jobs for windowed videos: each window is its own request, results folded back per record.
+
+A windowed record (vidcap.long_frames) becomes one :class:`WindowPending` per window that has frames,
+its prompt prefixed with the window's time range. Window requests take result slots after the shard's
+records, so halving, journal and resume work on them exactly as on whole records; :func:`fold` then
+turns them into the record's ``caption_meta.windows`` (time order) before the result file is written.
+A record with one window takes that window's caption; with two or more its caption is left to the
+summary job (vidcap.summary), status ``ok`` unless every window failed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from vidcap import npystream
+from vidcap.config import with_defaults
+from vidcap.decode import FrameError
+from vidcap.prompts import Pending
+from vidcap.windows import clip_phrase
+
+WINDOW_KEY = "_window"  # [record slot, window number] in a window's own result, dropped by fold
+
+
+@dataclass
+class WindowPending(Pending):
+    window: int = 0
+
+
+def is_windowed(entry: dict) -> bool:
+    return len(entry["videos"]) == 1 and "windows" in (entry["videos"][0] or {})
+
+
+def window_requests(slot, digest, entry, prompt, seed, results: list[dict]) -> list[WindowPending]:
+    """One request per decodable window; each gets a result slot appended to ``results``, and the record's
+    own result lists every window (those that could not be decoded as errors already)."""
+    video = entry["videos"][0]
+    results[slot]["caption_meta"]["windows"] = [window_result(w, None) for w in video["windows"]]
+    pending = []
+    for w, window in enumerate(video["windows"]):
+        if "error" in window:
+            continue
+        sub = {
+            "digest": digest,
+            "videos": [{"path": video["path"], "frames": window["frames"], "meta": window["meta"]}],
+            "images": [],
+            "error": None,
+        }
+        text = f"{clip_phrase(window['start'], window['end'])} {prompt}"
+        results.append(
+            {"digest": digest, "caption": None, "caption_meta": empty_meta(window), WINDOW_KEY: [slot, w]}
+        )
+        pending.append(WindowPending(len(results) - 1, digest, sub, text, seed, keep=[None], window=w))
+    return pending
+
+
+def ensure_windows(entry: dict, frames_step: dict) -> None:
+    """Extract a windowed video again when window frames are gone from the cache (as frames.ensure_frames);
+    a video that can no longer be read becomes the record's error."""
+    from vidcap.long_frames import cached_long
+
+    video = entry["videos"][0]
+    if all(npystream.is_complete(w["frames"]) for w in video["windows"] if "frames" in w):
+        return
+    params = with_defaults("frames", frames_step.get("frames"))
+    try:
+        entry["videos"][0] = cached_long(
+            video["path"], params, frames_step["long_video"], Path(frames_step["cache_dir"])
+        )
+    except FrameError as exc:
+        entry["videos"][0] = {"path": video["path"], "error": str(exc)}
+        entry["error"] = f"{os.path.basename(video['path'])}: {exc}"
+
+
+def empty_meta(window: dict) -> dict:
+    return {
+        "status": "error",
+        "error": None,
+        "frames": len(window["meta"]["frames_indices"]),
+        "halved": False,
+        "prompt_tokens": None,
+        "output_tokens": None,
+        "finish_reason": None,
+        "seed": None,
+        "attempts": 0,
+    }
+
+
+def fold(results: list[dict], n_records: int) -> list[dict]:
+    """The shard's record results with their windows' results folded in (window slots dropped)."""
+    out = results[:n_records]
+    sent: dict[int, list[dict]] = {}
+    for result in results[n_records:]:
+        slot, w = result.pop(WINDOW_KEY)
+        out[slot]["caption_meta"]["windows"][w] = window_result(
+            None, result, out[slot]["caption_meta"]["windows"][w]
+        )
+        sent.setdefault(slot, []).append(result)
+    for slot, result in enumerate(out):
+        if "windows" in result["caption_meta"]:
+            fold_record(result, sent.get(slot, []))
+    return out
+
+
+def fold_record(result: dict, sent: list[dict]) -> None:
+    meta = result["caption_meta"]
+    windows = meta["windows"]
+    metas = [d["caption_meta"] for d in sent]
+    meta.update(
+        frames=sum(m["frames"] for m in metas),
+        halved=any(m["halved"] for m in metas),
+        prompt_tokens=sum(m["prompt_tokens"] or 0 for m in metas),
+        output_tokens=sum(m["output_tokens"] or 0 for m in metas),
+        seed=next((m["seed"] for m in metas), None),
+        attempts=sum(m.get("attempts", 0) for m in metas),  # requests the record's windows took
+    )
+    if all(w["status"] == "error" for w in windows):
+        meta.update(status="error", error=f"every window failed, e.g. {windows[0]['error']}")
+    elif len(windows) == 1:
+        result["caption"] = windows[0]["caption"]
+        meta.update(status=windows[0]["status"], error=None, finish_reason=metas[0]["finish_reason"])
+    else:  # the summary job writes caption and status
+        meta.update(status="ok", error=None, summary=None)
+
+
+def window_result(window: dict | None, done: dict | None = None, listed: dict | None = None) -> dict:
+    """A window as caption_meta.windows lists it: from the manifest (not sent yet, or never: an error) or,
+    with ``done``, from its request's result."""
+    if done is None:
+        return {
+            "start": window["start"],
+            "end": window["end"],
+            "frames": None,
+            "caption": None,
+            "status": "error",
+            "error": window.get("error"),
+            "prompt_tokens": None,
+            "output_tokens": None,
+            "attempts": 0,
+        }
+    meta = done["caption_meta"]
+    return {
+        **listed,
+        "frames": meta["frames"],
+        "caption": done["caption"],
+        "status": meta["status"],
+        "error": meta["error"],
+        "prompt_tokens": meta["prompt_tokens"],
+        "output_tokens": meta["output_tokens"],
+        "attempts": meta.get("attempts", 0),
+    }

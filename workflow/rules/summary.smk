@@ -1,0 +1,21 @@
+rule summarize_shard:
+    input:
+        captions=f"{RESULTS}/captions/{{shard}}.jsonl",
+    output:
+        summaries=f"{RESULTS}/summaries/{{shard}}.jsonl",
+    log:
+        f"{RESULTS}/logs/summarize_shard/{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/summarize_shard/{{shard}}.tsv"
+    conda:
+        "../../envs/caption.yaml"
+    threads: config["engine"]["threads"]
+    resources:
+        # an engine starts only for a shard with a record of two or more windows; resources are fixed
+        # before the captions exist, so the GPU slot is held (for a second) by the other shards too
+        gpu=settings.caption_gpus(config),
+    params:
+        # only what a summary depends on: editing summary_prompt reruns this and the merge, no caption job
+        settings=settings.summary_params(config),
+    script:
+        "../scripts/summarize_shard.py"
