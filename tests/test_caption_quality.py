@@ -5,6 +5,7 @@ candidates, which one was kept, attempts and seeds, that JSON parses and matches
 reproducibility, never wording.
 """
 
+import gc
 import json
 
 import jsonschema
@@ -32,7 +33,11 @@ CAPTIONED = ("ok", "truncated", "degenerate")
 
 @pytest.fixture(scope="module")
 def llm(tiny_model_25):
-    return start_engine(str(tiny_model_25), ENGINE, {"video": 1, "image": 0}, 0)
+    gc.collect()  # an earlier module's engine, torn down late, would take this one's process groups along
+    engine = start_engine(str(tiny_model_25), ENGINE, {"video": 1, "image": 0}, 0)
+    yield engine
+    del engine
+    gc.collect()
 
 
 @pytest.fixture(scope="module")
