@@ -184,6 +184,7 @@ def test_ten_minute_clip_with_default_engine_limits(tiny_model, tmp_path):
         tiny_model,
         frames={"fps": 1.0, "max_frames": 768},
         engine={"max_model_len": 51200},
+        long_video={"mode": "single"},  # one prompt: this test is about its engine limits, not windows
         media_root=str(tmp_path),
     )
     assert config["engine"]["max_num_batched_tokens"] is None  # the default: sized from the budget

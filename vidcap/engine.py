@@ -7,6 +7,7 @@ about the records: the job must fail without writing results, so Snakemake retri
 
 from __future__ import annotations
 
+import gc
 import os
 
 from vidcap.engine_build import check_engine_build, installed_build
@@ -112,6 +113,9 @@ def start_engine(model: str, engine: dict, limits: dict, seed: int):
     prepare_environment(model, engine)
     from vllm import LLM
 
+    # an earlier engine of this process (tests, benchmarks, notebooks) that the garbage collector tears down
+    # while this one starts takes vLLM's process-wide parallel groups with it: collect it first
+    gc.collect()
     return LLM(**engine_kwargs(model, engine, limits, seed))
 
 
