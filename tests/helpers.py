@@ -16,6 +16,15 @@ REPO = Path(__file__).resolve().parents[1]
 # a caption was written: the tiny random-weight models' gibberish may also trip the degeneration checks
 # (vidcap.quality), which tests of other things must not mistake for a failure
 CAPTIONED = ("ok", "truncated", "degenerate")
+# the jobs one changed shard plans: its frames, caption and summary jobs, then the merge and the report
+ONE_SHARD_JOBS = {
+    "extract_frames": 1,
+    "caption_shard": 1,
+    "summarize_shard": 1,
+    "merge_captions": 1,
+    "build_report": 1,
+    "all": 1,
+}
 BIN = Path(sys.executable).parent
 SNAKEMAKE = str(BIN / "snakemake")
 

@@ -3,7 +3,7 @@ import os
 import re
 
 import pytest
-from helpers import jobs_run, planned_jobs, run_snakemake, tiny_config, write_records
+from helpers import ONE_SHARD_JOBS, jobs_run, planned_jobs, run_snakemake, tiny_config, write_records
 
 from vidcap.records import DEFAULT_KEYS
 from vidcap.shards import shard_file, shard_ids, shard_of, sync_shards
@@ -211,14 +211,7 @@ def test_workflow_reruns_one_shard_per_changed_media_file(tmp_path):
     config = tiny_config("none", shards=4)
     _pretend_built(tmp_path, config)
     assert planned_jobs(tmp_path, config) == {}
-    one_shard = {
-        "extract_frames": 1,
-        "caption_shard": 1,
-        "summarize_shard": 1,
-        "merge_captions": 1,
-        "build_report": 1,
-        "all": 1,
-    }
+    one_shard = ONE_SHARD_JOBS
     steps = [
         (2, lambda p: replace_in_place(p, b"video 2")),
         (12, lambda p: p.write_bytes(b"now here")),

@@ -4,7 +4,16 @@ import json
 import shutil
 
 import pytest
-from helpers import CAPTIONED, jobs_run, make_video, planned_jobs, run_snakemake, tiny_config, write_records
+from helpers import (
+    CAPTIONED,
+    ONE_SHARD_JOBS,
+    jobs_run,
+    make_video,
+    planned_jobs,
+    run_snakemake,
+    tiny_config,
+    write_records,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -67,14 +76,7 @@ def test_editing_one_record_reruns_one_shard(built40, tmp_path):
     edited[5]["conversation"] = [{"from": "human", "value": "edited"}]
     edited[5]["tag"] = "changed"
     write_records(copy / "records.json", edited)
-    one_shard = {
-        "extract_frames": 1,
-        "caption_shard": 1,
-        "summarize_shard": 1,
-        "merge_captions": 1,
-        "build_report": 1,
-        "all": 1,
-    }
+    one_shard = ONE_SHARD_JOBS
     assert planned_jobs(copy, config) == one_shard
     proc = run_snakemake(copy, config)
     assert jobs_run(proc.stdout + proc.stderr) == one_shard

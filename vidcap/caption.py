@@ -27,7 +27,7 @@ from vidcap.engine import EngineFailure, is_too_long, start_engine
 from vidcap.frames import ensure_frames
 from vidcap.journal import Journal, journal_path, record_key
 from vidcap.judge import Judge
-from vidcap.prompts import Pending, chat_template, sampling_seed, vision_tokens
+from vidcap.prompts import Pending, chat_template, sampling_seed, unanswered_meta, vision_tokens
 from vidcap.provenance import canonical_hash
 from vidcap.records import record_digest, record_prompt
 
@@ -99,18 +99,9 @@ def plan_records(shard_path: str, manifest_path: str, settings: dict) -> tuple[l
             if windowed.is_windowed(entry):
                 windowed.ensure_windows(entry, settings["frames_step"])
         frames = sum(len(v["meta"].get("frames_indices", ())) for v in entry["videos"] if "meta" in v)
-        meta = {
-            "status": "error",
-            "error": entry["error"],
-            "frames": frames,
-            "halved": False,
-            "prompt_tokens": None,
-            "output_tokens": None,
-            "finish_reason": None,
-            "seed": None,
-            "attempts": 0,
-        }
-        results.append({"digest": digest, "caption": None, "caption_meta": meta})
+        results.append(
+            {"digest": digest, "caption": None, "caption_meta": unanswered_meta(frames, entry["error"])}
+        )
         if not entry["error"]:
             prompt = record_prompt(record, settings["keys"], settings["prompt"])
             seed = sampling_seed(settings["sampling"], digest)

@@ -292,19 +292,26 @@ def _pick_expression(picks: list[int], var: str = "n") -> str:
 def _read_run(process: subprocess.Popen, picks, width, height, deliver, deadline):
     """Read one run's frames from a started ffmpeg, delivering them as they arrive; returns (frames
     read, stderr text)."""
-    frame_bytes = width * height * 3
-    got = 0
     with _watched(process, deadline) as errors:
         try:
-            while got < len(picks):
-                chunk = process.stdout.read(frame_bytes)
-                if len(chunk) < frame_bytes:
-                    break
-                deliver(picks[got], np.frombuffer(chunk, np.uint8).reshape(height, width, 3))
-                got += 1
+            got = read_frames(process.stdout, picks, width, height, deliver)
         finally:
             process.stdout.close()
     return got, b"".join(errors).decode("utf-8", "replace")
+
+
+def read_frames(stream, picks, width: int, height: int, deliver) -> int:
+    """Hand each whole RGB frame of ``stream`` to ``deliver(pick, frame)`` as it arrives, one per pick;
+    returns how many came before the stream ended."""
+    frame_bytes = width * height * 3
+    got = 0
+    while got < len(picks):
+        chunk = stream.read(frame_bytes)
+        if len(chunk) < frame_bytes:
+            break
+        deliver(picks[got], np.frombuffer(chunk, np.uint8).reshape(height, width, 3))
+        got += 1
+    return got
 
 
 def _wait_run(process: subprocess.Popen, sink, start: int, frame_bytes: int, deadline):

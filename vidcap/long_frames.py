@@ -298,14 +298,8 @@ def _read_all(process, wanted, width, height, deliver, deadline):
     reader.start()
     timer = threading.Timer(max(deadline - time.monotonic(), 0), process.kill)
     timer.start()
-    frame_bytes, got = width * height * 3, 0
     try:
-        while got < len(wanted):
-            chunk = process.stdout.read(frame_bytes)
-            if len(chunk) < frame_bytes:
-                break
-            deliver(wanted[got], np.frombuffer(chunk, np.uint8).reshape(height, width, 3))
-            got += 1
+        got = decode.read_frames(process.stdout, wanted, width, height, deliver)
         process.stdout.read()  # nothing more is expected; drains until the scene branch ends
         process.wait()
     finally:

@@ -152,6 +152,22 @@ def frame_bytes(entry: dict) -> int:
     return total
 
 
+def unanswered_meta(frames: int, error: str | None = None) -> dict:
+    """The caption_meta of a request before its answer (a whole record's or one window's): an error
+    until the engine answers."""
+    return {
+        "status": "error",
+        "error": error,
+        "frames": frames,
+        "halved": False,
+        "prompt_tokens": None,
+        "output_tokens": None,
+        "finish_reason": None,
+        "seed": None,
+        "attempts": 0,
+    }
+
+
 @dataclass
 class Pending:
     """A record on its way to the engine."""

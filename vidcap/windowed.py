@@ -17,7 +17,7 @@ from pathlib import Path
 from vidcap import npystream
 from vidcap.config import with_defaults
 from vidcap.decode import FrameError
-from vidcap.prompts import Pending
+from vidcap.prompts import Pending, unanswered_meta
 from vidcap.windows import clip_phrase
 
 WINDOW_KEY = "_window"  # [record slot, window number] in a window's own result, dropped by fold
@@ -49,7 +49,12 @@ def window_requests(slot, digest, entry, prompt, seed, results: list[dict]) -> l
         }
         text = f"{clip_phrase(window['start'], window['end'])} {prompt}"
         results.append(
-            {"digest": digest, "caption": None, "caption_meta": empty_meta(window), WINDOW_KEY: [slot, w]}
+            {
+                "digest": digest,
+                "caption": None,
+                "caption_meta": unanswered_meta(len(window["meta"]["frames_indices"])),
+                WINDOW_KEY: [slot, w],
+            }
         )
         pending.append(WindowPending(len(results) - 1, digest, sub, text, seed, keep=[None], window=w))
     return pending
@@ -71,20 +76,6 @@ def ensure_windows(entry: dict, frames_step: dict) -> None:
     except FrameError as exc:
         entry["videos"][0] = {"path": video["path"], "error": str(exc)}
         entry["error"] = f"{os.path.basename(video['path'])}: {exc}"
-
-
-def empty_meta(window: dict) -> dict:
-    return {
-        "status": "error",
-        "error": None,
-        "frames": len(window["meta"]["frames_indices"]),
-        "halved": False,
-        "prompt_tokens": None,
-        "output_tokens": None,
-        "finish_reason": None,
-        "seed": None,
-        "attempts": 0,
-    }
 
 
 def fold(results: list[dict], n_records: int) -> list[dict]:
