@@ -292,6 +292,18 @@ def test_each_failure_has_its_own_reason(media, name, reason):
     assert str(info.value).startswith(reason), str(info.value)
 
 
+@pytest.mark.parametrize(
+    "name", ["cfr", "vfr", "rotated", "sar", "odd", "10bit", "short", "one", "ts", "mkv", "offset"]
+)
+def test_in_process_reading_equals_ffprobe(media, name):
+    # a rotated video is left to ffprobe (vidcap.demux): PyAV shows only a frame's rotation
+    fast = decode.probe(str(media[name]), time.monotonic() + 60)
+    slow = decode.probe(str(media[name]), time.monotonic() + 60, in_process=False)
+    assert fast.pop("reader") == ("ffprobe" if name == "rotated" else "pyav")
+    assert slow.pop("reader") == "ffprobe"
+    assert fast == slow
+
+
 def test_timeout_is_a_reason(media):
     with pytest.raises(FrameError, match="^timeout"):
         sample_video(str(media["long_gop"]), {**SMALL, "timeout": 0.01})

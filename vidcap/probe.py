@@ -1,7 +1,9 @@
-"""What a player would show: a video stream's frame times, keyframes and display size, from ffprobe.
+"""What a player would show: a video stream's frame times, keyframes and display size.
 
-One ffprobe run reads the stream facts and every packet's time stamps and flags (demuxing only, no
-decoding). Packets stand in for frames the way a player sees them:
+One reading gives the stream facts and every packet's time stamps and flags (demuxing only, no
+decoding): PyAV's in this process (vidcap.demux) where it reads the file cleanly, else one ffprobe
+run, whose messages then give a failing file's reason. Packets stand in for frames the way a player
+sees them:
 
 - packets the demuxer marks discarded (``D``: hidden by an MP4/MOV edit list) are never shown, so a
   stream-copied cut starts at the frame shown at the edit start, time stamps relative to it;
@@ -17,6 +19,7 @@ the decoder disagrees with the packets (see frames.sample_video).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -24,6 +27,8 @@ import subprocess
 import time
 
 import numpy as np
+
+from vidcap import demux
 
 # containers with a sample index, where a seek lands on the keyframe asked for; others (MPEG-TS/PS,
 # raw streams) seek by byte position and may land late, so they are always read from the start
@@ -95,12 +100,16 @@ def ffprobe(url: str, deadline: float, what: str, *args: str) -> tuple[dict, byt
 
 
 # ----------------------------------------------------------------------------------------- probe
-def probe(path: str, deadline: float, decoded: bool = False, truncated_ok: bool = False) -> dict:
+def probe(
+    path: str, deadline: float, decoded: bool = False, truncated_ok: bool = False, in_process: bool = True
+) -> dict:
     """Display size (rotation and pixel aspect applied), frame times, keyframes, codec facts.
 
     ``decoded``: frame times from a full decode (what the decoder outputs) instead of the packets.
     ``truncated_ok``: a truncated file is not an error; ``declared_duration`` then gives its declared length
     (windowed long videos caption what is left, vidcap.long_frames).
+    ``in_process``: packets read with PyAV (vidcap.demux) where it reads the file cleanly; ffprobe
+    reads whatever it does not, and every file that fails, so that its messages give the reason.
     """
     if not os.path.exists(path):
         raise FrameError("missing file")
@@ -109,6 +118,11 @@ def probe(path: str, deadline: float, decoded: bool = False, truncated_ok: bool 
     if os.path.getsize(path) == 0:
         raise FrameError("empty file (0 bytes)")
     url = ffmpeg_url(path)
+    if in_process and not decoded:
+        info = demux.read(url, deadline)
+        if info is not None:
+            with contextlib.suppress(FrameError):  # ffprobe reads it again and says why
+                return _facts(info, b"", decoded, truncated_ok, "pyav")
     rows = (
         "frame=best_effort_timestamp,pkt_duration,key_frame" if decoded else "packet=pts,dts,duration,flags"
     )
@@ -118,6 +132,11 @@ def probe(path: str, deadline: float, decoded: bool = False, truncated_ok: bool 
         _unreadable(path, stderr)
     if not info.get("streams"):
         _no_video(url, deadline)
+    return _facts(info, stderr, decoded, truncated_ok, "ffprobe")
+
+
+def _facts(info: dict, stderr: bytes, decoded: bool, truncated_ok: bool, reader: str) -> dict:
+    """probe's answer from ffprobe's JSON (or vidcap.demux's reading in the same shape)."""
     stream = info["streams"][0]
     facts = _display(stream)
     tb = _ratio(stream.get("time_base"), "/") or 1e-3
@@ -160,6 +179,7 @@ def probe(path: str, deadline: float, decoded: bool = False, truncated_ok: bool 
         "open_gop": False if decoded else open_gop(info.get("packets", [])),
         "vfr": bool(len(gaps)) and float(gaps.max() - gaps.min()) > 0.5 * frame_seconds,
         "frame_source": "decoder" if decoded else "packets",
+        "reader": reader,
         "declared_duration": declared,
     }
 
