@@ -194,6 +194,7 @@ def _video_meta(info: dict, plan: dict, indices: list[int], backend: str, stats:
         "pix_fmt": info["pix_fmt"],
         "backend": backend,
         "frame_times": info["frame_source"],
+        "probe": info["reader"],  # pyav (in-process) or ffprobe
         "decode_runs": stats["runs"],
         "decoded_frames": stats["decoded_frames"],
         "notes": notes,
