@@ -94,6 +94,23 @@ def make_video(path: Path, seconds: int, size: str) -> Path:
     return path
 
 
+def floor_command(video: str) -> list[str]:
+    """The floor: ffmpeg decodes every frame of the video stream to nothing."""
+    return [
+        "ffmpeg",
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-i",
+        "file:" + video,
+        "-map",
+        "0:v:0",
+        "-f",
+        "null",
+        "-",
+    ]
+
+
 def peak_rss_mb() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -121,19 +138,7 @@ def run_method(method: str, video: str, out: str) -> dict:
     decoded = None
     if method == "floor":
         subprocess.run(
-            [
-                "ffmpeg",
-                "-nostdin",
-                "-loglevel",
-                "error",
-                "-i",
-                "file:" + video,
-                "-map",
-                "0:v:0",
-                "-f",
-                "null",
-                "-",
-            ],
+            floor_command(video),
             check=True,
         )
     elif method.startswith("windows"):

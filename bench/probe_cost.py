@@ -29,6 +29,7 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
+from frames import floor_command, make_video  # bench/frames.py: its clips and its floor
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -118,26 +119,11 @@ def main() -> None:
     args = parser.parse_args()
     video = str(Path(args.video).resolve())
     if not Path(video).exists():
-        from frames import make_video  # bench/frames.py's clip
-
         make_video(Path(video), 10, "1280x720")
     ffprobe = next(a for a in record(video, "ffprobe")[0] if a[0] == "ffprobe")
-    floor = [
-        "ffmpeg",
-        "-nostdin",
-        "-loglevel",
-        "error",
-        "-i",
-        "file:" + video,
-        "-map",
-        "0:v:0",
-        "-f",
-        "null",
-        "-",
-    ]
     decode_argv, graph = decode_command(video)
     counts = {
-        "floor": callgrind(floor),
+        "floor": callgrind(floor_command(video)),
         "decode": callgrind(decode_argv, graph),
         "ffprobe": callgrind(ffprobe),
         "in-process, PyAV reading": in_process(video, "pyav", args.calls),
