@@ -40,8 +40,10 @@ __all__ = [
     "decode_decord",
     "decode_ffmpeg",
     "decoded_frames",
+    "ffmpeg_input",
     "ffmpeg_url",
     "frames_shown_at",
+    "pick_filters",
     "plan_runs",
     "probe",
     "sample_times",
@@ -169,7 +171,7 @@ def _seek_seconds(info: dict, first: int) -> float | None:
     return max(info["times"][k] - info["start_time"], 0.0) if k > 0 else None
 
 
-def _input(path: str, threads: int, seek: float | None = None):
+def ffmpeg_input(path: str, threads: int, seek: float | None = None):
     # -copyts: the filters see the demuxer's own time stamps, the ones the probe listed; frames
     # before the seek point are dropped by the select filter, not by -ss
     options = {"threads": threads, "copyts": None, "noaccurate_seek": None}
@@ -178,7 +180,7 @@ def _input(path: str, threads: int, seek: float | None = None):
     return ffmpeg.input(ffmpeg_url(path), **options)
 
 
-def _filters(stream, info: dict, picks: list[int], width: int, height: int):
+def pick_filters(stream, info: dict, picks: list[int], width: int, height: int):
     """Keep ``picks`` (by time stamp, or by frame number when the stream has none), scale, RGB.
 
     The trim ends the run after its last pick, so a frame that never comes cannot make it read on.
@@ -218,7 +220,9 @@ def ffmpeg_command(
     seek: float | None = None,
 ) -> list[str]:
     """ffmpeg's argument list for one run: decode, keep ``picks``, scale, raw RGB to stdout."""
-    stream = _filters(_input(path, threads, seek)[str(info["stream_index"])], info, picks, width, height)
+    stream = pick_filters(
+        ffmpeg_input(path, threads, seek)[str(info["stream_index"])], info, picks, width, height
+    )
     out = ffmpeg.output(
         stream, "pipe:", format="rawvideo", fps_mode="passthrough", **{"frames:v": len(picks)}
     )
@@ -227,7 +231,7 @@ def ffmpeg_command(
 
 def run_graph(info: dict, picks: list[int], width: int, height: int) -> str:
     """The filter graph of a first run, its output labelled [out] (what Prestarted maps)."""
-    stream = _filters(ffmpeg.input("-")[str(info["stream_index"])], info, picks, width, height)
+    stream = pick_filters(ffmpeg.input("-")[str(info["stream_index"])], info, picks, width, height)
     args = ffmpeg.output(stream, "pipe:").get_args()
     graph, label = args[args.index("-filter_complex") + 1], args[args.index("-map") + 1]
     assert graph.endswith(label), (graph, label)
@@ -245,7 +249,9 @@ class Prestarted:
 
     def __init__(self, path: str, threads: int = 0, sink=None):
         """``sink``: a file to write the frames into (see decode_ffmpeg), else a pipe."""
-        out = _input(path, threads).output("pipe:1", map="[out]", format="rawvideo", fps_mode="passthrough")
+        out = ffmpeg_input(path, threads).output(
+            "pipe:1", map="[out]", format="rawvideo", fps_mode="passthrough"
+        )
         cmd = out.compile(cmd=[*FFMPEG, "-filter_complex_script", "pipe:0"])
         self.process = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=sink or subprocess.PIPE, stderr=subprocess.PIPE

@@ -259,13 +259,13 @@ def _one_pass(path, info, indices, width, height, spool, shots, tmp, deadline):
 def grid_command(path, info, wanted, width, height, cuts_file: Path | None) -> list[str]:
     """ffmpeg's argument list: the wanted frames as raw RGB on stdout; with ``cuts_file``, a split
     branch at SCENE_WIDTH pixels writes every frame whose scene score passes the threshold."""
-    stream = decode._input(path, 0)[str(info["stream_index"])]
+    stream = decode.ffmpeg_input(path, 0)[str(info["stream_index"])]
     if cuts_file is None:
-        picked = decode._filters(stream, info, wanted, width, height)
+        picked = decode.pick_filters(stream, info, wanted, width, height)
         outputs = [_raw_output(picked, wanted)]
     else:
         branches = stream.filter_multi_output("split")
-        picked = decode._filters(branches[0], info, wanted, width, height)
+        picked = decode.pick_filters(branches[0], info, wanted, width, height)
         scene = (
             branches[1]
             .filter("scale", SCENE_WIDTH, -2, flags="fast_bilinear")
