@@ -40,6 +40,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from vidcap.demo import make_clip
+
 VIDEOS = {  # name: (seconds, size)
     "10s-720p": (10, "1280x720"),
     "60s-1080p": (60, "1920x1080"),
@@ -65,31 +67,7 @@ def make_video(path: Path, seconds: int, size: str) -> Path:
     if not path.exists():
         print(f"encoding {path.name} ...", file=sys.stderr, flush=True)
         tmp = path.with_suffix(".tmp.mp4")
-        subprocess.run(
-            [
-                "ffmpeg",
-                "-nostdin",
-                "-y",
-                "-loglevel",
-                "error",
-                "-f",
-                "lavfi",
-                "-i",
-                f"testsrc2=size={size}:rate=25",
-                "-t",
-                str(seconds),
-                "-pix_fmt",
-                "yuv420p",
-                "-c:v",
-                "libx264",
-                "-preset",
-                "veryfast",
-                "-g",
-                "250",
-                "file:" + str(tmp),
-            ],
-            check=True,
-        )
+        make_clip(tmp, f"testsrc2=size={size}:rate=25", seconds, gop=250, extra=["-preset", "veryfast"])
         tmp.rename(path)
     return path
 

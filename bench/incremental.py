@@ -26,6 +26,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from vidcap.demo import make_clip  # noqa: E402
 from vidcap.records import DEFAULT_KEYS  # noqa: E402
 from vidcap.shards import shard_of  # noqa: E402
 
@@ -84,27 +85,7 @@ def main() -> None:
     if not (work / "captions.jsonl").exists():
         sources.mkdir(exist_ok=True)
         for i, src in enumerate(SOURCES):
-            subprocess.run(
-                [
-                    "ffmpeg",
-                    "-nostdin",
-                    "-y",
-                    "-loglevel",
-                    "error",
-                    "-f",
-                    "lavfi",
-                    "-i",
-                    f"{src}=size=64x48:rate=4",
-                    "-t",
-                    "1",
-                    "-pix_fmt",
-                    "yuv420p",
-                    "-c:v",
-                    "libx264",
-                    str(sources / f"s{i}.mp4"),
-                ],
-                check=True,
-            )
+            make_clip(sources / f"s{i}.mp4", f"{src}=size=64x48:rate=4", 1, gop=250)
         clips = work / "clips"
         clips.mkdir(exist_ok=True)
         records = []

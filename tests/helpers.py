@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from vidcap.demo import make_clip
+
 REPO = Path(__file__).resolve().parents[1]
 # a caption was written: the tiny random-weight models' gibberish may also trip the degeneration checks
 # (vidcap.quality), which tests of other things must not mistake for a failure
@@ -38,31 +40,7 @@ def make_video(
     extra: list[str] | None = None,
 ) -> Path:
     """Encode a small H.264 clip from a lavfi source (argument list, no shell)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        "ffmpeg",
-        "-nostdin",
-        "-y",
-        "-loglevel",
-        "error",
-        "-f",
-        "lavfi",
-        "-i",
-        f"{source}=size={size}:rate={rate}",
-        "-t",
-        str(seconds),
-        "-pix_fmt",
-        "yuv420p",
-        "-c:v",
-        "libx264",
-        "-g",
-        str(rate),
-        *(extra or []),
-        "file:" + str(path.resolve()),
-    ]
-    subprocess.run(cmd, check=True)
-    return path
+    return make_clip(Path(path), f"{source}=size={size}:rate={rate}", seconds, gop=rate, extra=extra or ())
 
 
 def write_records(path: str | os.PathLike, records: list) -> Path:

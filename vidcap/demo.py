@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 from vidcap.atomic import write_json
@@ -18,8 +19,11 @@ DEMO_CLIPS = [
 ]
 
 
-def make_clip(path: Path, source: str, seconds: float) -> None:
-    """Encode a lavfi source to H.264; argument list only, never a shell string."""
+def make_clip(path: Path, source: str, seconds: float, gop: int = 10, extra: Sequence[str] = ()) -> Path:
+    """Encode a lavfi source (e.g. ``testsrc2=size=160x120:rate=10``) to H.264, a keyframe every ``gop``
+    frames; ``extra``: more output options. Argument list only, never a shell string. The demo, the
+    tests and the benchmarks make their clips here."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [
@@ -39,11 +43,13 @@ def make_clip(path: Path, source: str, seconds: float) -> None:
             "-c:v",
             "libx264",
             "-g",
-            "10",
-            str(path),
+            str(gop),
+            *extra,
+            "file:" + str(path.resolve()),
         ],
         check=True,
     )
+    return path
 
 
 def make_demo(out_dir: str | Path) -> Path:
