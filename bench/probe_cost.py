@@ -29,12 +29,11 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
-from frames import floor_command, make_video  # bench/frames.py: its clips and its floor
+from frames import PIXELS, floor_command, make_video  # bench/frames.py: its clips, sizes and floor
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-PIXELS = {"min_pixels": 128 * 28 * 28, "max_pixels": 768 * 28 * 28}
 PARAMS = {**PIXELS, "backend": "ffmpeg", "fps": 2.0, "max_vision_tokens": None}
 
 
