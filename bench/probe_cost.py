@@ -55,16 +55,26 @@ def callgrind(cmd: list[str], stdin: bytes | None = None) -> int:
     return int(match.group(1))
 
 
-def record(video: str, reader: str) -> tuple[list[list[str]], list[str]]:
-    """The commands (argv) cached_sample starts for ``video`` with this reader, and the filter graphs
-    it feeds to its prestarted ffmpeg."""
-    script = f"""
+def child_script(video: str, reader: str, body: str) -> str:
+    """A Python script for a child process: ``clip()`` runs cached_sample on ``video`` with this reader
+    (``ffprobe``: PyAV's reading switched off), then ``body``."""
+    return f"""
 import json, pathlib, subprocess, sys, tempfile
 sys.path.insert(0, {str(REPO)!r})
 from vidcap import decode, demux
 from vidcap.frames import cached_sample
 if {reader!r} == "ffprobe":
     demux.read = lambda *a: None
+def clip():
+    with tempfile.TemporaryDirectory() as d:
+        cached_sample({video!r}, "video", {PARAMS!r}, pathlib.Path(d))
+{body}"""
+
+
+def record(video: str, reader: str) -> tuple[list[list[str]], list[str]]:
+    """The commands (argv) cached_sample starts for ``video`` with this reader, and the filter graphs
+    it feeds to its prestarted ffmpeg."""
+    body = """
 seen, graphs = [], []
 real_init, real_feed = subprocess.Popen.__init__, decode.Prestarted.feed
 def init(self, args, *a, **k):
@@ -74,10 +84,10 @@ def feed(self, graph):
     graphs.append(graph)
     return real_feed(self, graph)
 subprocess.Popen.__init__, decode.Prestarted.feed = init, feed
-with tempfile.TemporaryDirectory() as d:
-    cached_sample({video!r}, "video", {PARAMS!r}, pathlib.Path(d))
+clip()
 print(json.dumps([seen, graphs]))
 """
+    script = child_script(video, reader, body)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True).stdout
     seen, graphs = json.loads(out)
     return seen, graphs
@@ -93,17 +103,7 @@ def decode_command(video: str) -> tuple[list[str], bytes]:
 
 def in_process(video: str, reader: str, calls: int) -> int:
     """vidcap's own instructions per clip (``calls`` calls minus none)."""
-    script = f"""
-import pathlib, sys, tempfile
-sys.path.insert(0, {str(REPO)!r})
-from vidcap import demux
-from vidcap.frames import cached_sample
-if {reader!r} == "ffprobe":
-    demux.read = lambda *a: None
-for _ in range(int(sys.argv[1])):
-    with tempfile.TemporaryDirectory() as d:
-        cached_sample({video!r}, "video", {PARAMS!r}, pathlib.Path(d))
-"""
+    script = child_script(video, reader, "for _ in range(int(sys.argv[1])):\n    clip()\n")
     with_calls = callgrind([sys.executable, "-c", script, str(calls)])
     without = callgrind([sys.executable, "-c", script, "0"])
     return (with_calls - without) // calls

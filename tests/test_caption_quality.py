@@ -10,7 +10,7 @@ import json
 
 import jsonschema
 import pytest
-from helpers import make_video, write_records
+from helpers import CAPTIONED, make_video, write_records
 
 from vidcap.caption import caption_shard
 from vidcap.config import defaults
@@ -28,12 +28,10 @@ ENGINE = {
     "cpu_kvcache_space_gb": 1,
 }
 FRAMES = {**defaults("frames"), "fps": 2.0, "max_frames": 8, "min_pixels": 3136, "max_pixels": 12544}
-CAPTIONED = ("ok", "truncated", "degenerate")
 
 
 @pytest.fixture(scope="module")
 def llm(tiny_model_25):
-    gc.collect()  # an earlier module's engine, torn down late, would take this one's process groups along
     engine = start_engine(str(tiny_model_25), ENGINE, {"video": 1, "image": 0}, 0)
     yield engine
     del engine

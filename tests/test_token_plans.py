@@ -57,7 +57,6 @@ def test_planned_vision_tokens_are_what_vllm_counts(family, request, tmp_path):
         "enforce_eager": True,
         "cpu_kvcache_space_gb": 1,
     }
-    gc.collect()  # an earlier in-process engine torn down mid-start would take this one's process groups along
     llm = start_engine(model, engine, {"video": 1, "image": 0}, 0)
     job = {
         "model": model,

@@ -78,17 +78,18 @@ def _packets(container, stream, deadline: float) -> tuple[list[dict], int | None
                 row[key] = getattr(packet, key)
         rows.append(row)
         if rotation is None and len(rows) <= ROTATION_PACKETS:
-            rotation = _rotation(packet)
+            rotation = _rotation(packet.decode)
         if len(rows) % 1000 == 0 and time.monotonic() > deadline:
             return [], None
     if rotation is None:  # the first frame is still inside the decoder (a one-frame clip)
-        rotation = _rotation(None, stream.codec_context)
+        rotation = _rotation(lambda: stream.codec_context.decode(None))
     return rows, rotation
 
 
-def _rotation(packet, flush=None) -> int | None:
+def _rotation(decode) -> int | None:
+    """The rotation of the first frame ``decode()`` gives; None while it gives none."""
     try:
-        frames = packet.decode() if packet is not None else flush.decode(None)
+        frames = decode()
     except av.FFmpegError:
         return None  # an undecodable leading packet: the next one may do
     return frames[0].rotation if frames else None
