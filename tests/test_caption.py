@@ -16,9 +16,9 @@ from vidcap.caption import caption_shard, feed
 from vidcap.config import defaults
 from vidcap.engine import start_engine
 from vidcap.frames import extract_frames
-from vidcap.journal import Journal
 from vidcap.judge import Judge
 from vidcap.prompts import Pending
+from vidcap.store import ResultStore
 
 pytestmark = pytest.mark.slow
 
@@ -161,7 +161,7 @@ def test_engine_rejections_are_isolated_per_request(llm, tiny_model_25, tmp_path
     judge = Judge(
         {"quality": defaults("quality"), "candidates": defaults("candidates"), "sampling": sampling}
     )
-    feed(backend, items, results, stats, Journal(tmp_path / "journal"), None, judge)
+    feed(backend, items, results, stats, ResultStore(tmp_path / "store"), None, judge)
     assert {results[0]["caption_meta"]["status"], results[2]["caption_meta"]["status"]} <= set(CAPTIONED)
     assert results[1]["caption"] is None and results[1]["caption_meta"]["error"].startswith("too long")
     assert stats["requests"] == 3

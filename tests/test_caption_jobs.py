@@ -20,7 +20,6 @@ from helpers import CAPTIONED, REPO, make_video, synthetic_shard, write_records
 from vidcap import config as vconfig
 from vidcap import settings as vsettings
 from vidcap.frames import extract_frames
-from vidcap.journal import journal_path
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +29,7 @@ from vidcap.caption import caption_shard
 shard, manifest, out, settings = sys.argv[1:5]
 stats = caption_shard(shard, manifest, out, json.loads(settings), log=sys.stderr)
 with open(out + ".test-stats", "w") as handle:
-    json.dump({k: stats[k] for k in ("requests", "resumed", "ok", "truncated", "degenerate", "error")}, handle)
+    json.dump({k: stats[k] for k in ("requests", "stored", "ok", "truncated", "degenerate", "error")}, handle)
 """
 
 
@@ -79,8 +78,14 @@ def build_shard(root: Path, n: int, config: dict, size: str = "64x48") -> tuple[
     return shard, manifest
 
 
+def store_of(out: Path) -> Path:
+    """Each output file's own result store, so a clean build of the same shard starts from nothing."""
+    return Path(out).with_suffix(".store")
+
+
 def start_job(shard, manifest, out, settings, log_path, env=None) -> subprocess.Popen:
     """A caption job as its own process; all it prints (vLLM logs to stdout too) goes to its log file."""
+    settings = {**settings, "store": str(store_of(out))}
     cmd = [sys.executable, "-c", JOB, str(shard), str(manifest), str(out), json.dumps(settings)]
     with open(log_path, "a") as log:
         return subprocess.Popen(
@@ -96,9 +101,9 @@ def run_job(*args, **kwargs) -> tuple[dict, int]:
     return json.loads(Path(f"{args[2]}.test-stats").read_text()), usage.ru_maxrss * 1024
 
 
-def journal_lines(out: Path) -> int:
-    path = journal_path(out)
-    return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.exists() else 0
+def stored_results(out: Path) -> int:
+    """Answers the job has put in its result store so far (one file each, written whole)."""
+    return sum(1 for _ in store_of(out).glob("*/*.json"))
 
 
 def wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
@@ -151,25 +156,25 @@ def test_killed_job_and_dead_engine_resume_to_identical_bytes(tiny_model, tmp_pa
     out, log = tmp_path / "out.jsonl", tmp_path / "job.log"
 
     job = start_job(shard, manifest, out, settings, log)  # engine in-process (CPU default)
-    wait_for(lambda: journal_lines(out) >= 4, 300, job)
+    wait_for(lambda: stored_results(out) >= 4, 300, job)
     job.send_signal(signal.SIGKILL)
     job.wait()
-    first = journal_lines(out)
+    first = stored_results(out)
 
     # engine core in its own process, as on GPUs: killing it is an engine failure, not 24 record errors
     job = start_job(shard, manifest, out, settings, log, env={"VLLM_ENABLE_V1_MULTIPROCESSING": "1"})
     wait_for(lambda: engine_cores(job.pid), 300, job)
-    wait_for(lambda: journal_lines(out) >= first + 2, 300, job)
+    wait_for(lambda: stored_results(out) >= first + 2, 300, job)
     for core in engine_cores(job.pid):
         core.kill()
     assert job.wait(timeout=120) != 0
     assert not out.exists() and "EngineFailure" in log.read_text()
-    done = journal_lines(out)
+    done = stored_results(out)
     assert done >= first + 2
 
     stats, _ = run_job(shard, manifest, out, settings, log)
-    assert stats["resumed"] == done and stats["requests"] == 24 - done
-    assert not journal_path(out).exists()
+    assert stats["stored"] == done and stats["requests"] == 24 - done
+    assert stored_results(out) == 24  # the store outlives the job: a rebuild sends nothing
     clean = tmp_path / "clean.jsonl"
     run_job(shard, manifest, clean, settings, tmp_path / "clean.log")
     assert out.read_bytes() == clean.read_bytes()
@@ -226,6 +231,7 @@ def test_cpu_build_on_a_node_with_gpus_is_refused(tiny_model, tmp_path, monkeypa
     assert not (tmp_path / "out.jsonl").exists()
     # on purpose: engine.device cpu runs the CPU build whatever the node has
     cpu = vsettings.caption_job(job_config(tiny_model, engine={"device": "cpu"}))
+    cpu["store"] = str(tmp_path / "out.jsonl.store")
     caption_shard(str(shard), str(manifest), str(tmp_path / "out.jsonl"), cpu)
     assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 2
 

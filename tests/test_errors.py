@@ -35,7 +35,8 @@ def test_error_shards_and_the_retry_command(tmp_path):
     assert sum(found["reasons"].values()) == 3
     command = retry_command(list(found["shards"]), "results")
     assert command.startswith("snakemake --forcerun ")
-    assert all(f"results/captions/{sid}.jsonl" in command for sid in expected)
+    # their frames jobs, so frames errors are extracted again; caption jobs then send only store misses
+    assert all(f"results/frames/{sid}.json" in command for sid in expected)
 
 
 def test_errors_command_line_uses_the_builds_config(tmp_path):
@@ -57,4 +58,4 @@ def test_errors_command_line_uses_the_builds_config(tmp_path):
         check=True,
     )
     assert "3 error record(s)" in proc.stdout
-    assert "snakemake --configfile" in proc.stdout and "work/res/captions/" in proc.stdout
+    assert "python -m vidcap retry --configfile" in proc.stdout

@@ -5,7 +5,7 @@ import pytest
 from vidcap.atomic import dumps_line
 from vidcap.merge import StaleResultError, merge_captions
 from vidcap.records import DEFAULT_KEYS, record_digest
-from vidcap.shards import shard_ids, shard_of
+from vidcap.shards import shard_ids, shard_of, sync_shards
 
 KEYS = dict(DEFAULT_KEYS)
 
@@ -30,7 +30,8 @@ def build(tmp_path, recs, n, tamper=None):
         path = tmp_path / f"{sid}.jsonl"
         path.write_text("".join(dumps_line(x) for x in lines), encoding="utf-8")
         files.append(str(path))
-    return src, files
+    sync_shards(src, tmp_path / "shards", n, KEYS, log=None)  # the merge reads the records from the shards
+    return str(tmp_path / "shards"), files
 
 
 SETTINGS = {"shards": 3, "prompt": "Please describe the video in detail.", "keys": KEYS}
@@ -82,7 +83,8 @@ def test_stale_results_are_refused(tmp_path):
 
     src, files = build(tmp_path, recs, 3)
     recs[0]["i"] = 99
-    src.write_text(json.dumps(recs))
+    (tmp_path / "in.json").write_text(json.dumps(recs))
+    sync_shards(tmp_path / "in.json", src, 3, KEYS, log=None)
     with pytest.raises(StaleResultError, match="record 0"):
         merge_captions(str(src), files, str(tmp_path / "o.json"), SETTINGS, log=None)
 

@@ -21,7 +21,7 @@ from vidcap.report import build_report
 from vidcap.report.charts import histogram_bins, svg_histogram
 from vidcap.report.gallery import contact_sheet, gallery_items, gallery_selection, thumbnail_indices
 from vidcap.report.pages import CONTROL_CHARS
-from vidcap.shards import shard_ids, shard_of
+from vidcap.shards import shard_ids, shard_of, sync_shards
 from vidcap.stats import (
     benchmark_files,
     describe,
@@ -246,6 +246,10 @@ def test_gallery_selection_small_all_big_sample_plus_errors():
 
 
 # ------------------------------------------------------------------- gallery and report, no vLLM
+def shards_of(tmp_path: Path) -> Path:
+    return tmp_path / "results" / "shards"
+
+
 def fake_build(tmp_path: Path, n: int = 6, n_shards: int = 3):
     """Input, output, manifests and cached frames as the workflow writes them (random frames)."""
     keys = dict(DEFAULT_KEYS)
@@ -299,12 +303,13 @@ def fake_build(tmp_path: Path, n: int = 6, n_shards: int = 3):
         path.write_text(json.dumps({"shard": sid, "records": entries[sid]}))
         manifests.append(str(path))
     write_records(tmp_path / "captions.json", output)
+    sync_shards(tmp_path / "records.json", tmp_path / "results" / "shards", n_shards, keys, log=None)
     return records, output, manifests
 
 
 def test_gallery_items_pair_records_with_their_shard_manifest_entries(tmp_path):
     records, _, manifests = fake_build(tmp_path)
-    items = gallery_items(tmp_path / "records.json", tmp_path / "captions.json", manifests, {}, [0, 2, 3, 5])
+    items = gallery_items(shards_of(tmp_path), tmp_path / "captions.json", manifests, {}, [0, 2, 3, 5])
     assert [it["index"] for it in items] == [0, 2, 3, 5]
     for item in items:
         assert item["record"]["id"] == item["index"]
@@ -314,9 +319,7 @@ def test_gallery_items_pair_records_with_their_shard_manifest_entries(tmp_path):
     for entry in first["records"]:
         entry["digest"] = "0" * 20
     Path(manifests[0]).write_text(json.dumps(first))
-    items = gallery_items(
-        tmp_path / "records.json", tmp_path / "captions.json", manifests, {}, list(range(6))
-    )
+    items = gallery_items(shards_of(tmp_path), tmp_path / "captions.json", manifests, {}, list(range(6)))
     stale = [it for it in items if shard_of(records[it["index"]], DEFAULT_KEYS, 3) == 0]
     assert stale and all(it["entry"] is None for it in stale)
 
@@ -348,7 +351,7 @@ def test_build_report_writes_summary_histograms_and_gallery(tmp_path):
     with open(log, "w") as handle:
         files = {"manifests": manifests, "caption_stats": [stats], "benchmarks": [bench]}
         summary = build_report(
-            str(tmp_path / "records.json"), str(tmp_path / "captions.json"), files, out, settings, log=handle
+            str(shards_of(tmp_path)), str(tmp_path / "captions.json"), files, out, settings, log=handle
         )
     assert summary["status"] == {"ok": 5, "truncated": 0, "degenerate": 0, "error": 1}
     gallery = Path(out["gallery"]).read_text()
@@ -371,7 +374,7 @@ def test_big_build_gallery_shows_a_sample_plus_every_error(tmp_path):
     out = {name: str(tmp_path / "report" / f"{name}.out") for name in REPORT_FILES}
     settings = {"model": "m", "shards": 2, "gallery_sample": 3}
     build_report(
-        str(tmp_path / "records.json"),
+        str(shards_of(tmp_path)),
         str(tmp_path / "captions.json"),
         {"manifests": manifests},
         out,

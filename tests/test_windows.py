@@ -186,7 +186,7 @@ def test_frames_step_writes_windowed_manifest_entries(shots_video, tmp_path):
         "sampling": config["sampling"],
         "frames_step": settings,
     }
-    results, pending = plan_records(str(shard), str(tmp_path / "m.json"), job)
+    results, pending = plan_records(str(shard), str(tmp_path / "m.json"), job, "identity")
     assert len(results) == 5 and [p.slot for p in pending] == [1, 2, 3, 4]  # the clip, then 3 windows
     assert all(os.path.exists(p.entry["videos"][0]["frames"]) for p in pending)
 
@@ -204,10 +204,16 @@ def test_window_results_fold_into_the_record_in_time_order():
         "images": [],
         "error": None,
     }
-    record = {"digest": "d", "caption": None, "caption_meta": {"status": "error", "error": None, "frames": 0}}
+    record = {
+        "digest": "d",
+        "caption": None,
+        "caption_meta": {"status": "error", "error": None, "frames": 0},
+        "keys": [],
+    }
     results = [record]
-    pending = window_requests(0, "d", entry, "Describe.", None, results)
+    pending = window_requests(0, "d", entry, "Describe.", None, results, "identity")
     assert [p.window for p in pending] == [0, 2] and [p.slot for p in pending] == [1, 2]
+    assert record["keys"] == [p.key for p in pending] and len(set(record["keys"])) == 2
     assert pending[1].prompt == "This is a clip from 110.0 s to 180.0 s of a longer video. Describe."
     for p, text in zip(pending, ["first", "third"]):
         results[p.slot]["caption"] = text
@@ -259,7 +265,7 @@ def test_a_shard_without_two_window_records_starts_no_engine(tmp_path):
         "max_model_len": 1024,
     }
     counts = summarize_shard(str(captions), str(tmp_path / "out.jsonl"), settings)
-    assert counts == {"records": 3, "summarized": 0, "summary_errors": 0}
+    assert counts == {"records": 3, "summarized": 0, "summary_errors": 0, "stored": 0}
     assert [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()] == lines
 
 

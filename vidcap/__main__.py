@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     errors.add_argument(
         "--configfile", help="the build's config file (shards, results, keys); default: the schema's"
     )
+    _add_retry_command(sub)
     demo = sub.add_parser("demo", help="make synthetic demo videos and a records.json")
     demo.add_argument("dir")
     stats = sub.add_parser(
@@ -79,7 +80,68 @@ def main(argv: list[str] | None = None) -> int:
         print(format_summary(summary, steps, args.model))
     elif args.command in ("audit", "diff"):
         return _run_quality_command(args)
+    elif args.command == "retry":
+        return _run_retry(args)
     return 0
+
+
+def _add_retry_command(sub) -> None:
+    retry = sub.add_parser(
+        "retry",
+        help="re-send only a build's error records (frames and caption errors) after fixing their cause, "
+        "then re-merge; every other record comes from the result store",
+    )
+    retry.add_argument("--configfile", action="append", default=[], help="the build's config file(s)")
+    retry.add_argument("--config", nargs="+", default=[], metavar="KEY=VALUE", help="as for snakemake")
+    retry.add_argument(
+        "--dry-run", action="store_true", help="say which shards hold errors and the command; change nothing"
+    )
+    retry.add_argument("snakemake_args", nargs="*", help="after --: more snakemake options (e.g. --profile)")
+
+
+def _run_retry(args) -> int:
+    import os
+    import subprocess
+
+    import yaml
+
+    from vidcap import config
+    from vidcap.errors import clear_stored_errors, retry_targets
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    overrides: dict = {}
+    for item in args.config:
+        key, _, value = item.partition("=")
+        overrides[key] = yaml.safe_load(value)
+    given: dict = {}
+    for path in [os.path.join(repo, "config", "config.yaml"), *args.configfile]:
+        if os.path.exists(path) or path in args.configfile:
+            with open(path, encoding="utf-8") as handle:
+                given = config._merge(given, yaml.safe_load(handle) or {})
+    cfg = config.load(None, config._merge(given, overrides))
+    passed = [arg for path in args.configfile for arg in ("--configfile", path)]
+    passed += ["--config", *args.config] if args.config else []
+    if args.dry_run:
+        from vidcap.errors import error_shards
+
+        found = error_shards(cfg["output"], cfg["shards"], cfg["keys"])["shards"]
+    else:
+        found = clear_stored_errors(cfg["results"], cfg["shards"])
+    if not found:
+        print("no error records")
+        return 0
+    snakefile = os.path.join(repo, "Snakefile")
+    beside = os.path.join(os.path.dirname(sys.executable), "snakemake")  # this venv's, if on no PATH
+    cmd = [beside if os.path.exists(beside) else "snakemake"]
+    cmd += [*(["-s", snakefile] if os.path.exists(snakefile) else []), *passed]
+    cmd += [*args.snakemake_args, "--forcerun", *retry_targets(list(found), cfg["results"])]
+    print(f"{sum(found.values())} error record(s) in {len(found)} shard(s): re-sending only them")
+    if args.dry_run:
+        import shlex
+
+        print(shlex.join(cmd))
+        return 0
+    return subprocess.run(cmd).returncode
 
 
 def _add_quality_commands(sub) -> None:

@@ -2,15 +2,18 @@
 
 Every record gets a status: ``ok``, ``truncated`` (the caption hit ``max_tokens``) or ``error`` with a
 reason (its media failed, its prompt does not fit the context even with half the frames, or the engine
-refused that request). An engine-level failure raises :class:`vidcap.engine.EngineFailure` instead:
-no result file is written, so Snakemake retries the job, and the journal (vidcap.journal) makes the
-retry caption only what was not finished. The result file has one line per shard record, in shard
-order, and no timings, so rebuilds are byte-identical.
+refused that request). Each request is first looked up in the result store (vidcap.store) by what its
+answer depends on (vidcap.result_keys), and only the misses go to the engine; each answer is stored as
+it is settled, so a killed job loses nothing it finished and a grown or resharded dataset sends only its
+new records. An engine-level failure raises :class:`vidcap.engine.EngineFailure`: no result file is
+written, so Snakemake retries the job. The result file has one line per shard record, in shard order,
+and no timings, so rebuilds are byte-identical.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import sys
 import time
@@ -25,15 +28,17 @@ from vidcap.budget import geometry_for
 from vidcap.config import with_defaults
 from vidcap.engine import EngineFailure, is_too_long, start_engine
 from vidcap.frames import ensure_frames
-from vidcap.journal import Journal, journal_path, record_key
 from vidcap.judge import Judge
 from vidcap.prompts import Pending, chat_template, sampling_seed, unanswered_meta, vision_tokens
-from vidcap.provenance import canonical_hash
-from vidcap.records import record_digest, record_prompt
+from vidcap.provenance import job_provenance, model_identity
+from vidcap.records import record_digest, record_media, record_prompt
+from vidcap.result_keys import caption_identity, content_digest, record_key
+from vidcap.settings import caption_params_of_job
+from vidcap.store import ResultStore, storable
 
 PROGRESS_SECONDS = 10.0
-# this many request-level failures before any success means the engine, not the records, is broken
-FAILURES_BEFORE_ANY_SUCCESS = 8
+# what a result line holds besides its answer: not stored (they name the record and the job, not the answer)
+PLACE_FIELDS = ("digest", "keys", windowed.WINDOW_KEY)
 
 
 def caption_shard(
@@ -41,7 +46,8 @@ def caption_shard(
 ) -> dict:
     """Caption every record of a shard; write one JSONL line per record and a stats file beside it.
 
-    ``llm``: an engine to reuse (tests, benchmarks); by default one is started on free GPU slots.
+    ``settings["store"]``: the result store's folder (default: ``<result_path>.store``). ``llm``: an engine to reuse (tests, benchmarks);
+    by default one is started on free GPU slots, and only when some request is not stored yet.
     """
     started = time.monotonic()
     settings = {
@@ -52,26 +58,30 @@ def caption_shard(
         "candidates": with_defaults("candidates", settings.get("candidates")),
         "quality": with_defaults("quality", settings.get("quality")),
     }
-    results, pending = plan_records(shard_path, manifest_path, settings)
+    # the workflow's is the build's (results/store); a direct call without one keeps its own beside the output
+    store = ResultStore(settings.get("store") or f"{result_path}.store")
+    identity = caption_identity(caption_params_of_job(settings), model_identity(settings["model"]))
+    results, pending = plan_records(shard_path, manifest_path, settings, identity)
     records = sum(1 for r in results if windowed.WINDOW_KEY not in r)  # window requests take slots after
     carried = sum(1 for r in results[:records] if r["caption_meta"]["error"])
-    journal = Journal(journal_path(result_path))
-    pending, resumed = resume(pending, results, journal, settings)
-    stats = new_stats(records, resumed)
+    pending, twins, stored = look_up(pending, results, store)
+    stats = new_stats(records, stored)
     print(
         f"shard {Path(shard_path).stem}: {records} records, {len(pending)} requests to caption, "
-        f"{stats['resumed']} finished by an earlier attempt, "
+        f"{stored} answered from the result store, {len(twins)} duplicates of other requests, "
         f"{carried} carried errors",
         file=log,
         flush=True,
     )
     if pending:
-        caption_pending(pending, results, settings, stats, journal, log, llm)
+        caption_pending(pending, results, settings, stats, store, log, llm)
+    else:  # nothing to send: the job still says what produced its results
+        stats["provenance"] = job_provenance(settings, settings["engine"], settings.get("frames"))
+    fill_twins(twins, results)
     results = windowed.fold(results, records)
     with atomic_open(result_path) as handle:
         for result in results:
             handle.write(dumps_line(result))
-    journal.remove()
     finish_stats(stats, results, started)
     write_json(Path(result_path).with_suffix(".stats.json"), stats)
     print(
@@ -84,8 +94,11 @@ def caption_shard(
     return stats
 
 
-def plan_records(shard_path: str, manifest_path: str, settings: dict) -> tuple[list[dict], list[Pending]]:
-    """One result per shard record (an error until captioned) and the records to send to the engine."""
+def plan_records(
+    shard_path: str, manifest_path: str, settings: dict, identity: str
+) -> tuple[list[dict], list[Pending]]:
+    """One result per shard record (an error until captioned) and the requests to look up or send,
+    each with its result-store key (``identity``: vidcap.result_keys.caption_identity)."""
     entries = read_json(manifest_path)["records"]
     results, pending, windows = [], [], []
     for slot, record in enumerate(iter_jsonl(shard_path)):
@@ -100,45 +113,68 @@ def plan_records(shard_path: str, manifest_path: str, settings: dict) -> tuple[l
                 windowed.ensure_windows(entry, settings["frames_step"])
         frames = sum(len(v["meta"].get("frames_indices", ())) for v in entry["videos"] if "meta" in v)
         results.append(
-            {"digest": digest, "caption": None, "caption_meta": unanswered_meta(frames, entry["error"])}
+            {
+                "digest": digest,
+                "caption": None,
+                "caption_meta": unanswered_meta(frames, entry["error"]),
+                "keys": [],
+            }
         )
         if not entry["error"]:
             prompt = record_prompt(record, settings["keys"], settings["prompt"])
-            seed = sampling_seed(settings["sampling"], digest)
+            seed = sampling_seed(
+                settings["sampling"], content_digest(record_media(record, settings["keys"]), prompt)
+            )
             if windowed.is_windowed(entry):  # one request per window, in result slots after the records
                 windows.append((slot, digest, entry, prompt, seed))
                 continue
-            pending.append(Pending(slot, digest, entry, prompt, seed, keep=[None] * len(entry["videos"])))
+            item = Pending(slot, digest, entry, prompt, seed, keep=[None] * len(entry["videos"]))
+            item.key = record_key(identity, prompt, entry)
+            results[slot]["keys"].append(item.key)
+            pending.append(item)
     if len(results) != len(entries):
         raise RuntimeError(
             f"{manifest_path} has {len(entries)} entries for {len(results)} shard records: stale"
         )
     for args in windows:
-        pending.extend(windowed.window_requests(*args, results))
+        pending.extend(windowed.window_requests(*args, results, identity))
     return results, pending
 
 
-def settings_hash(settings: dict) -> str:
-    keys = ("model", "prompt", "system_prompt", "keys", "sampling", "max_model_len")
-    keys += ("candidates", "quality", "output_format", "output_schema")
-    return canonical_hash({k: settings.get(k) for k in keys})
-
-
-def resume(pending: list[Pending], results: list[dict], journal: Journal, settings: dict):
-    """Take the results an earlier attempt of this job finished; return the records still to caption
-    and how many were taken."""
-    digest_of = settings_hash(settings)
-    left = []
+def look_up(pending: list[Pending], results: list[dict], store: ResultStore):
+    """Fill the results the store holds; return the requests left to send, the duplicates among them
+    (sent once, copied after: [(request, the one sent)]) and how many came from the store."""
+    left, twins, first = [], [], {}
+    stored = 0
     for item in pending:
-        item.key = record_key(digest_of, item.digest, item.entry)
-        if item.key in journal.done:
-            results[item.slot] = journal.done[item.key]
+        value = store.get(item.key)
+        if value is not None:
+            fill(results, item.slot, value)
+            stored += 1
+        elif item.key in first:
+            twins.append((item, first[item.key]))
         else:
+            first[item.key] = item
             left.append(item)
-    return left, len(pending) - len(left)
+    return left, twins, stored
 
 
-def new_stats(records: int, resumed: int) -> dict:
+def fill(results: list[dict], slot: int, value: dict) -> None:
+    """An answer into a result slot, keeping the slot's own record digest, keys and window place."""
+    place = {k: results[slot][k] for k in PLACE_FIELDS if k in results[slot]}
+    results[slot] = {**copy.deepcopy(value), **place}
+
+
+def answer_of(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k not in PLACE_FIELDS}
+
+
+def fill_twins(twins: list, results: list[dict]) -> None:
+    for item, sent in twins:
+        fill(results, item.slot, answer_of(results[sent.slot]))
+
+
+def new_stats(records: int, stored: int) -> dict:
     return {
         "records": records,
         "ok": 0,
@@ -147,7 +183,7 @@ def new_stats(records: int, resumed: int) -> dict:
         "error": 0,
         "halved": 0,
         "retries": 0,
-        "resumed": resumed,
+        "stored": stored,  # requests answered from the result store, not sent
         "requests": 0,
         "prompt_tokens": 0,
         "output_tokens": 0,
@@ -166,10 +202,10 @@ def finish_stats(stats: dict, results: list[dict], started: float) -> None:
     stats["seconds"] = round(time.monotonic() - started, 3)
 
 
-def caption_pending(pending, results, settings, stats, journal, log, llm=None) -> None:
-    """Start (or reuse) the engine, caption ``pending``; an engine failure propagates, results unwritten."""
+def caption_pending(pending, results, settings, stats, store, log, llm=None) -> None:
+    """Start (or reuse) the engine, caption ``pending`` (each answer stored as it is settled); an engine
+    failure propagates, the result file unwritten."""
     from vidcap.gpus import device_slots
-    from vidcap.provenance import job_provenance
 
     engine = settings["engine"]
     judge = Judge(settings)
@@ -178,7 +214,6 @@ def caption_pending(pending, results, settings, stats, journal, log, llm=None) -
         # hashing the model folder and asking ffmpeg its version overlap with engine start and generate
         pool = stack.enter_context(ThreadPoolExecutor(max_workers=1))
         provenance = pool.submit(job_provenance, settings, engine, settings.get("frames"))
-        stack.callback(journal.close)
         if engine["backend"] == "server":
             backend = ServerBackend(
                 settings["model"], settings["system_prompt"], settings["sampling"], engine, n, judge.schema
@@ -193,8 +228,8 @@ def caption_pending(pending, results, settings, stats, journal, log, llm=None) -
                 llm = start_logged(settings, pending, stats, log)
             backend = OfflineBackend(llm, settings["sampling"], engine, log, n, judge.schema)
             stack.callback(backend.close)
-            ready = fit_to_context(llm, pending, results, settings)
-        feed(backend, ready, results, stats, journal, log, judge)
+            ready = fit_to_context(llm, pending, results, settings, store)
+        feed(backend, ready, results, stats, store, log, judge)
         stats["prepare_seconds"] = round(backend.prepare_seconds, 3)
         stats["generate_seconds"] = round(backend.engine_seconds, 3)
         t0 = time.monotonic()
@@ -215,9 +250,11 @@ def start_logged(settings: dict, pending: list[Pending], stats: dict, log):
     return llm
 
 
-def fit_to_context(llm, pending: list[Pending], results: list[dict], settings: dict) -> list[Pending]:
+def fit_to_context(
+    llm, pending: list[Pending], results: list[dict], settings: dict, store: ResultStore
+) -> list[Pending]:
     """Render each record's chat text; halve the frames of prompts too long for the context, and fail
-    those that do not fit even then (counted with the engine's own geometry and tokenizer)."""
+    (and store) those that do not fit even then (counted with the engine's own geometry and tokenizer)."""
     try:  # the config the engine already loaded
         hf_config = llm.llm_engine.model_config.hf_config
     except AttributeError:
@@ -249,12 +286,13 @@ def fit_to_context(llm, pending: list[Pending], results: list[dict], settings: d
             half = " with half the frames" if item.halved else ""
             reason = f"too long: {tokens} prompt tokens{half} exceed max_model_len {max_model_len} - max_tokens {max_tokens}"
             results[item.slot]["caption_meta"].update(error=reason, halved=item.halved)
+            store.put(item.key, answer_of(results[item.slot]))
             continue
         ready.append(item)
     return ready
 
 
-def feed(backend, ready, results: list[dict], stats: dict, journal: Journal, log, judge: Judge) -> None:
+def feed(backend, ready, results: list[dict], stats: dict, store: ResultStore, log, judge: Judge) -> None:
     """Keep the backend's window full until every record has its answer or its error."""
     queue = deque()
     for item in ready:
@@ -264,7 +302,6 @@ def feed(backend, ready, results: list[dict], stats: dict, journal: Journal, log
         else:
             queue.append(item)
     progress = Progress(len(queue), log)
-    failures = {"request": 0, "ok": 0}
     while queue or len(backend):
         while queue and backend.has_room(queue[0]):
             item = queue.popleft()
@@ -274,23 +311,21 @@ def feed(backend, ready, results: list[dict], stats: dict, journal: Journal, log
             except EngineFailure:
                 raise
             except Exception as exc:  # refused while adding it: this request only
-                settle(item, exc, results, stats, journal, queue, failures, judge)
+                settle(item, exc, results, stats, store, queue, judge)
         if len(backend):
             for item, outcome in backend.collect():
-                settle(item, outcome, results, stats, journal, queue, failures, judge)
+                settle(item, outcome, results, stats, store, queue, judge)
                 progress.done(stats)
     progress.report(stats, final=True)
 
 
-def settle(
-    item: Pending, outcome, results, stats, journal, queue: deque, failures: dict, judge: Judge
-) -> None:
+def settle(item: Pending, outcome, results, stats, store: ResultStore, queue: deque, judge: Judge) -> None:
     """Record an answer, or a request's failure: once more with half the frames if it was too long, or
-    with a new seed if every candidate was degenerate (``judge``)."""
+    with a new seed if every candidate was degenerate (``judge``). A refusal is that request's error,
+    never the engine's: an engine that is broken raises EngineFailure from the backend instead."""
     meta = results[item.slot]["caption_meta"]
     meta["seed"] = item.first_seed
     if isinstance(outcome, Answer):
-        failures["ok"] += 1
         count_tokens(outcome, stats)
         videos = item.entry["videos"]
         duration = float(videos[0]["meta"]["duration"]) if videos else None
@@ -310,10 +345,8 @@ def settle(
             error=f"{'too long' if is_too_long(outcome) else 'engine error'}: {first_line}",
             halved=item.halved,
         )
-        failures["request"] += 1
-        if failures["ok"] == 0 and failures["request"] >= FAILURES_BEFORE_ANY_SUCCESS:
-            raise EngineFailure(f"the first {failures['request']} requests all failed, e.g.: {first_line}")
-    journal.add(item.key, results[item.slot])
+    if storable(meta):  # a refusal is not kept: the next build of this shard asks again
+        store.put(item.key, answer_of(results[item.slot]))
 
 
 def count_tokens(answer: Answer, stats: dict) -> None:

@@ -126,7 +126,7 @@ class EngineWatchdog:
     died and shuts its client down, but a caller blocked in ``LLMEngine.step()`` keeps waiting on the
     output queue. This thread checks the client's ``engine_dead`` flag and wakes that caller with an
     error; if even that does not return within ``grace`` seconds, it ends the job (non-zero, no result
-    written, finished records already in the journal) rather than leave it hanging until a time limit.
+    written, finished records already in the result store) rather than leave it hanging until a time limit.
     """
 
     def __init__(self, llm, log, poll: float = 1.0, grace: float = 30.0):

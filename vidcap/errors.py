@@ -1,9 +1,11 @@
-"""Which records of a finished build are errors, why, and the command that re-captions only them.
+"""Which records of a finished build are errors, why, and re-sending only them (``vidcap retry``).
 
-A record whose status is ``error`` keeps that status until its shard's caption job runs again: after
-fixing the cause (a file restored, more context, a server back up), force exactly those shards'
-caption jobs; Snakemake then re-merges the output. Media that appear, change or vanish on disk change
-their shard by themselves (vidcap.shards), so they need no forcing.
+A record whose status is ``error`` keeps that status until its shard is built again. Media that appear,
+change or vanish on disk change their shard by themselves (vidcap.shards). For the rest (a file made
+readable, a server back up, an engine that refused), ``vidcap retry`` drops the error records' stored
+errors from the result store (vidcap.store keeps only errors the inputs decide) and forces their shards'
+frames jobs: a frames error is extracted again (the frame cache keeps no errors), and each caption job
+then sends only what the store does not hold, which is exactly the error records.
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ from __future__ import annotations
 import os
 import shlex
 from collections import Counter
+from pathlib import Path
 
+from vidcap.atomic import iter_jsonl
 from vidcap.config import with_defaults
 from vidcap.records import record_media
 from vidcap.shards import shard_ids, shard_of
 from vidcap.stats import error_reason, iter_output
+from vidcap.store import ResultStore
 
 
 def error_shards(output_path: str | os.PathLike, n_shards: int, keys: dict | None = None) -> dict:
@@ -33,10 +38,42 @@ def error_shards(output_path: str | os.PathLike, n_shards: int, keys: dict | Non
     return {"shards": dict(sorted(shards.items())), "reasons": dict(reasons.most_common())}
 
 
+def retry_targets(shards: list[str], results: str) -> list[str]:
+    """Those shards' frame manifests: forcing them reruns their frames, caption and summary jobs (each
+    sending only what the result store lacks), then the merge and the report."""
+    return [f"{results.rstrip('/')}/frames/{sid}.json" for sid in shards]
+
+
 def retry_command(shards: list[str], results: str, extra: list[str] | None = None) -> str:
-    """``snakemake --forcerun <those shards' caption results>``: reruns them, the merge and the report."""
-    targets = [f"{results.rstrip('/')}/captions/{sid}.jsonl" for sid in shards]
-    return shlex.join(["snakemake", *(extra or []), "--forcerun", *targets])
+    """The snakemake command ``vidcap retry`` runs, to show (an argument list, quoted for a shell)."""
+    return shlex.join(["snakemake", *(extra or []), "--forcerun", *retry_targets(shards, results)])
+
+
+def clear_stored_errors(results: str, n_shards: int) -> dict:
+    """Drop the stored errors of every error record from the result store; return {shard id: error
+    records} of the shards that hold any (read from their latest result files, not the output)."""
+    root = Path(results.rstrip("/"))
+    store = ResultStore(root / "store")
+    shards: dict[str, int] = {}
+    for sid in shard_ids(n_shards):
+        path = root / "summaries" / f"{sid}.jsonl"
+        path = path if path.exists() else root / "captions" / f"{sid}.jsonl"
+        if not path.exists():
+            continue
+        for result in iter_jsonl(path):
+            if result["caption_meta"]["status"] != "error":
+                continue
+            shards[sid] = shards.get(sid, 0) + 1
+            for key in result.get("keys", []):
+                value = store.get(key)
+                if value is not None and _is_error(value):
+                    store.path(key).unlink(missing_ok=True)
+    return shards
+
+
+def _is_error(value: dict) -> bool:
+    meta = value.get("caption_meta", value)  # a caption's or a window's result, or a summary's answer
+    return meta.get("status") == "error"
 
 
 def format_errors(found: dict, results: str, extra: list[str] | None = None) -> str:
@@ -47,7 +84,8 @@ def format_errors(found: dict, results: str, extra: list[str] | None = None) -> 
     lines += [f"  {count:>6}  {reason}" for reason, count in found["reasons"].items()]
     lines += [
         "",
-        "after fixing the cause, re-caption only those shards:",
-        "  " + retry_command(list(found["shards"]), results, extra),
+        "after fixing the cause, re-send only those records (their shards' other records come from the "
+        "result store):",
+        "  " + shlex.join(["python", "-m", "vidcap", "retry", *(extra or [])]),
     ]
     return "\n".join(lines)

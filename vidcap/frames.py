@@ -6,8 +6,9 @@ scaled inside the decoder (decode.py), and store them as a uint8 THWC ``.npy`` a
 are decoded) with a JSON sidecar of metadata. The cache key covers the file's identity (path, size,
 mtime) and the frame parameters, so a video moved to another shard, reordered or listed twice is
 decoded once, and changing ``frames.*`` re-extracts. ``ensure_frames`` extracts again what was deleted
-from the cache. Every failure becomes a readable per-record reason; with ``media_root_only`` a path
-leaving media_root is one (media_paths.py).
+from the cache. Every failure of a file becomes a readable per-record reason; with ``media_root_only``
+a path leaving media_root is one (media_paths.py). A failure of the node (disk full, I/O error, memory,
+a first attempt's timeout: vidcap.failures) fails the job instead, so Snakemake retries it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from vidcap.atomic import atomic_open, iter_jsonl, read_json, write_json
 from vidcap.budget import FRAME_FACTOR
 from vidcap.config import defaults, with_defaults
 from vidcap.decode import FrameError
+from vidcap.failures import raise_if_infra
 from vidcap.media_paths import escapes_root
 from vidcap.npystream import NpyStream
 from vidcap.records import media_list, record_digest, resolve_media
@@ -323,6 +325,7 @@ def ensure_frames(entry: dict, settings: dict) -> dict:
             try:
                 entry[field][i] = cached_sample(item["path"], kind, params, Path(settings["cache_dir"]))
             except FrameError as exc:
+                raise_if_infra(exc, f"{kind} {item['path']}", settings.get("attempt", 1))
                 entry[field][i] = {"path": item["path"], "error": str(exc)}
                 entry["error"] = entry.get("error") or f"{os.path.basename(item['path'])}: {exc}"
     return entry
@@ -358,12 +361,14 @@ def plan_shard_media(records, keys: dict, settings: dict) -> tuple[list[dict], d
 
 
 def extract_frames(
-    shard_path: str, manifest_path: str, settings: dict, threads: int = 1, log=sys.stderr
+    shard_path: str, manifest_path: str, settings: dict, threads: int = 1, log=sys.stderr, attempt: int = 1
 ) -> dict:
     """Sample the media of every record in a shard; write a manifest with one entry per record.
 
     A pool of ``threads`` workers goes over the distinct media files (a file listed twice is
-    extracted once); each worker mostly waits on an ffmpeg process, so threads are enough.
+    extracted once); each worker mostly waits on an ffmpeg process, so threads are enough. A failure of
+    the node raises :class:`vidcap.failures.InfraError` and writes no manifest (``attempt``: Snakemake's,
+    which decides whether a timeout is the node's or the video's).
     """
     keys = with_defaults("keys", settings.get("keys"))
     params = with_defaults("frames", settings.get("frames"))
@@ -388,10 +393,10 @@ def extract_frames(
                 result = long_frames.cached_long(path, params, long_video, cache_dir)
             else:
                 result = cached_sample(path, kind, params, cache_dir)
-        except FrameError as exc:
-            result = {"path": path, "error": str(exc)}
         except Exception as exc:  # noqa: BLE001 -- a bug or an exotic file must not sink the other records
-            result = {"path": path, "error": f"{type(exc).__name__}: {exc}"}
+            raise_if_infra(exc, f"{kind} {path}", attempt)
+            reason = str(exc) if isinstance(exc, FrameError) else f"{type(exc).__name__}: {exc}"
+            result = {"path": path, "error": reason}
         with lock:
             done += 1
             rate = done / max(time.monotonic() - started, 1e-6)

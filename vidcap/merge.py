@@ -1,7 +1,8 @@
 """Merging shard results back into one file: every input record once, in input order.
 
-The input is streamed again; the k-th record that falls into shard s takes the k-th line of that
-shard's result file, so memory is bounded by one record per shard, not by the dataset.
+The records are streamed from the shard files in input order (vidcap.shards.iter_sharded_records: the
+input as the build's own sync saw it, never an input edited while the build runs); the k-th record of
+shard s takes the k-th line of that shard's result file, so memory is bounded by one record per shard.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections import Counter
 
 from vidcap.config import with_defaults
 from vidcap.records import RecordWriter, record_digest, record_prompt, with_prompt
-from vidcap.shards import iter_shard_positions, raise_open_file_limit, shard_ids
+from vidcap.shards import iter_sharded_records, raise_open_file_limit, shard_ids
 
 # candidates.keep: all writes every candidate; output_format: json the answer's object
 EXTRA_FIELDS = ("captions", "caption_json")
@@ -24,11 +25,12 @@ class StaleResultError(RuntimeError):
 
 
 def merge_captions(
-    input_path: str, result_files: list[str], output_path: str, settings: dict, log=sys.stderr
+    shard_dir: str, result_files: list[str], output_path: str, settings: dict, log=sys.stderr
 ) -> Counter:
     """Write ``output_path`` (JSON array or JSONL by suffix); return the count of each status.
 
-    ``result_files`` holds one caption result file per shard, in shard order.
+    ``shard_dir``: the build's shard files and index; ``result_files``: one caption result file per
+    shard, in shard order.
     """
     keys = with_defaults("keys", settings.get("keys"))
     n_shards = int(settings["shards"])
@@ -43,7 +45,7 @@ def merge_captions(
         results = [stack.enter_context(open(path, encoding="utf-8")) for path in result_files]
         writer = stack.enter_context(RecordWriter(output_path))
         # the k-th record of shard s is line k of its result: read in step, positions need not be kept
-        for index, record, shard, _ in iter_shard_positions(input_path, keys, n_shards):
+        for index, record, shard, _ in iter_sharded_records(shard_dir, n_shards):
             line = results[shard].readline()
             if not line:
                 raise StaleResultError(

@@ -180,7 +180,7 @@ class Pending:
     text: str = ""
     keep: list = field(default_factory=list)  # per video: kept frame slots, None for all
     halved: bool = False
-    key: str = ""  # what its caption depends on (vidcap.journal.record_key)
+    key: str = ""  # its result-store key: what its answer depends on (vidcap.result_keys)
     # re-sampling after a degenerate answer (vidcap.judge): attempt number, its seed and presence penalty
     attempt: int = 0
     first_seed: int | None = None

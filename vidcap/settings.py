@@ -62,19 +62,27 @@ def summary_params(config: dict) -> dict:
         "system_prompt": config["system_prompt"],
         "sampling": {**config["sampling"], "max_tokens": lv["summary_max_tokens"]},
         "max_model_len": config["engine"]["max_model_len"],
+        "engine_numerics": engine_numerics(config),
     }
 
 
 def summary_job(config: dict) -> dict:
-    """Everything a summary job needs: its params plus engine sizing (a text engine: no frame budget), and
-    for a server backend the model name the server answers to."""
+    """Everything a summary job needs: its params plus engine sizing (a text engine: no frame budget), for
+    a server backend the model name the server answers to, and the result store."""
     lv, engine = config["long_video"], config["engine"]
     served = lv["summary_model"] or engine["served_model"] or config["model"]
-    return {**summary_params(config), "engine": dict(engine), "served_name": served}
+    return {
+        **summary_params(config),
+        "engine": dict(engine),
+        "served_name": served,
+        "store": result_store(config),
+    }
 
 
 def caption_params(config: dict) -> dict:
-    """What a caption depends on (a change reruns caption jobs); engine sizing is left out on purpose."""
+    """What a caption depends on (a change reruns caption jobs, and changes every result-store key but
+    the prompt's and keys', which act per record: vidcap.result_keys); engine sizing is left out on
+    purpose."""
     return {
         "model": config["model"],
         "prompt": config["prompt"],
@@ -82,8 +90,47 @@ def caption_params(config: dict) -> dict:
         "keys": config["keys"],
         "sampling": config["sampling"],
         "max_model_len": config["engine"]["max_model_len"],
+        "engine_numerics": engine_numerics(config),
         **quality_params(config),
     }
+
+
+def engine_numerics(config: dict) -> dict:
+    """Which model answers and with what numerics; vllm_args as a hash (it may hold a token)."""
+    from vidcap.provenance import canonical_hash
+
+    engine = config["engine"]
+    return {
+        "dtype": engine["dtype"],
+        "vllm_args": canonical_hash(engine["vllm_args"]),
+        "backend": engine["backend"],
+        "served_model": engine["served_model"],
+    }
+
+
+CAPTION_PARAM_KEYS = (
+    "model",
+    "prompt",
+    "system_prompt",
+    "keys",
+    "sampling",
+    "max_model_len",
+    "engine_numerics",
+    "candidates",
+    "quality",
+    "output_format",
+    "output_schema",
+)
+
+
+def caption_params_of_job(job: dict) -> dict:
+    """The :func:`caption_params` part of a caption job's settings (:func:`caption_job`)."""
+    return {k: job.get(k) for k in CAPTION_PARAM_KEYS}
+
+
+def result_store(config: dict) -> str:
+    """The result store's folder (vidcap.store): per build, beside the other results."""
+    return f"{config['results'].rstrip('/')}/store"
 
 
 def quality_params(config: dict) -> dict:
@@ -112,7 +159,12 @@ def quality_params(config: dict) -> dict:
 def caption_job(config: dict, shard: str | None = None) -> dict:
     """Everything a caption job needs: its params plus engine sizing and the frame settings, and with
     ``shard`` the frames step's settings, to extract again frames gone from the cache."""
-    job = {**caption_params(config), "engine": engine_settings(config), "frames": config["frames"]}
+    job = {
+        **caption_params(config),
+        "engine": engine_settings(config),
+        "frames": config["frames"],
+        "store": result_store(config),
+    }
     if shard is not None:
         job["frames_step"] = frames_settings(config, shard)
     return job

@@ -30,11 +30,13 @@ import orjson
 
 from vidcap.atomic import FILE_MODE, atomic_open, read_json, write_json
 from vidcap.config import with_defaults
-from vidcap.records import MEDIA_STAMP, iter_records, record_media, resolve_media
+from vidcap.records import MEDIA_STAMP, iter_records, loads_line, record_media, resolve_media
 
-FORMAT = 2  # layout of shard lines and state; a new value makes the next parse rewrite what differs
+FORMAT = 3  # layout of shard lines and state; a new value makes the next parse rewrite what differs
 STATE_FILE = ".state.json"
-INDEX_FILE = ".media-index"  # one line per record, input order: [stamp, resolved media paths]
+# one line per record, input order: [stamp, resolved media paths, shard]. The merge and the report walk
+# it, with the shard files, instead of the input: a build never reads an input edited while it runs
+INDEX_FILE = ".media-index"
 FSYNC_THREADS = 8
 MAX_OPEN_SHARDS = 4000  # file handles held at once while (re)writing shards; more shards take more passes
 _FRAME = struct.Struct("<II")  # spool file: shard number and length of the line that follows
@@ -66,6 +68,29 @@ def iter_shard_positions(input_path, keys: dict, n_shards: int):
         shard = shard_of(record, keys, n_shards)
         yield index, record, shard, positions[shard]
         positions[shard] += 1
+
+
+def index_file(shard_dir: str | os.PathLike) -> Path:
+    return Path(shard_dir) / INDEX_FILE
+
+
+def iter_sharded_records(shard_dir: str | os.PathLike, n_shards: int):
+    """(index, record, shard, position) for every record, in input order, as the last sync of
+    ``shard_dir`` saw the input: read from the shard files in the index's order (memory: one line per
+    shard), so the merge of a running build never reads an input edited under it."""
+    ids = shard_ids(n_shards)
+    if raise_open_file_limit(n_shards + 1) < n_shards + 1:
+        raise OSError(f"cannot open {n_shards} shard files at once: raise the open-file limit (ulimit -n)")
+    positions = [0] * n_shards
+    with contextlib.ExitStack() as stack:
+        files = [stack.enter_context(open(shard_file(shard_dir, sid), "rb")) for sid in ids]
+        index = stack.enter_context(open(index_file(shard_dir), "rb"))
+        for i, line in enumerate(index):
+            shard = orjson.loads(line)[2]
+            record = loads_line(files[shard].readline())
+            record.pop(MEDIA_STAMP, None)
+            yield i, record, shard, positions[shard]
+            positions[shard] += 1
 
 
 def raise_open_file_limit(needed: int) -> int:
@@ -154,7 +179,7 @@ def _media_unchanged(shard_dir: Path, entry: dict | None) -> bool:
         return False
     with open(index, "rb") as handle:
         for line in handle:
-            stamp, paths = orjson.loads(line)
+            stamp, paths, _ = orjson.loads(line)
             if media_stamp(paths) != stamp:
                 return False
     return True
@@ -210,7 +235,7 @@ def _spool_input(input_path, spool, index, n_shards: int, keys: dict, media_root
         shard = _shard_index(media, record, n_shards)
         paths = [resolve_media(item, media_root) for item in media]
         stamp = media_stamp(paths)
-        index.write(dumps_line([stamp, paths]))
+        index.write(dumps_line([stamp, paths, shard]))
         if paths:
             record[MEDIA_STAMP] = stamp
         line = dumps_line(record)

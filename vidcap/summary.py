@@ -3,8 +3,10 @@
 Reads a shard's caption results and writes the same lines, in the same order, with every record of
 two or more windows given ``caption`` = a text-only answer of the summary model (the captioning
 model, used as a text model, unless long_video.summary_model names another) and
-``caption_meta.summary`` = its status and tokens. Other records pass through unchanged, and a shard
-without such records starts no engine. A record whose summary fails (its prompt too long, a request
+``caption_meta.summary`` = its status and tokens. Other records pass through unchanged. Each summary
+is kept in the result store (vidcap.store) under its settings and the exact text it is asked, which
+holds the window captions, so a shard without new summaries to write starts no engine, and two records
+of the same video share one request. A record whose summary fails (its prompt too long, a request
 refused) is an error with the reason; an engine failure raises, so no file is written and Snakemake
 retries the job.
 """
@@ -12,6 +14,7 @@ retries the job.
 from __future__ import annotations
 
 import contextlib
+import copy
 import sys
 import time
 
@@ -19,6 +22,11 @@ from vidcap.atomic import atomic_open, dumps_line, iter_jsonl
 from vidcap.config import with_defaults
 from vidcap.engine import EngineFailure, start_engine
 from vidcap.prompts import chat_template, sampling_seed
+from vidcap.provenance import model_identity
+from vidcap.result_keys import summary_identity, summary_key
+from vidcap.store import ResultStore, storable
+
+SUMMARY_PARAM_KEYS = ("model", "prompt", "system_prompt", "sampling", "max_model_len", "engine_numerics")
 
 
 def needs_summary(result: dict) -> bool:
@@ -40,22 +48,43 @@ def summary_text(prompt: str, windows: list[dict]) -> str:
 def summarize_shard(captions_path: str, out_path: str, settings: dict, log=sys.stderr, llm=None) -> dict:
     """Write ``out_path``: the caption results with summaries; returns counts of what was done."""
     started = time.monotonic()
-    sampling = with_defaults("sampling", settings.get("sampling"))
-    todo = [r for r in iter_jsonl(captions_path) if needs_summary(r)]
+    settings = {**settings, "sampling": with_defaults("sampling", settings.get("sampling"))}
+    store = ResultStore(settings.get("store") or f"{out_path}.store")
+    identity = None
     answers: dict[str, dict] = {}
+    todo = {}  # summary key -> a record asking it (records of one video ask one summary)
+    for result in iter_jsonl(captions_path):
+        if needs_summary(result):
+            if identity is None:  # hashing the model's files only for a shard with summaries
+                params = {k: settings.get(k) for k in SUMMARY_PARAM_KEYS}
+                identity = summary_identity(params, model_identity(settings["model"]))
+            key = summary_key(identity, summary_text(settings["prompt"], result["caption_meta"]["windows"]))
+            stored = answers.get(key) or store.get(key)
+            if stored is not None:
+                answers[key] = stored
+            else:
+                todo[key] = result
     if todo:
-        answers = summarize(todo, {**settings, "sampling": sampling}, log, llm)
-    counts = {"records": 0, "summarized": 0, "summary_errors": 0}
+        for key, answer in summarize(todo, settings, log, llm).items():
+            answers[key] = answer
+            if storable(answer):
+                store.put(key, answer)
+    counts = {"records": 0, "summarized": 0, "summary_errors": 0, "stored": len(answers) - len(todo)}
     with atomic_open(out_path) as handle:
         for result in iter_jsonl(captions_path):  # streamed again: one line in memory at a time
             counts["records"] += 1
             if needs_summary(result):
-                apply_summary(result, answers[result["digest"]])
+                key = summary_key(
+                    identity, summary_text(settings["prompt"], result["caption_meta"]["windows"])
+                )
+                apply_summary(result, copy.deepcopy(answers[key]))
+                result.setdefault("keys", []).append(key)
                 counts["summarized" if result["caption_meta"]["status"] != "error" else "summary_errors"] += 1
             handle.write(dumps_line(result))
     print(
-        f"{counts['records']} records, {counts['summarized']} summarised, {counts['summary_errors']} summary "
-        f"errors, {time.monotonic() - started:.1f} s",
+        f"{counts['records']} records, {counts['summarized']} summarised ({counts['stored']} distinct "
+        f"summaries from the result store, {len(todo)} asked), {counts['summary_errors']} summary errors, "
+        f"{time.monotonic() - started:.1f} s",
         file=log,
         flush=True,
     )
@@ -71,8 +100,9 @@ def apply_summary(result: dict, answer: dict) -> None:
     answer.pop("text", None)
 
 
-def summarize(todo: list[dict], settings: dict, log, llm=None) -> dict[str, dict]:
-    """{digest: {text, status, error, prompt_tokens, output_tokens, finish_reason}} for ``todo``.
+def summarize(todo: dict[str, dict], settings: dict, log, llm=None) -> dict[str, dict]:
+    """{summary key: {text, status, error, prompt_tokens, output_tokens, finish_reason}} for ``todo``
+    ({summary key: a caption result asking it}).
 
     Text prompts are small (a few hundred tokens per window caption), so the shard's summaries go to
     the engine as one ``generate`` call.
@@ -99,15 +129,15 @@ def summarize(todo: list[dict], settings: dict, log, llm=None) -> dict[str, dict
         return generate(llm, todo, settings)
 
 
-def generate(llm, todo: list[dict], settings: dict) -> dict[str, dict]:
+def generate(llm, todo: dict[str, dict], settings: dict) -> dict[str, dict]:
     from vllm import SamplingParams
 
     tokenizer = llm.get_tokenizer()
     template = chat_template(settings["model"], tokenizer)
     s = settings["sampling"]
     room = settings["max_model_len"] - int(s["max_tokens"])
-    answers, prompts, params, digests = {}, [], [], []
-    for result in todo:
+    answers, prompts, params, keys = {}, [], [], []
+    for key, result in todo.items():
         text = template(
             settings["system_prompt"],
             0,
@@ -116,12 +146,12 @@ def generate(llm, todo: list[dict], settings: dict) -> dict[str, dict]:
         )
         tokens = len(tokenizer.encode(text, add_special_tokens=False))
         if tokens > room:
-            answers[result["digest"]] = failed(
+            answers[key] = failed(
                 f"too long: {tokens} prompt tokens exceed max_model_len - max_tokens {room}"
             )
             continue
         prompts.append(text)
-        digests.append(result["digest"])
+        keys.append(key)
         params.append(
             SamplingParams(
                 temperature=s["temperature"],
@@ -131,7 +161,7 @@ def generate(llm, todo: list[dict], settings: dict) -> dict[str, dict]:
                 repetition_penalty=s["repetition_penalty"],
                 min_tokens=min(s["min_tokens"], s["max_tokens"]),
                 max_tokens=s["max_tokens"],
-                seed=sampling_seed(s, result["digest"]),
+                seed=sampling_seed(s, key[:20]),  # the summary's inputs, not the record's place
             )
         )
     if prompts:
@@ -139,9 +169,9 @@ def generate(llm, todo: list[dict], settings: dict) -> dict[str, dict]:
             outputs = llm.generate(prompts, params, use_tqdm=False)
         except Exception as exc:  # the prompts were checked for length: a failure here is the engine's
             raise EngineFailure(f"summary engine failed: {type(exc).__name__}: {exc}") from exc
-        for digest, output in zip(digests, outputs):
+        for key, output in zip(keys, outputs):
             completion = output.outputs[0]
-            answers[digest] = {
+            answers[key] = {
                 "text": completion.text,
                 "status": "truncated" if completion.finish_reason == "length" else "ok",
                 "error": None,
@@ -152,7 +182,7 @@ def generate(llm, todo: list[dict], settings: dict) -> dict[str, dict]:
     return answers
 
 
-def via_server(todo: list[dict], settings: dict, engine: dict) -> dict[str, dict]:
+def via_server(todo: dict[str, dict], settings: dict, engine: dict) -> dict[str, dict]:
     """The summaries through an OpenAI-compatible ``vllm serve`` (engine.backend server) of the summary model:
     ``served_name`` (summary_model, else engine.served_model, else model). A request the server refuses
     (4xx: e.g. too long) is that record's error; an unreachable or failing server (5xx) fails the job."""
@@ -162,7 +192,7 @@ def via_server(todo: list[dict], settings: dict, engine: dict) -> dict[str, dict
         raise EngineFailure(f"server unreachable at {engine['url']} (no answer on /health)")
     s = settings["sampling"]
     bodies = []
-    for result in todo:
+    for key, result in todo.items():
         text = summary_text(settings["prompt"], result["caption_meta"]["windows"])
         body = server.chat_body(
             settings["served_name"],
@@ -171,7 +201,7 @@ def via_server(todo: list[dict], settings: dict, engine: dict) -> dict[str, dict
             [],
             None,
             s,
-            sampling_seed(s, result["digest"]),
+            sampling_seed(s, key[:20]),
         )
         body.pop("mm_processor_kwargs")  # a text prompt: nothing to resize
         bodies.append(body)
@@ -179,14 +209,14 @@ def via_server(todo: list[dict], settings: dict, engine: dict) -> dict[str, dict
         engine["url"], bodies, engine["concurrency"], engine["retries"], engine["request_timeout"]
     )
     answers = {}
-    for result, reply in zip(todo, replies):
+    for key, reply in zip(todo, replies):
         if isinstance(reply, server.ServerError):
             if reply.status == 0 or reply.status >= 500:
                 raise EngineFailure(str(reply))
-            answers[result["digest"]] = failed(str(reply))
+            answers[key] = failed(str(reply))
             continue
         choice, usage = reply["choices"][0], reply.get("usage") or {}
-        answers[result["digest"]] = {
+        answers[key] = {
             "text": choice["message"]["content"],
             "status": "truncated" if choice["finish_reason"] == "length" else "ok",
             "error": None,

@@ -2,7 +2,7 @@
 
 A windowed record (vidcap.long_frames) becomes one :class:`WindowPending` per window that has frames,
 its prompt prefixed with the window's time range. Window requests take result slots after the shard's
-records, so halving, journal and resume work on them exactly as on whole records; :func:`fold` then
+records, so halving and the result store work on them exactly as on whole records; :func:`fold` then
 turns them into the record's ``caption_meta.windows`` (time order) before the result file is written.
 A record with one window takes that window's caption; with two or more its caption is left to the
 summary job (vidcap.summary), status ``ok`` unless every window failed.
@@ -17,7 +17,9 @@ from pathlib import Path
 from vidcap import npystream
 from vidcap.config import with_defaults
 from vidcap.decode import FrameError
+from vidcap.failures import raise_if_infra
 from vidcap.prompts import Pending, unanswered_meta
+from vidcap.result_keys import window_key
 from vidcap.windows import clip_phrase
 
 WINDOW_KEY = "_window"  # [record slot, window number] in a window's own result, dropped by fold
@@ -32,9 +34,12 @@ def is_windowed(entry: dict) -> bool:
     return len(entry["videos"]) == 1 and "windows" in (entry["videos"][0] or {})
 
 
-def window_requests(slot, digest, entry, prompt, seed, results: list[dict]) -> list[WindowPending]:
-    """One request per decodable window; each gets a result slot appended to ``results``, and the record's
-    own result lists every window (those that could not be decoded as errors already)."""
+def window_requests(
+    slot, digest, entry, prompt, seed, results: list[dict], identity: str
+) -> list[WindowPending]:
+    """One request per decodable window, with its result-store key (``identity``: the caption settings'
+    hash); each gets a result slot appended to ``results``, and the record's own result lists every
+    window (those that could not be decoded as errors already) and every window's key."""
     video = entry["videos"][0]
     results[slot]["caption_meta"]["windows"] = [window_result(w, None) for w in video["windows"]]
     pending = []
@@ -56,7 +61,10 @@ def window_requests(slot, digest, entry, prompt, seed, results: list[dict]) -> l
                 WINDOW_KEY: [slot, w],
             }
         )
-        pending.append(WindowPending(len(results) - 1, digest, sub, text, seed, keep=[None], window=w))
+        item = WindowPending(len(results) - 1, digest, sub, text, seed, keep=[None], window=w)
+        item.key = window_key(identity, text, sub["videos"][0])
+        results[slot]["keys"].append(item.key)
+        pending.append(item)
     return pending
 
 
@@ -74,6 +82,7 @@ def ensure_windows(entry: dict, frames_step: dict) -> None:
             video["path"], params, frames_step["long_video"], Path(frames_step["cache_dir"])
         )
     except FrameError as exc:
+        raise_if_infra(exc, f"video {video['path']}", frames_step.get("attempt", 1))
         entry["videos"][0] = {"path": video["path"], "error": str(exc)}
         entry["error"] = f"{os.path.basename(video['path'])}: {exc}"
 

@@ -76,10 +76,11 @@ def write_histograms(values: dict[str, Counter], out: dict) -> dict[str, str]:
 
 
 def build_report(
-    input_path: str, output_path: str, files: dict, out: dict, settings: dict, log=sys.stderr
+    shard_dir: str, output_path: str, files: dict, out: dict, settings: dict, log=sys.stderr
 ) -> dict:
     """Write summary.html, the histogram SVGs and gallery.html (paths in ``out``); return the summary.
 
+    ``shard_dir``: the build's shard files (its records, in input order with their index).
     ``files``: the frames ``manifests`` (in shard order), the caption jobs' ``caption_stats`` files and
     the steps' ``benchmarks`` files.
     """
@@ -96,7 +97,7 @@ def build_report(
 
     sample = int(settings.get("gallery_sample") or defaults()["gallery_sample"])
     selected = gallery_selection(summary["records"], summary["error_indices"], sample)
-    items = gallery_items(input_path, output_path, files["manifests"], keys, selected)
+    items = gallery_items(shard_dir, output_path, files["manifests"], keys, selected)
     cards = [gallery_card(item, keys) for item in items]
     write_text(out["gallery"], gallery_html(summary, cards, model, sample, GALLERY_MAX_ERRORS))
     print(

@@ -18,7 +18,7 @@ import numpy as np
 from vidcap.atomic import read_json
 from vidcap.config import with_defaults
 from vidcap.records import record_digest, record_media
-from vidcap.shards import iter_shard_positions
+from vidcap.shards import iter_sharded_records
 from vidcap.stats import iter_output
 
 THUMB_HEIGHT = 64
@@ -116,17 +116,18 @@ def gallery_selection(
 
 # ------------------------------------------------------------------------------------------ join
 def gallery_items(
-    input_path: str, output_path: str, manifests: list[str], keys: dict, selected: list[int]
+    shard_dir: str, output_path: str, manifests: list[str], keys: dict, selected: list[int]
 ) -> list[dict]:
     """The selected output records with their manifest entries (frames), in output order.
 
-    ``manifests``: one per shard, in shard order (shard s of the records is ``manifests[s]``).
+    ``shard_dir``: the build's shards (the records in input order); ``manifests``: one per shard, in
+    shard order (shard s of the records is ``manifests[s]``).
     """
     keys = with_defaults("keys", keys)
     wanted = set(selected)
     items = []
     outputs = iter_output(output_path)
-    for index, record, shard, position in iter_shard_positions(input_path, keys, len(manifests)):
+    for index, record, shard, position in iter_sharded_records(shard_dir, len(manifests)):
         out_index, out = next(outputs)
         if index in wanted:
             items.append(

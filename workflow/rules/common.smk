@@ -8,7 +8,7 @@ from snakemake.utils import validate
 # job scripts reach it through workflow/scripts/vidcap (a link), as conda envs do not install it.
 sys.path.insert(0, workflow.basedir)
 
-from vidcap import provenance, records, settings, shards
+from vidcap import provenance, records, settings, shard_lock, shards
 from vidcap.config import ConfigError, check_keys
 
 # a misspelt key stops the run here, naming it and the nearest valid one (the schema's own error is vaguer)
@@ -29,15 +29,34 @@ except ConfigError as exc:
 # Shards are made while the workflow is parsed, not by a rule: a shard file is rewritten only when
 # its records change, so Snakemake sees only those shards as new and reruns nothing else (a shard
 # rule would rewrite, and so rerun, all of them). Validation here also stops a malformed input
-# before any job. Jobs on cluster nodes re-parse this file and must not reshard.
+# before any job. Jobs on cluster nodes re-parse this file and must not reshard, and no command may
+# rewrite shards a running build reads: the process that syncs holds their lock while it lives.
 if workflow.is_main_process:
     if os.path.exists(config["input"]):
-        try:
-            shards.sync_shards(
-                config["input"], SHARD_DIR, config["shards"], config["keys"]
+        LOOKING = shard_lock.only_looks(sys.argv, workflow.output_settings.dryrun)
+        SHARD_LOCK = shard_lock.claim(SHARD_DIR, wait=0 if LOOKING else 60)
+        if SHARD_LOCK is None and LOOKING:
+            print(
+                f"vidcap: {shard_lock.holder(SHARD_DIR)} is building {RESULTS}: its shards are shown "
+                "as they are, not re-made from the input",
+                file=sys.stderr,
             )
-        except records.InputError as exc:
-            raise WorkflowError(f"invalid input: {exc}") from None
+        elif SHARD_LOCK is None:
+            raise WorkflowError(
+                f"{shard_lock.holder(SHARD_DIR)} is building {RESULTS}; wait for it to end (or stop it) "
+                "before starting another build on the same results"
+            )
+        else:
+            try:
+                shards.sync_shards(
+                    config["input"],
+                    SHARD_DIR,
+                    config["shards"],
+                    config["keys"],
+                    media_root=settings.media_root(config),
+                )
+            except records.InputError as exc:
+                raise WorkflowError(f"invalid input: {exc}") from None
     else:  # not fatal here, so --lint works without data; Snakemake then stops on the missing input
         print(
             f"vidcap: input file {config['input']!r} not found (set it with --config input=...)",

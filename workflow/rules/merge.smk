@@ -1,6 +1,7 @@
 rule merge_captions:
     input:
-        records=config["input"],
+        # the records as this build's sync saw the input (never an input edited while it runs)
+        index=str(shards.index_file(SHARD_DIR)),
         # caption results with the long videos' summaries (vidcap.summary)
         results=expand(merged_results(), shard=SHARDS),
         stats=expand(f"{RESULTS}/captions/{{shard}}.stats.json", shard=SHARDS),

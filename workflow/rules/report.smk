@@ -3,7 +3,8 @@ REPORT_DIR = f"{RESULTS}/report"
 
 rule build_report:
     input:
-        records=config["input"],
+        # the records as this build's sync saw the input (never an input edited while it runs)
+        index=str(shards.index_file(SHARD_DIR)),
         captions=config["output"],
         manifests=expand(f"{RESULTS}/frames/{{shard}}.json", shard=SHARDS),
     output:

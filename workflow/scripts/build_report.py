@@ -1,4 +1,6 @@
 # Adapter: Snakemake rule build_report -> vidcap.report.build_report
+import os
+
 from vidcap.joblog import job_log
 from vidcap.report import build_report
 
@@ -9,7 +11,7 @@ with job_log(snakemake.log[0]) as log:
         "benchmarks": list(snakemake.params.benchmarks),
     }
     build_report(
-        snakemake.input.records,
+        os.path.dirname(snakemake.input.index),
         snakemake.input.captions,
         files,
         dict(snakemake.output.items()),

@@ -1,4 +1,6 @@
 # Adapter: Snakemake rule merge_captions -> vidcap.merge.merge_captions
+import os
+
 from vidcap.frames import disk_usage
 from vidcap.joblog import job_log
 from vidcap.merge import merge_captions
@@ -6,7 +8,7 @@ from vidcap.provenance import write_provenance
 
 with job_log(snakemake.log[0]) as log:
     merge_captions(
-        snakemake.input.records,
+        os.path.dirname(snakemake.input.index),
         list(snakemake.input.results),
         snakemake.output.captions,
         snakemake.params.settings,

@@ -1,0 +1,157 @@
+"""What every stored result depends on: the keys of :mod:`vidcap.store`, and each setting's part in them.
+
+A record's key is a hash of the caption settings with the model's weights (:func:`caption_identity`),
+the prompt the record is asked (its own, with ``keys.prompt``, or the configured one) and its media's
+frame-cache keys, which name the file (real path, size, mtime) and the frame parameters. Nothing about
+where the record sits (shard, position, other fields) is in it, so growing, resharding or reordering a
+dataset finds every finished record again. A window's key adds its span; a summary's key is its
+settings and the exact text it is asked, which holds the window captions.
+
+:data:`SETTING_ROLES` names, for every setting in the schema, how it reaches a result. A test walks the
+schema: a new setting without a role fails it, and changing any ``caption`` setting must change the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vidcap.provenance import canonical_hash
+
+KEY_VERSION = 1  # bump when what a stored result holds or means changes
+
+CAPTION = "caption"  # the answer itself: in every record and window key
+FRAMES = "frames"  # which frames are taken: in the frame-cache keys inside every result key
+SUMMARY = "summary"  # a long video's summary only: in the summary key
+OUTPUT = "output"  # how finished results are written out or reported: no answer changes
+RUN = "run"  # where, how fast and how many at once: no answer changes
+
+_SAMPLING = ("temperature", "top_p", "repetition_penalty", "max_tokens", "top_k", "presence_penalty")
+_QUALITY = ("retries", "min_words", "repeat_ngram", "max_repeat_ngram_share", "max_compression_ratio")
+_FRAMES = ("backend", "fps", "min_frames", "max_frames", "min_pixels", "max_pixels", "total_pixels")
+_ENGINE_RUN = (
+    "device",
+    "tensor_parallel_size",
+    "gpu_memory_utilization",
+    "max_num_seqs",
+    "max_num_batched_tokens",
+    "enforce_eager",
+    "mm_processor_cache_gb",
+    "gpu_wait_timeout",
+    "cpu_kvcache_space_gb",
+    "threads",
+    "in_flight_gb",
+    "env",
+    "url",
+    "concurrency",
+    "retries",
+    "request_timeout",
+)
+
+SETTING_ROLES = {
+    "input": RUN,
+    "output": OUTPUT,
+    "results": RUN,
+    "shards": RUN,
+    "media_root": FRAMES,  # resolves relative paths: the real path is in the frame-cache key
+    "media_root_only": FRAMES,
+    "model": CAPTION,
+    "prompt": CAPTION,
+    "system_prompt": CAPTION,
+    "output_style": OUTPUT,
+    "output_format": CAPTION,
+    "output_schema": CAPTION,
+    "gallery_sample": OUTPUT,
+    "keys.video": FRAMES,
+    "keys.image": FRAMES,
+    "keys.conversation": OUTPUT,
+    "keys.caption": OUTPUT,
+    "keys.prompt": CAPTION,  # through the prompt each record is asked
+    **{f"sampling.{k}": CAPTION for k in (*_SAMPLING, "min_tokens", "seed")},
+    **{f"frames.{k}": FRAMES for k in _FRAMES},
+    "frames.max_vision_tokens": FRAMES,
+    "frames.reduce": FRAMES,
+    "frames.prompt_tokens": FRAMES,  # through the vision-token budget it leaves
+    "frames.patch_factor": FRAMES,
+    "frames.image_min_pixels": FRAMES,
+    "frames.image_max_pixels": FRAMES,
+    "frames.keep": RUN,
+    "frames.decoder_threads": RUN,
+    "frames.timeout": RUN,
+    "frames.threads": RUN,
+    "engine.max_model_len": CAPTION,  # decides halving and "too long"
+    "engine.dtype": CAPTION,  # the numerics of every token
+    "engine.vllm_args": CAPTION,  # may hold quantization or other numerics
+    "engine.backend": CAPTION,
+    "engine.served_model": CAPTION,
+    **{f"engine.{k}": RUN for k in _ENGINE_RUN},
+    "candidates.n": CAPTION,
+    "candidates.keep": CAPTION,
+    **{f"quality.{k}": CAPTION for k in (*_QUALITY, "language", "min_script_share")},
+    "quality.presence_penalty_step": CAPTION,
+    "long_video.mode": FRAMES,
+    "long_video.window_frames": FRAMES,
+    "long_video.min_window_frames": FRAMES,
+    "long_video.shots": FRAMES,
+    "long_video.summary_prompt": SUMMARY,
+    "long_video.summary_model": SUMMARY,
+    "long_video.summary_max_tokens": SUMMARY,
+    "audit.near_duplicate_jaccard": OUTPUT,
+    "audit.opening_words": OUTPUT,
+    "audit.top": OUTPUT,
+    "audit.group_indices": OUTPUT,
+}
+
+
+def caption_identity(params: dict, model_id: dict) -> str:
+    """What every answer of a caption job depends on besides its record: ``params`` (from
+    :func:`vidcap.settings.caption_params`) without the prompt and keys, which act through each record,
+    and the model's identity (:func:`vidcap.provenance.model_identity`: weights hash or hub revision)."""
+    fields = {k: v for k, v in params.items() if k not in ("prompt", "keys", "model")}
+    weights = {k: v for k, v in model_id.items() if k != "model"} or {"model": model_id.get("model")}
+    return canonical_hash([KEY_VERSION, "caption", weights, fields])
+
+
+def summary_identity(params: dict, model_id: dict) -> str:
+    """As :func:`caption_identity`, for the summary step's params (vidcap.settings.summary_params)."""
+    fields = {k: v for k, v in params.items() if k not in ("prompt", "model")}
+    weights = {k: v for k, v in model_id.items() if k != "model"} or {"model": model_id.get("model")}
+    return canonical_hash([KEY_VERSION, "summary", weights, fields])
+
+
+def media_keys(entry: dict) -> list:
+    """Each video's and image's frames as the cache names them (file identity and frame parameters)."""
+    return [_item_key(item) for item in entry["videos"] + entry["images"]]
+
+
+def _item_key(item: dict | None):
+    if not item:
+        return None
+    if "windows" in item:
+        return [[w["start"], w["end"], _stem(w.get("frames"))] for w in item["windows"]]
+    if "error" in item:
+        return ["error", item["error"]]
+    return _stem(item.get("frames"))
+
+
+def _stem(frames: str | None) -> str | None:
+    # the cache file's name is its key; the folder (shared cache, or a shard's own) is not
+    return Path(frames).stem if frames else None
+
+
+def record_key(identity: str, prompt: str, entry: dict) -> str:
+    return canonical_hash(["record", identity, prompt, media_keys(entry)])[:32]
+
+
+def window_key(identity: str, text: str, video: dict) -> str:
+    """A window's request: its own frames (``video``: path, frames, meta) and its prompt with the span."""
+    return canonical_hash(["window", identity, text, _stem(video.get("frames"))])[:32]
+
+
+def summary_key(identity: str, text: str) -> str:
+    return canonical_hash(["summary", identity, text])[:32]
+
+
+def content_digest(media: list[str], prompt: str) -> str:
+    """What a record's sampling seed is drawn from: its media as listed and its prompt, so the seed (and
+    so a stored caption) never depends on the record's other fields or its place in the input."""
+    return canonical_hash(["seed", media, prompt])[:20]
