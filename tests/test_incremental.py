@@ -176,7 +176,8 @@ def test_retry_resends_only_the_error_records(tiny_model, tiny_server, tmp_path)
 
     # both causes fixed: a normal timeout, a server with room; neither is anything a job depends on
     fixed = {**config, "engine": {**config["engine"], "url": tiny_server}}
-    assert planned_jobs(tmp_path, fixed) == {}
+    # no job that decodes or captions (the report shows the engine's URL, so it is made again)
+    assert set(planned_jobs(tmp_path, fixed)) <= {"build_report", "all"}
     before = caption_stats(tmp_path / "results")
     retry = [str(Path(SNAKEMAKE).parent / "python"), "-m", "vidcap", "retry", "--configfile", "config.yaml"]
     retry += ["--", "--cores", "2", "--resources", "gpu=1"]
