@@ -1,0 +1,38 @@
+"""What the ecosystem expects of the repository: a licence matching pyproject, the Snakemake Workflow
+Catalog's standardized layout (workflow/Snakefile, config/README.md, .snakemake-workflow-catalog.yml),
+and a root Snakefile that still runs the same workflow."""
+
+import re
+import tomllib
+
+import yaml
+from helpers import REPO
+
+
+def test_license_file_is_the_apache_2_text_pyproject_names():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
+    text = (REPO / "LICENSE").read_text(encoding="utf-8")
+    assert re.search(r"Apache License\s+Version 2\.0, January 2004", text)
+    # the whole text, not a stub: all nine sections and the end of the terms
+    for section in range(1, 10):
+        assert re.search(rf"^\s*{section}\. \w", text, flags=re.M), section
+    assert "END OF TERMS AND CONDITIONS" in text
+
+
+def test_catalog_file_declares_usage():
+    usage = yaml.safe_load((REPO / ".snakemake-workflow-catalog.yml").read_text(encoding="utf-8"))["usage"]
+    assert usage["mandatory-flags"]["flags"] == "--config input=records.json"
+    assert usage["mandatory-flags"]["desc"]
+    assert usage["software-stack-deployment"] == {"conda": True, "apptainer": False, "apptainer+conda": False}
+    assert usage["report"] is True
+
+
+def test_catalog_layout_with_the_root_snakefile_as_an_include():
+    assert (REPO / "workflow" / "Snakefile").is_file() and (REPO / "config" / "README.md").is_file()
+    statements = [
+        line
+        for line in (REPO / "Snakefile").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert statements == ['include: "workflow/Snakefile"']
