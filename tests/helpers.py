@@ -93,6 +93,7 @@ def run_snakemake(
     check: bool = True,
     timeout: float = 900,
     gpus: int = 1,
+    snakefile: Path = REPO / "Snakefile",
 ) -> subprocess.CompletedProcess:
     """Run the real workflow in ``workdir`` with ``config`` written to workdir/config.yaml."""
     workdir = Path(workdir)
@@ -100,7 +101,7 @@ def run_snakemake(
     cmd = [
         SNAKEMAKE,
         "-s",
-        str(REPO / "Snakefile"),
+        str(snakefile),
         "--directory",
         str(workdir),
         "--configfile",

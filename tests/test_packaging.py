@@ -6,7 +6,7 @@ import re
 import tomllib
 
 import yaml
-from helpers import REPO
+from helpers import REPO, jobs_run, run_snakemake, tiny_config, write_records
 
 
 def test_license_file_is_the_apache_2_text_pyproject_names():
@@ -35,4 +35,18 @@ def test_catalog_layout_with_the_root_snakefile_as_an_include():
         for line in (REPO / "Snakefile").read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    assert statements == ['include: "workflow/Snakefile"']
+    assert statements == ['include: "workflow/Snakefile"', 'workflow.default_target = "all"']
+
+
+def test_root_snakefile_plans_what_the_workflow_snakefile_plans(tmp_path):
+    """A dry run (no job starts) through either entry point plans the same jobs, `all` included."""
+    write_records(tmp_path / "records.json", [{"video": ["a.mp4"]}, {"video": ["b.mp4"]}])
+    planned = {}
+    for entry in ("Snakefile", "workflow/Snakefile"):
+        work = tmp_path / entry.replace("/", "-")
+        work.mkdir()
+        config = tiny_config("model", input=str(tmp_path / "records.json"))
+        proc = run_snakemake(work, config, "--dry-run", snakefile=REPO / entry)
+        planned[entry] = jobs_run(proc.stdout + proc.stderr)
+    assert planned["Snakefile"] == planned["workflow/Snakefile"]
+    assert planned["Snakefile"]["all"] == 1 and planned["Snakefile"]["caption_shard"] == 2
