@@ -1,36 +1,8 @@
-# vidcap: caption a video dataset with a vision-language model.
-#   snakemake --cores 8 --resources gpu=1 --config input=my.json
-# Shards are written while this file is parsed (workflow/rules/common.smk), not by a rule: only shards
-# whose records changed get new files, so an edit reruns only its shard's jobs, not every shard's.
-import os
-
-from snakemake.utils import min_version
-
-min_version("9.20")
+# vidcap's workflow lives in workflow/Snakefile (the layout the Snakemake Workflow Catalog expects); this
+# file keeps `snakemake` in the repository root working, with profiles/default beside it loaded as before.
+include: "workflow/Snakefile"
 
 
-# defaults beside this file, so `--directory` and `--configfile` work from anywhere
-configfile: os.path.join(workflow.basedir, "config", "config.yaml")
-
-
-report: "workflow/report/workflow.rst"
-
-
-wildcard_constraints:
-    shard=r"\d+",
-
-
-include: "workflow/rules/common.smk"
-include: "workflow/rules/frames.smk"
-include: "workflow/rules/caption.smk"
-include: "workflow/rules/summary.smk"
-include: "workflow/rules/merge.smk"
-include: "workflow/rules/report.smk"
-
-
-rule all:
-    default_target: True
-    input:
-        config["output"],
-        # built with every run, so `snakemake --report report.html` can embed them
-        rules.build_report.output,
+# an include leaves the including file's default target unset (Snakemake restores it after the include):
+# name the workflow's, so a bare `snakemake` here builds what it builds in workflow/Snakefile
+workflow.default_target = "all"

@@ -44,6 +44,32 @@ case "$ENGINE" in
 esac
 PYTHON=${PYTHON:-python3}
 VENV=.venv
+# the oldest Python vidcap runs on: Snakemake 9 and vLLM 0.32 need it (pyproject's requires-python,
+# the README and envs/*.yaml say the same; tests/test_python_minimum.py checks they agree)
+MIN_PYTHON=3.11
+check_python() {  # $1: the interpreter that builds (or already runs) the venv
+    local have
+    if "$1" -c "import sys; sys.exit(sys.version_info[:2] < (${MIN_PYTHON/./, }))" 2>/dev/null; then return 0; fi
+    have=$("$1" -c 'import platform; print("Python", platform.python_version())' 2>/dev/null) ||
+        have="not a working Python"
+    echo "install: vidcap needs Python $MIN_PYTHON or newer; $1 is $have." >&2
+    if [ "$1" = "$VENV/bin/python" ]; then
+        echo "install: $VENV was made by that Python: remove it (rm -rf $VENV) and run this again." >&2
+        return 1
+    fi
+    cat >&2 <<EOF
+install: get Python $MIN_PYTHON or newer, then run this script again with PYTHON naming it:
+  Debian 12, Ubuntu 24.04 and later: python3 is new enough (apt-get install python3 python3-venv)
+  Ubuntu 22.04: sudo apt-get install python3.11 python3.11-venv   (universe; or the deadsnakes PPA)
+                PYTHON=python3.11 scripts/install.sh
+  any Linux, no root: pip install --user uv && uv python install $MIN_PYTHON
+                PYTHON="\$(uv python find $MIN_PYTHON)" scripts/install.sh
+  conda: conda create -n vidcap python=$MIN_PYTHON && conda activate vidcap
+                PYTHON="\$CONDA_PREFIX/bin/python" scripts/install.sh
+EOF
+    return 1
+}
+if [ -x "$VENV/bin/python" ]; then check_python "$VENV/bin/python"; else check_python "$PYTHON"; fi
 echo "install: vLLM $ENGINE build ($WHY)"
 if [ "${VIDCAP_INSTALL_DRY_RUN:-0}" = 1 ]; then
     if [ "$ENGINE" = gpu ]; then echo "install: would pip install vllm==$VLLM_VERSION (CUDA)"

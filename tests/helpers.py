@@ -94,6 +94,7 @@ def run_snakemake(
     check: bool = True,
     timeout: float = 900,
     gpus: int = 1,
+    snakefile: Path = REPO / "Snakefile",
 ) -> subprocess.CompletedProcess:
     """Run the real workflow in ``workdir`` with ``config`` written to workdir/config.yaml."""
     workdir = Path(workdir)
@@ -101,7 +102,7 @@ def run_snakemake(
     cmd = [
         SNAKEMAKE,
         "-s",
-        str(REPO / "Snakefile"),
+        str(snakefile),
         "--directory",
         str(workdir),
         "--configfile",

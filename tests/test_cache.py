@@ -44,4 +44,4 @@ def test_keep_false_removes_each_shards_frames_once_captioned(tmp_path, tiny_mod
     )  # the manifests
     assert "Removing temporary output" in proc.stdout + proc.stderr
     assert planned_jobs(tmp_path, config) == {}  # deleted frames do not make the build stale
-    assert json.loads((tmp_path / "provenance.json").read_text())
+    assert json.loads((tmp_path / "captions.json.provenance.json").read_text())["shards"] == 2

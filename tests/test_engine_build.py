@@ -200,8 +200,8 @@ def test_one_vllm_release_everywhere():
     """install.sh, pyproject's gpu extra, the conda env and this venv's CPU build name one release."""
     import importlib.metadata
     import re
-
     import tomllib  # Python 3.11+
+
     import yaml
 
     script = re.search(

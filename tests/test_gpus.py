@@ -200,3 +200,12 @@ def test_more_devices_than_visible_is_an_error(monkeypatch, tmp_path):
     monkeypatch.setenv("VIDCAP_GPU_LOCK_DIR", str(tmp_path))
     with pytest.raises(RuntimeError, match="needs 2 GPUs"), device_slots(2):
         pass
+
+
+def test_local_runs_default_to_one_gpu_cluster_runs_to_no_cap():
+    from vidcap.gpus import default_gpu_resource
+
+    assert default_gpu_resource(True, None, {"_cores": 2}) == 1  # local run, no --resources gpu=N
+    assert default_gpu_resource(True, None, {"gpu": 4}) is None  # the command line's value stays
+    assert default_gpu_resource(True, 100, {}) is None  # --jobs: a cluster run, each job gets its own GPUs
+    assert default_gpu_resource(False, None, {}) is None  # a cluster job's process runs what it is given

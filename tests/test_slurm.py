@@ -375,7 +375,9 @@ def test_local_run_loads_default_profile(tmp_path):
     log, _ = dry_run_resources(tmp_path, tiny_config("model"))
     assert f"Using workflow specific profile {REPO / 'profiles' / 'default'}" in log
     profile = yaml.safe_load(DEFAULT_PROFILE.read_text(encoding="utf-8"))
-    assert profile["resources"] == {"gpu": 1} and "executor" not in profile
+    # the local GPU limit is the workflow's own (vidcap.gpus.default_gpu_resource), so modules keep it too
+    assert "resources" not in profile and "executor" not in profile
+    assert profile["retries"] == 1 and profile["rerun-incomplete"] is True
 
 
 @pytest.mark.parametrize("tensor_parallel_size", [1, 2])

@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         "--caption-key", default="caption", help="record key holding the caption (config keys.caption)"
     )
     _add_quality_commands(sub)
+    _add_config_doc_command(sub)
     args = parser.parse_args(argv)
 
     if args.command == "tiny-model":
@@ -82,7 +83,21 @@ def main(argv: list[str] | None = None) -> int:
         return _run_quality_command(args)
     elif args.command == "retry":
         return _run_retry(args)
+    elif args.command == "config-doc":
+        from vidcap import config_doc
+
+        if args.output:
+            print(f"wrote {config_doc.write(args.output)}")
+        else:
+            sys.stdout.write(config_doc.render())
     return 0
+
+
+def _add_config_doc_command(sub) -> None:
+    doc = sub.add_parser(
+        "config-doc", help="the configuration guide (config/README.md) written from the config schema"
+    )
+    doc.add_argument("--output", help="write it to this file (config/README.md) instead of printing it")
 
 
 def _add_retry_command(sub) -> None:

@@ -2,7 +2,7 @@
 
 Records are matched by position (the output keeps the input's order) and checked by their media paths.
 A record's reasons come from what differs in the record itself (prompt turn, ``caption_meta`` frames and
-seed) and from what differs between the two runs' ``provenance.json`` files beside the outputs (model
+seed) and from what differs between the two runs' provenance files beside the outputs (model
 and weights, sampling, frame settings, engine, software), which applies to every changed record.
 Both files are streamed side by side: memory is one record pair plus the changes listed.
 """
@@ -15,7 +15,7 @@ from itertools import zip_longest
 from pathlib import Path
 
 from vidcap.atomic import read_json
-from vidcap.provenance import provenance_path
+from vidcap.provenance import find_provenance
 from vidcap.records import DEFAULT_KEYS, record_media
 from vidcap.stats import iter_output
 
@@ -28,6 +28,7 @@ RUN_FIELDS = {
     "frames": "frames",
     "engine": "engine",
     "quality": "quality",
+    "prompts": "prompt",
     "versions": "software",
     "variants": "provenance",
 }
@@ -43,9 +44,9 @@ EXCERPT = 120
 
 
 def output_provenance(output: str | Path) -> dict | None:
-    """The ``provenance.json`` beside an output file, or None."""
-    path = provenance_path(str(output))
-    return read_json(path) if path.is_file() else None
+    """The provenance file beside an output file (vidcap.provenance.find_provenance), or None."""
+    path = find_provenance(output)
+    return read_json(path) if path is not None else None
 
 
 def run_differences(old: dict | None, new: dict | None) -> dict[str, list]:
@@ -153,8 +154,8 @@ def format_change(change: dict) -> str:
 
 def format_run_differences(run: dict) -> str:
     if not run:
-        return "runs: same model, sampling, frames, engine and software (provenance.json)"
-    lines = ["runs differ (provenance.json):"]
+        return "runs: same model, sampling, frames, engine, prompts and software (provenance files)"
+    lines = ["runs differ (provenance files):"]
     for key, (old, new) in run.items():
         lines.append(f"  {key}: {_excerpt(str(old))} -> {_excerpt(str(new))}")
     return "\n".join(lines)

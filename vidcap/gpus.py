@@ -154,3 +154,15 @@ def device_slots(count: int, timeout: float | None = None, poll: float = 0.5, lo
             os.environ.pop("CUDA_VISIBLE_DEVICES", None)
         else:
             os.environ["CUDA_VISIBLE_DEVICES"] = previous
+
+
+def default_gpu_resource(main_process: bool, remote_jobs: int | None, given: dict) -> int | None:
+    """The ``gpu`` limit a run gets when neither the command line nor a profile set one (a workflow using
+    vidcap as a module loads no vidcap profile): 1 for a local run, so caption jobs take the one GPU in
+    turn instead of all starting on it. None for a cluster run (``--jobs`` set, Snakemake's sign of
+    remote execution), where each job asks the scheduler for its own GPUs and a cap would serialise
+    them, and None in a cluster job's own Snakemake process, which must run its job whatever it asks.
+    """
+    if not main_process or "gpu" in given or remote_jobs is not None:
+        return None
+    return 1

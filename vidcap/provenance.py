@@ -1,8 +1,10 @@
 """What produced a set of captions: model and weights, software versions, settings.
 
 Each caption job records its provenance in its shard's stats file (it runs where the model and the
-engine are); :func:`write_provenance` gathers the shards' records into one ``provenance.json`` next
-to the final output, listing every distinct value if shards ran with different software.
+engine are); :func:`write_provenance` gathers the shards' records into one file beside the final output,
+named after it (``captions.json`` -> ``captions.json.provenance.json``, so two outputs in one folder keep
+their own), listing every distinct value if shards ran with different software, with the run's prompts,
+its shard count and vidcap's version.
 """
 
 from __future__ import annotations
@@ -164,8 +166,46 @@ def quality_settings(settings: dict) -> dict:
     return {k: settings.get(k) for k in keys}
 
 
+def run_prompts(config: dict) -> dict:
+    """The texts sent to the model besides the media, as the workflow config sets them."""
+    prompts = {
+        "prompt": config["prompt"],
+        "system_prompt": config["system_prompt"],
+        # a record's own prompt, when this field holds one, replaces `prompt` for that record
+        "record_prompt_key": config["keys"]["prompt"],
+    }
+    if config["long_video"]["mode"] != "single":
+        prompts["summary_prompt"] = config["long_video"]["summary_prompt"]
+    return prompts
+
+
+def vidcap_version() -> dict:
+    """vidcap's release and, run from a git checkout, its commit and whether files differ from it
+    (one release number spans many commits)."""
+    from vidcap import __version__
+
+    here = Path(__file__).resolve().parent
+    result: dict = {"version": __version__, "commit": None}
+    try:
+        git = ["git", "-C", str(here)]
+        head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30)
+        if head.returncode == 0:
+            changed = subprocess.run(
+                [*git, "status", "--porcelain", "--untracked-files=no", "--", str(here.parent)],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            result.update(commit=head.stdout.strip(), modified=bool(changed.stdout.strip()))
+    except (OSError, subprocess.SubprocessError):  # no git here: the release number is what we know
+        pass
+    return result
+
+
 def write_provenance(stats_paths: list[str], output_path: str, extra: dict | None = None) -> dict:
-    """Gather the shards' provenance into ``output_path``; shards that differ are listed, not hidden."""
+    """Gather the shards' provenance into ``output_path``; shards that differ are listed, not hidden.
+    ``extra`` (the output's name, the run's prompts) goes first; the shard count and vidcap's version
+    are added here."""
     variants: list[dict] = []
     shards_of: list[list[str]] = []
     for path in stats_paths:
@@ -177,7 +217,12 @@ def write_provenance(stats_paths: list[str], output_path: str, extra: dict | Non
         else:
             variants.append(record)
             shards_of.append([Path(path).name.split(".")[0]])
-    result = {**(extra or {}), "consistent": len(variants) <= 1}
+    result = {
+        **(extra or {}),
+        "shards": len(stats_paths),
+        "vidcap": vidcap_version(),
+        "consistent": len(variants) <= 1,
+    }
     if len(variants) == 1:
         result.update(variants[0])
     else:
@@ -186,6 +231,23 @@ def write_provenance(stats_paths: list[str], output_path: str, extra: dict | Non
     return result
 
 
-def provenance_path(output_path: str) -> Path:
-    """Where the run's provenance goes: ``provenance.json`` in the output's folder."""
-    return Path(output_path).with_name("provenance.json")
+def provenance_path(output_path: str | Path) -> Path:
+    """Where an output's provenance goes: beside it, named after it (``captions.json.provenance.json``)."""
+    output = Path(output_path)
+    return output.with_name(f"{output.name}.provenance.json")
+
+
+def find_provenance(output_path: str | Path) -> Path | None:
+    """The provenance of an output: its own file, or the ``provenance.json`` that earlier builds wrote
+    beside it, one per folder (when that one names this output)."""
+    own = provenance_path(output_path)
+    if own.is_file():
+        return own
+    legacy = Path(output_path).with_name("provenance.json")
+    if legacy.is_file() and read_json(legacy).get("output") in (
+        None,
+        str(output_path),
+        Path(output_path).name,
+    ):
+        return legacy
+    return None

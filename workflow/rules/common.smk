@@ -6,7 +6,8 @@ from snakemake.utils import validate
 
 # The vidcap package sits at the repository root: importable here with or without `pip install -e .`;
 # job scripts reach it through workflow/scripts/vidcap (a link), as conda envs do not install it.
-sys.path.insert(0, workflow.basedir)
+# (two folders up from this file: workflow.basedir is the user's folder when vidcap runs as a module)
+sys.path.insert(0, os.path.join(workflow.current_basedir, "..", ".."))
 
 from vidcap import provenance, records, settings, shard_lock, shards
 from vidcap.config import ConfigError, check_keys

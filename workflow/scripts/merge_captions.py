@@ -4,7 +4,7 @@ import os
 from vidcap.frames import disk_usage
 from vidcap.joblog import job_log
 from vidcap.merge import merge_captions
-from vidcap.provenance import write_provenance
+from vidcap.provenance import run_prompts, write_provenance
 
 with job_log(snakemake.log[0]) as log:
     merge_captions(
@@ -17,7 +17,7 @@ with job_log(snakemake.log[0]) as log:
     write_provenance(
         list(snakemake.input.stats),
         snakemake.output.provenance,
-        extra={"output": snakemake.output.captions},
+        extra={"output": snakemake.output.captions, "prompts": run_prompts(snakemake.config)},
     )
     files, size = disk_usage(snakemake.params.frames_dir)
     where = snakemake.params.frames_dir
