@@ -150,7 +150,9 @@ def test_parquet_loads_in_pyarrow_and_streams_in_datasets(output, tmp_path):
     table = pq.read_table(result.path)
     assert table.num_rows == result.written == 6
     meta_type = table.schema.field("caption_meta").type
-    assert {"windows", "summary", "chosen", "status"} <= {meta_type.field(i).name for i in range(meta_type.num_fields)}
+    assert {"windows", "summary", "chosen", "status"} <= {
+        meta_type.field(i).name for i in range(meta_type.num_fields)
+    }
     assert meta_type.field("frames").type == pa.float64()  # 8 and 4.5: one numeric type
     assert meta_type.field("windows").type == pa.string()  # nested: JSON text
     rows = table.to_pylist()
