@@ -202,3 +202,14 @@ def test_every_format_is_covered():
 )
 def test_placeholders(prompt, expected):
     assert with_placeholders(prompt, 1, 1, "<image>", "<video>") == expected
+
+
+def test_absolute_media_paths_from_the_media_root(output, tmp_path):
+    result = export(output, "swift", media_root=tmp_path / "media")
+    rows = _json_rows(result.path)
+    assert rows[0]["videos"] == [str(tmp_path / "media" / "clips" / "a.mp4")]
+    assert (
+        main(["export", str(output), "--to", "llava-video", "--absolute", "-o", str(tmp_path / "l.json")])
+        == 0
+    )
+    assert _json_rows(tmp_path / "l.json")[0]["video"] == str(tmp_path / "clips" / "a.mp4")

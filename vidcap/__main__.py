@@ -160,16 +160,26 @@ def _add_export_command(sub) -> None:
     export.add_argument("--to", required=True, choices=FORMATS, help="the format to write")
     export.add_argument("-o", "--dest", help="file to write (default: beside OUTPUT, named for the format)")
     export.add_argument("--keep-errors", action="store_true", help="keep error records (empty answer)")
-    export.add_argument("--configfile", help="the build's config file, for its keys (default: the schema's)")
+    export.add_argument(
+        "--absolute",
+        action="store_true",
+        help="write media paths absolute, relative ones taken from the build's media root "
+        "(config media_root, else the input's folder; without --configfile: OUTPUT's folder)",
+    )
+    export.add_argument(
+        "--configfile", help="the build's config file, for its keys and media root (default: the schema's)"
+    )
 
 
 def _run_export(args) -> int:
     from vidcap import config
     from vidcap.export import export, format_result
+    from vidcap.settings import media_root
 
     cfg = config.load(args.configfile, {"input": args.output} if not args.configfile else None)
+    root = media_root(cfg) if args.absolute else None
     try:
-        result = export(args.output, args.to, args.dest, cfg["keys"], args.keep_errors)
+        result = export(args.output, args.to, args.dest, cfg["keys"], args.keep_errors, root)
     except (ValueError, RuntimeError, OSError) as exc:
         print(f"vidcap export: {exc}", file=sys.stderr)
         return 1

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from vidcap.atomic import atomic_open
 from vidcap.config import with_defaults
-from vidcap.records import RecordWriter, media_list
+from vidcap.records import RecordWriter, media_list, resolve_media
 from vidcap.stats import iter_output
 
 FORMATS = ("llamafactory", "swift", "llava-video", "parquet")
@@ -57,14 +57,19 @@ def export(
     destination: str | os.PathLike | None = None,
     keys: dict | None = None,
     keep_errors: bool = False,
+    media_root: str | os.PathLike | None = None,
 ) -> ExportResult:
-    """Write ``output_path``'s records in format ``fmt``; returns how many were written and skipped why."""
+    """Write ``output_path``'s records in format ``fmt``; returns how many were written and skipped why.
+
+    ``media_root``: write media paths absolute, relative ones taken from there (the build's media root);
+    None keeps them as the records have them (a trainer then takes them from its own media folder).
+    """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}")
     keys = with_defaults("keys", keys)
     result = ExportResult(Path(destination) if destination else default_destination(output_path, fmt))
     meta_keys = meta_key_kinds(output_path, keep_errors)
-    rows = iter_rows(output_path, fmt, keys, keep_errors, meta_keys, result.skipped)
+    rows = iter_rows(output_path, fmt, keys, keep_errors, meta_keys, result.skipped, media_root)
     if fmt == "parquet":
         result.written = write_parquet(rows, result.path, meta_keys)
     else:
@@ -106,7 +111,9 @@ def _joined_kind(seen: str | None, new: str | None) -> str | None:
     return "float" if {seen, new} == {"int", "float"} else "json"
 
 
-def iter_rows(output_path, fmt: str, keys: dict, keep_errors: bool, meta_keys: dict, skipped: Counter):
+def iter_rows(
+    output_path, fmt: str, keys: dict, keep_errors: bool, meta_keys: dict, skipped: Counter, media_root=None
+):
     build = {"llamafactory": sharegpt_row, "parquet": sharegpt_row, "swift": swift_row}.get(fmt, llava_row)
     for index, record in iter_output(output_path):
         meta = record.get("caption_meta") or {}
@@ -114,6 +121,9 @@ def iter_rows(output_path, fmt: str, keys: dict, keep_errors: bool, meta_keys: d
             skipped["error record (--keep-errors keeps them)"] += 1
             continue
         pair = caption_pair(record, keys)
+        if media_root is not None:
+            pair.videos = [os.path.abspath(resolve_media(p, media_root)) for p in pair.videos]
+            pair.images = [os.path.abspath(resolve_media(p, media_root)) for p in pair.images]
         row = build(index, pair)
         if isinstance(row, str):  # the format cannot hold this record: the reason
             skipped[row] += 1
