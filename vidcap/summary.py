@@ -23,6 +23,7 @@ from vidcap.config import with_defaults
 from vidcap.engine import EngineFailure, start_engine
 from vidcap.prompts import chat_template, sampling_seed
 from vidcap.provenance import model_identity
+from vidcap.redact import redact_url
 from vidcap.result_keys import summary_identity, summary_key
 from vidcap.store import ResultStore, storable
 
@@ -189,7 +190,7 @@ def via_server(todo: dict[str, dict], settings: dict, engine: dict) -> dict[str,
     from vidcap import server
 
     if not server.server_ready(engine["url"], timeout=min(30.0, engine["request_timeout"])):
-        raise EngineFailure(f"server unreachable at {engine['url']} (no answer on /health)")
+        raise EngineFailure(f"server unreachable at {redact_url(engine['url'])} (no answer on /health)")
     s = settings["sampling"]
     bodies = []
     for key, result in todo.items():
@@ -205,9 +206,7 @@ def via_server(todo: dict[str, dict], settings: dict, engine: dict) -> dict[str,
         )
         body.pop("mm_processor_kwargs")  # a text prompt: nothing to resize
         bodies.append(body)
-    replies = server.run_bodies(
-        engine["url"], bodies, engine["concurrency"], engine["retries"], engine["request_timeout"]
-    )
+    replies = server.run_bodies(engine, bodies)
     answers = {}
     for key, reply in zip(todo, replies):
         if isinstance(reply, server.ServerError):
