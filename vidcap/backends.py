@@ -258,7 +258,7 @@ class ServerBackend:
             try:
                 answer = future.result()
             except self.server.ServerError as exc:
-                if exc.status == 0 or exc.status >= 500:  # after its retries: the server, not the record
+                if self.server.engine_level(exc.status):  # after its retries: the server, not the record
                     self.close()
                     raise EngineFailure(str(exc)) from exc
                 done.append((item, exc))

@@ -161,6 +161,12 @@ def post_chat(client, body: dict, retries: int, url: str = "", sleep=time.sleep)
     raise AssertionError("unreachable")
 
 
+def engine_level(status: int) -> bool:
+    """A failure of the server or its settings, not of one record: unreachable (0), a refused key (401,
+    403), 5xx after the retries. The job fails (no record is written as an error) and Snakemake retries."""
+    return status == 0 or status in (401, 403) or status >= 500
+
+
 def retryable(status: int, asked: float | None) -> bool:
     if asked is not None and asked > MAX_RETRY_AFTER:
         return False
@@ -196,7 +202,7 @@ def error_message(exc) -> str:
     message = None
     if isinstance(body, dict):
         inner = body.get("error")
-        message = inner.get("message") if isinstance(inner, dict) else body.get("message")
+        message = inner.get("message") if isinstance(inner, dict) else inner or body.get("message")
     return str(message or exc.message)[:500]
 
 

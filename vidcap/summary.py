@@ -186,7 +186,8 @@ def generate(llm, todo: dict[str, dict], settings: dict) -> dict[str, dict]:
 def via_server(todo: dict[str, dict], settings: dict, engine: dict) -> dict[str, dict]:
     """The summaries through an OpenAI-compatible ``vllm serve`` (engine.backend server) of the summary model:
     ``served_name`` (summary_model, else engine.served_model, else model). A request the server refuses
-    (4xx: e.g. too long) is that record's error; an unreachable or failing server (5xx) fails the job."""
+    (4xx: e.g. too long) is that record's error; an unreachable or failing server (5xx, or a refused API key)
+    fails the job."""
     from vidcap import server
 
     if not server.server_ready(engine["url"], timeout=min(30.0, engine["request_timeout"])):
@@ -210,7 +211,7 @@ def via_server(todo: dict[str, dict], settings: dict, engine: dict) -> dict[str,
     answers = {}
     for key, reply in zip(todo, replies):
         if isinstance(reply, server.ServerError):
-            if reply.status == 0 or reply.status >= 500:
+            if server.engine_level(reply.status):
                 raise EngineFailure(str(reply))
             answers[key] = failed(str(reply))
             continue
