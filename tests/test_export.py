@@ -213,3 +213,9 @@ def test_absolute_media_paths_from_the_media_root(output, tmp_path):
         == 0
     )
     assert _json_rows(tmp_path / "l.json")[0]["video"] == str(tmp_path / "clips" / "a.mp4")
+
+
+def test_export_never_replaces_its_output(output, capsys):
+    assert main(["export", str(output), "--to", "swift", "-o", str(output)]) == 1
+    assert "would replace the output" in capsys.readouterr().err
+    assert output.read_text(encoding="utf-8").count("\n") == len(output_records())

@@ -68,6 +68,8 @@ def export(
         raise ValueError(f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}")
     keys = with_defaults("keys", keys)
     result = ExportResult(Path(destination) if destination else default_destination(output_path, fmt))
+    if result.path.resolve() == Path(output_path).resolve():
+        raise ValueError(f"{result.path}: the export would replace the output it reads; name another file")
     meta_keys = meta_key_kinds(output_path, keep_errors)
     rows = iter_rows(output_path, fmt, keys, keep_errors, meta_keys, result.skipped, media_root)
     if fmt == "parquet":
