@@ -42,3 +42,13 @@ def tiny_model_25(tmp_path_factory) -> Path:
 def tiny_model_3(tmp_path_factory) -> Path:
     """A tiny random-weight Qwen3-VL checkpoint, built once per session."""
     return _build_tiny(tmp_path_factory, "qwen3_vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tiny_model, tmp_path_factory):
+    """A real ``vllm serve`` of the tiny Qwen2-VL (context 4096) shared by the tests of whole builds that
+    use engine.backend server, so their caption jobs start no engine of their own (gibberish captions)."""
+    from helpers import vllm_server
+
+    with vllm_server(tiny_model, tmp_path_factory.mktemp("serve") / "serve.log") as url:
+        yield url

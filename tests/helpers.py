@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -218,3 +219,55 @@ def cut_tail(source: str | os.PathLike, target: str | os.PathLike, at_seconds: f
     target = Path(target)
     target.write_bytes(Path(source).read_bytes()[:pos])
     return target
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def vllm_server(model: str | os.PathLike, log: Path, max_model_len: int = 4096, limits: dict | None = None):
+    """A real ``vllm serve`` (OpenAI API server) of ``model`` on a free localhost port; yields its URL."""
+    import signal
+    import time
+
+    from vidcap.server import server_ready
+
+    port = free_port()
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model)]
+    cmd += ["--port", str(port), "--host", "127.0.0.1", "--dtype", "float32"]
+    cmd += ["--max-model-len", str(max_model_len), "--enforce-eager", "--seed", "0"]
+    cmd += ["--limit-mm-per-prompt", json.dumps(limits or {"video": 1, "image": 2})]
+    cmd += ["--mm-processor-cache-gb", "0", "--distributed-executor-backend", "uni"]
+    cmd += ["--trust-request-mm-kwargs"]
+    with open(log, "w") as handle:
+        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while not server_ready(url, timeout=2):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"vllm serve did not start:\n{Path(log).read_text()[-3000:]}")
+            time.sleep(2)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server's own process group (start_new_session)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def requests_sent(results: str | os.PathLike, before: dict[str, dict]) -> int:
+    """Requests the caption jobs that ran since ``before`` (:func:`caption_stats`) sent to the engine."""
+    return sum(s["requests"] for name, s in caption_stats(results).items() if s != before.get(name))
+
+
+def caption_stats(results: str | os.PathLike) -> dict[str, dict]:
+    return {p.name: json.loads(p.read_text()) for p in Path(results, "captions").glob("*.stats.json")}

@@ -151,15 +151,17 @@ def test_the_model_weights_are_in_the_key_not_the_folder_name():
 def test_store_round_trip_and_what_counts_as_a_miss(tmp_path):
     store = ResultStore(tmp_path)
     assert store.get("ab" * 16) is None and not store.has("ab" * 16)
-    store.put("ab" * 16, {"caption": "x", "caption_meta": {"status": "ok"}})
+    store.put("ab" * 16, {"caption": "x", "caption_meta": {"status": "ok", "error": None, "attempts": 1}})
     assert store.has("ab" * 16) and store.get("ab" * 16)["caption"] == "x"
+    # the order a fresh answer is written in: a stored one must give the same output bytes
+    assert list(store.get("ab" * 16)["caption_meta"]) == ["status", "error", "attempts"]
     store.path("cd" * 16).parent.mkdir(parents=True, exist_ok=True)
     store.path("cd" * 16).write_text('{"key": "cdcd', encoding="utf-8")  # cut short by a crash
     assert store.get("cd" * 16) is None
     store.path("ef" * 16).parent.mkdir(parents=True, exist_ok=True)
     store.path("ef" * 16).write_text(json.dumps({"key": "other", "value": {}}))  # copied in by hand
     assert store.get("ef" * 16) is None
-    assert (store.hits, store.writes) == (1, 1)
+    assert (store.hits, store.writes) == (2, 1)
 
 
 def _write_many(root: str, worker: int) -> None:

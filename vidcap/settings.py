@@ -48,6 +48,18 @@ def frames_settings(config: dict, shard: str) -> dict:
     }
 
 
+# how frames are extracted, not which: changing them reruns no job (a job reads them from the config), so
+# a record that timed out is extracted again by ``vidcap retry``, not by rerunning every frames job
+FRAMES_RUN_ONLY = ("timeout", "decoder_threads")
+
+
+def frames_rule_params(config: dict, shard: str) -> dict:
+    """The frames rule's params: :func:`frames_settings` without the run-only settings."""
+    step = frames_settings(config, shard)
+    step["frames"] = {k: v for k, v in step["frames"].items() if k not in FRAMES_RUN_ONLY}
+    return step
+
+
 def window_settings(config: dict) -> dict:
     """What windows depend on (the frames step's part of long_video; the summary keys are not)."""
     return {k: config["long_video"][k] for k in ("mode", "window_frames", "min_window_frames", "shots")}

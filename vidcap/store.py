@@ -59,7 +59,9 @@ class ResultStore:
         # written whole and renamed (two writers leave one complete entry); not fsynced, like the frame
         # cache: an entry a power cut loses is a miss, asked again
         with atomic_open(self.path(key), durable=False) as handle:
-            json.dump({"key": key, "value": value}, handle, ensure_ascii=False, sort_keys=True)
+            json.dump(
+                {"key": key, "value": value}, handle, ensure_ascii=False
+            )  # key order kept: output bytes
         self.writes += 1
 
 

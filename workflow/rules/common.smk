@@ -73,8 +73,8 @@ def frames_store():
     return {"frames": temp(directory(f"{RESULTS}/frames/{{shard}}.frames"))}
 
 
-def frames_settings_of(wildcards):
-    return settings.frames_settings(config, wildcards.shard)
+def frames_params_of(wildcards):
+    return settings.frames_rule_params(config, wildcards.shard)
 
 
 def merged_results():

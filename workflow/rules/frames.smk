@@ -11,7 +11,11 @@ rule extract_frames:
     conda:
         "../../envs/frames.yaml"
     threads: config["frames"]["threads"]
+    resources:
+        # Snakemake's try number: a decode timeout is the node's on the first, the video's on a retry
+        attempt=lambda wildcards, attempt: attempt,
     params:
-        settings=frames_settings_of,
+        # what the frames depend on (a change reruns the job); the job adds the run-only settings
+        settings=frames_params_of,
     script:
         "../scripts/extract_frames.py"
