@@ -127,7 +127,10 @@ def api_base(url: str) -> tuple[str, dict]:
 
 
 def make_client(engine: dict):
-    import openai
+    try:
+        import openai
+    except ImportError:  # vLLM brings it; a machine that only sends requests may not have vLLM
+        raise ServerConfigError("the server backend needs the openai package: pip install openai") from None
 
     base, query = api_base(engine["url"])
     return openai.OpenAI(
