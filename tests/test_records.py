@@ -189,3 +189,94 @@ def test_media_stamp_key_is_reserved(tmp_path):
     path.write_text(json.dumps([{"video": "a.mp4"}, {"video": "b.mp4", MEDIA_STAMP: []}]))
     with pytest.raises(InputError, match=f"record 1: key '{MEDIA_STAMP}' is reserved"):
         records_of(path)
+
+
+# --- input shapes (issue 25): surrogates, other datasets' keys, .jsonl.gz and Parquet ----------------------
+
+CUT_EMOJI_RECORD = '{"video": "b.mp4", "conversation": [{"from": "human", "value": "hi \\ud83d"}]}'
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_a_lone_surrogate_stops_both_formats_naming_record_and_key(tmp_path, suffix):
+    path = tmp_path / f"r{suffix}"
+    if suffix == ".json":
+        path.write_text(f'[{{"video": "a.mp4"}}, {CUT_EMOJI_RECORD}]', encoding="utf-8")
+    else:
+        path.write_text(f'{{"video": "a.mp4"}}\n{CUT_EMOJI_RECORD}\n', encoding="utf-8")
+    with pytest.raises(InputError, match=r"record 1\b.*key 'conversation'\[0\]\['value'\]: a lone UTF-16"):
+        records_of(path)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_escaped_surrogate_pairs_are_read_as_their_character(tmp_path, suffix):
+    record = '{"video": "a.mp4", "t": "\\ud83d\\ude00 \\\\ud83d"}'  # an emoji, and a literal backslash-u
+    path = tmp_path / f"r{suffix}"
+    path.write_text(f"[{record}]" if suffix == ".json" else record + "\n", encoding="utf-8")
+    assert records_of(path) == [{"video": "a.mp4", "t": "\U0001f600 \\ud83d"}]
+
+
+def test_a_lone_surrogate_past_a_chunk_boundary_is_found(tmp_path):
+    from vidcap import records
+
+    good = [json.dumps({"video": f"{i}.mp4", "t": "\U0001f600" * (i % 5)}) for i in range(200)]
+    path = tmp_path / "r.json"
+    path.write_text("[" + ",".join([*good, CUT_EMOJI_RECORD]) + "]", encoding="utf-8")
+    with pytest.raises(InputError, match="record 200: key"):
+        list(records._iter_json_array(path, chunk_size=64))
+
+
+@pytest.mark.parametrize(
+    "record, hint",
+    [
+        ({"videos": ["a.mp4"]}, "set keys.video: videos in the config"),
+        ({"images": ["a.png"]}, "set keys.image: images in the config"),
+        ({"video": "a.mp4", "conversations": []}, "set keys.conversation: conversations"),
+        ({"video": "a.mp4", "messages": []}, "set keys.conversation: messages"),
+    ],
+)
+def test_other_datasets_keys_get_a_hint_naming_the_config_key(tmp_path, record, hint):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps([record]), encoding="utf-8")
+    with pytest.raises(InputError, match="record 0: ") as err:
+        records_of(path)
+    assert hint in str(err.value)
+
+
+def test_configured_keys_read_other_datasets(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps([{"videos": ["a.mp4"], "conversations": []}]), encoding="utf-8")
+    keys = {**KEYS, "video": "videos", "conversation": "conversations"}
+    assert [r for _, r in iter_records(path, keys)] == [{"videos": ["a.mp4"], "conversations": []}]
+
+
+def test_jsonl_gz_input(tmp_path):
+    import gzip
+
+    recs = [{"video": f"{i}.mp4", "i": i} for i in range(5)]
+    path = tmp_path / "r.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(r) + "\n" for r in recs)
+    assert records_of(path) == recs
+    (tmp_path / "plain.jsonl.gz").write_text('{"video": "a.mp4"}\n', encoding="utf-8")
+    with pytest.raises(InputError, match="unreadable gzip data"):
+        records_of(tmp_path / "plain.jsonl.gz")
+
+
+def test_parquet_input(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    table = pa.Table.from_pylist(
+        [
+            {"video": ["a.mp4"], "image": None, "conversation": [{"from": "human", "value": "Say"}]},
+            {"video": None, "image": ["b.png"], "conversation": None},
+        ]
+    )
+    pq.write_table(table, tmp_path / "r.parquet")
+    assert records_of(tmp_path / "r.parquet") == [
+        {"video": ["a.mp4"], "conversation": [{"from": "human", "value": "Say"}]},
+        {"image": ["b.png"]},
+    ]
+    (tmp_path / "bad.parquet").write_text("not parquet", encoding="utf-8")
+    with pytest.raises(InputError, match="unreadable Parquet"):
+        records_of(tmp_path / "bad.parquet")

@@ -2,6 +2,8 @@
 
 The same shard is captioned through the server and by an in-process engine with seeded sampling
 (temperature 0.8): frames sent as lossless PNG with their metadata must give identical captions.
+The server requires an API key (VLLM_API_KEY in its environment); every job reads it from the variable
+that engine.api_key_env names.
 """
 
 import json
@@ -13,7 +15,7 @@ import sys
 import time
 
 import pytest
-from helpers import CAPTIONED, make_video, write_records
+from helpers import CAPTIONED, make_video, run_snakemake, tiny_config, write_records
 
 from vidcap.caption import caption_shard
 from vidcap.engine import EngineFailure
@@ -24,6 +26,8 @@ from vidcap.summary import summarize_shard
 pytestmark = pytest.mark.slow
 
 FRAMES = {"fps": 2.0, "min_frames": 4, "max_frames": 8, "min_pixels": 3136, "max_pixels": 12544}
+KEY_ENV = "VIDCAP_TEST_SERVER_KEY"
+API_KEY = "sk-vidcap-test-6f1d2a9c"  # a made-up key: the tests look for it in everything written
 
 
 def free_port() -> int:
@@ -36,7 +40,8 @@ def free_port() -> int:
 def server(tiny_model, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "serve.log"
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_API_KEY": API_KEY}
+    os.environ[KEY_ENV] = API_KEY  # the caption jobs' environment (and Snakemake's, which they inherit)
     cmd = [
         sys.executable,
         "-m",
@@ -73,6 +78,7 @@ def server(tiny_model, tmp_path_factory):
             time.sleep(2)
         yield url
     finally:
+        os.environ.pop(KEY_ENV, None)
         os.killpg(proc.pid, signal.SIGTERM)  # the server's own process group (start_new_session)
         try:
             proc.wait(timeout=30)
@@ -118,6 +124,7 @@ def settings(model, **engine):
             "dtype": "float32",
             "enforce_eager": True,
             "cpu_kvcache_space_gb": 1,
+            "api_key_env": KEY_ENV,
             **engine,
         },
     }
@@ -254,7 +261,8 @@ def test_server_summaries_equal_offline_summaries(server, tiny_model, tmp_path):
     }
     engine = {"max_model_len": 1024, "dtype": "float32", "enforce_eager": True, "cpu_kvcache_space_gb": 1}
     summarize_shard(str(captions), str(tmp_path / "offline.jsonl"), {**base, "engine": engine})
-    served = {**base, "engine": {"backend": "server", "url": server}, "served_name": str(tiny_model)}
+    served_engine = {"backend": "server", "url": server, "api_key_env": KEY_ENV}
+    served = {**base, "engine": served_engine, "served_name": str(tiny_model)}
     summarize_shard(str(captions), str(tmp_path / "server.jsonl"), served)
     offline, online = (
         [json.loads(line) for line in (tmp_path / name).read_text().splitlines()]
@@ -264,3 +272,49 @@ def test_server_summaries_equal_offline_summaries(server, tiny_model, tmp_path):
     assert online[0]["caption"] == offline[0]["caption"] and isinstance(online[0]["caption"], str)
     assert online[0]["caption_meta"]["summary"] == offline[0]["caption_meta"]["summary"]
     assert offline[0]["caption_meta"]["summary"]["output_tokens"] == 8
+
+
+def test_a_request_without_the_key_fails_the_job(server, tiny_model, shard, tmp_path):
+    """No key (or a wrong one): the server's 401 is the engine's failure, not every record's error."""
+    out = tmp_path / "nokey.jsonl"
+    with pytest.raises(EngineFailure, match="HTTP 401"):
+        caption_shard(
+            str(shard / "s.jsonl"),
+            str(shard / "m.json"),
+            str(out),
+            settings(tiny_model, backend="server", url=server, api_key_env=None),
+        )
+    assert not out.exists()
+
+
+def test_the_key_and_other_secrets_are_in_nothing_the_build_writes(server, tiny_model, tmp_path):
+    """A whole build through the server with its key, a token in vllm_args and one in the url's query: the
+    key appears in no file of the build (logs, stats, provenance, report, Snakemake's metadata), the
+    other two in none of its logs, stats, provenance or report; the records are captioned."""
+    make_video(tmp_path / "a.mp4", seconds=1, size="96x64", rate=8)
+    write_records(tmp_path / "records.json", [{"video": ["a.mp4"]}, {"video": ["a.mp4"], "id": 2}])
+    engine = {
+        "backend": "server",
+        "url": f"{server}/?tenant=qsecret-77",
+        "api_key_env": KEY_ENV,
+        "vllm_args": {"hf_token": "hf_secret_5150"},
+    }
+    config = tiny_config(tiny_model, shards=1, engine=engine)
+    run_snakemake(tmp_path, config, gpus=0)
+    proc = run_snakemake(tmp_path, config, "--report", "report.html", gpus=0)
+    captions = json.loads((tmp_path / "captions.json").read_text())
+    assert [c["caption_meta"]["status"] in CAPTIONED for c in captions] == [True, True], captions
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix not in (".mp4", ".npy")]
+    # the user's own config.yaml holds the two settings as written: everything vidcap wrote must not
+    results = [p for p in written if ".snakemake" not in p.parts and p.name != "config.yaml"]
+    (provenance_file,) = [p for p in results if "provenance" in p.name and p.suffix == ".json"]
+    assert any(p.name.endswith(".stats.json") for p in results) and any(p.suffix == ".log" for p in results)
+    assert (tmp_path / "report.html").exists()
+    for path in written:
+        assert API_KEY.encode() not in path.read_bytes(), path
+    for path in results:
+        data = path.read_bytes()
+        assert b"hf_secret_5150" not in data and b"qsecret-77" not in data, path
+    assert API_KEY not in proc.stdout + proc.stderr
+    provenance = json.loads(provenance_file.read_text())
+    assert provenance["engine"]["api_key_env"] == KEY_ENV

@@ -224,3 +224,25 @@ def test_workflow_reruns_one_shard_per_changed_media_file(tmp_path):
         assert set(re.findall(r"shard=(\d+)", proc.stdout)) == {f"{shard_of(recs[i], KEYS, 4):04d}"}
         run_snakemake(tmp_path, config, "--touch")
         assert planned_jobs(tmp_path, config) == {}
+
+
+@pytest.mark.parametrize("content", ["[]", "\n"])
+def test_an_empty_input_stops_with_one_message_and_writes_no_shards(tmp_path, content):
+    from vidcap.records import InputError
+
+    src = tmp_path / ("r.json" if content == "[]" else "r.jsonl")
+    src.write_text(content, encoding="utf-8")
+    with pytest.raises(InputError, match="no records .*nothing to caption"):
+        sync_shards(src, tmp_path / "shards", 4, KEYS, log=None)
+    assert not list((tmp_path / "shards").glob("*.jsonl"))
+
+
+@pytest.mark.slow
+def test_workflow_on_an_empty_input_plans_no_jobs(tmp_path):
+    """Real Snakemake, a dry run: one message naming the input, no job planned."""
+    write_records(tmp_path / "records.json", [])
+    proc = run_snakemake(tmp_path, tiny_config("none"), "--dry-run", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and jobs_run(out) == {}
+    assert "invalid input: " in out and "records.json: no records" in out
+    assert out.count("no records") == 1, out

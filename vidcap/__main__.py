@@ -1,5 +1,6 @@
 """Command line: ``python -m vidcap tiny-model DIR``, ``python -m vidcap demo DIR``,
-``python -m vidcap stats OUTPUT``, ``python -m vidcap audit OUTPUT``, ``python -m vidcap diff OLD NEW``."""
+``python -m vidcap stats OUTPUT``, ``python -m vidcap export OUTPUT --to FORMAT``,
+``python -m vidcap audit OUTPUT``, ``python -m vidcap diff OLD NEW``."""
 
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         "--configfile", help="the build's config file (shards, results, keys); default: the schema's"
     )
     _add_retry_command(sub)
+    _add_export_command(sub)
     demo = sub.add_parser("demo", help="make synthetic demo videos and a records.json")
     demo.add_argument("dir")
     stats = sub.add_parser(
@@ -90,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {config_doc.write(args.output)}")
         else:
             sys.stdout.write(config_doc.render())
+    elif args.command == "export":
+        return _run_export(args)
     return 0
 
 
@@ -157,6 +161,45 @@ def _run_retry(args) -> int:
         print(shlex.join(cmd))
         return 0
     return subprocess.run(cmd).returncode
+
+
+def _add_export_command(sub) -> None:
+    from vidcap.export import FORMATS
+
+    export = sub.add_parser(
+        "export",
+        help="write a finished build's captions in a trainer's format: LLaMA-Factory, ms-swift, "
+        "LLaVA-Video or Parquet (docs/export.md)",
+    )
+    export.add_argument("output", help="the workflow's output file (.json or .jsonl)")
+    export.add_argument("--to", required=True, choices=FORMATS, help="the format to write")
+    export.add_argument("-o", "--dest", help="file to write (default: beside OUTPUT, named for the format)")
+    export.add_argument("--keep-errors", action="store_true", help="keep error records (empty answer)")
+    export.add_argument(
+        "--absolute",
+        action="store_true",
+        help="write media paths absolute, relative ones taken from the build's media root "
+        "(config media_root, else the input's folder; without --configfile: OUTPUT's folder)",
+    )
+    export.add_argument(
+        "--configfile", help="the build's config file, for its keys and media root (default: the schema's)"
+    )
+
+
+def _run_export(args) -> int:
+    from vidcap import config
+    from vidcap.export import export, format_result
+    from vidcap.settings import media_root
+
+    cfg = config.load(args.configfile, {"input": args.output} if not args.configfile else None)
+    root = media_root(cfg) if args.absolute else None
+    try:
+        result = export(args.output, args.to, args.dest, cfg["keys"], args.keep_errors, root)
+    except (ValueError, RuntimeError, OSError) as exc:
+        print(f"vidcap export: {exc}", file=sys.stderr)
+        return 1
+    print(format_result(result, args.to))
+    return 0
 
 
 def _add_quality_commands(sub) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from vidcap.engine import EngineFailure, EngineWatchdog, is_engine_failure
 from vidcap.prompts import Pending, frame_bytes, image_array, video_item
 from vidcap.provenance import canonical_hash
+from vidcap.redact import redact_url
 
 # frames arrive at the size vidcap planned (multiples of the patch factor), so the tokens it counted are the
 # tokens the model sees; a processor with other pixel bounds (Qwen3-VL's, a tiny model's) would resize again
@@ -211,7 +212,8 @@ class ServerBackend:
         self.model = engine["served_model"] or model
         self.system_prompt, self.sampling = system_prompt, sampling
         if not server.server_ready(engine["url"], timeout=min(30.0, engine["request_timeout"])):
-            raise EngineFailure(f"server unreachable at {engine['url']} (no answer on /health)")
+            raise EngineFailure(f"server unreachable at {redact_url(engine['url'])} (no answer on /health)")
+        self.client = server.make_client(engine)
         self.pool = ThreadPoolExecutor(max_workers=engine["concurrency"])
         self.futures: dict[Future, Pending] = {}
         self.prepare_seconds = self.engine_seconds = 0.0
@@ -236,8 +238,7 @@ class ServerBackend:
                 "type": "json_schema",
                 "json_schema": {"name": "caption", "schema": self.json_schema},
             }
-        e = self.engine
-        return self.server.post_chat(e["url"], body, e["retries"], e["request_timeout"])
+        return self.server.post_chat(self.client, body, self.engine["retries"], self.engine["url"])
 
     def unsupported(self, item: Pending) -> str | None:
         if len(item.entry["videos"]) > 1:  # media_io_kwargs carry one video's metadata per request
@@ -257,7 +258,7 @@ class ServerBackend:
             try:
                 answer = future.result()
             except self.server.ServerError as exc:
-                if exc.status == 0 or exc.status >= 500:  # after its retries: the server, not the record
+                if self.server.engine_level(exc.status):  # after its retries: the server, not the record
                     self.close()
                     raise EngineFailure(str(exc)) from exc
                 done.append((item, exc))
@@ -275,6 +276,7 @@ class ServerBackend:
         for future in self.futures:
             future.cancel()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.client.close()
 
     def __len__(self) -> int:
         return len(self.futures)

@@ -18,6 +18,7 @@ import subprocess
 from pathlib import Path
 
 from vidcap.atomic import read_json, write_json
+from vidcap.redact import redacted_engine
 
 # weight files hashed in full up to this many bytes in total; above it, a cheap fingerprint
 FULL_HASH_LIMIT = int(os.environ.get("VIDCAP_FULL_HASH_LIMIT", 2 * 1024**3))
@@ -146,7 +147,8 @@ def job_provenance(settings: dict, engine: dict, frames: dict | None) -> dict:
         "keys": settings.get("keys"),
         "sampling": settings.get("sampling"),
         "frames": frames,
-        "engine": {k: v for k, v in engine.items() if k not in ("env", "threads")},
+        # secrets in the settings (a token in vllm_args, a password in the url) are not written down
+        "engine": redacted_engine({k: v for k, v in engine.items() if k not in ("env", "threads")}),
         "quality": quality_settings(settings),
     }
     return {

@@ -42,6 +42,7 @@ _ENGINE_RUN = (
     "in_flight_gb",
     "env",
     "url",
+    "api_key_env",
     "concurrency",
     "retries",
     "request_timeout",

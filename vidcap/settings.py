@@ -233,7 +233,10 @@ def merge_settings(config: dict) -> dict:
 
 
 def report_settings(config: dict) -> dict:
-    """What the report names besides the output file; engine.env may hold secrets: left out."""
+    """What the report names besides the output file; engine.env may hold secrets: left out, and so are
+    tokens in vllm_args and a password or query in the server's url (vidcap.redact)."""
+    from vidcap.redact import redacted_engine
+
     return {
         "model": config["model"],
         "prompt": config["prompt"],
@@ -242,7 +245,7 @@ def report_settings(config: dict) -> dict:
         "shards": config["shards"],
         "frames": frame_params(config),
         "sampling": config["sampling"],
-        "engine": {k: v for k, v in config["engine"].items() if k != "env"},
+        "engine": redacted_engine({k: v for k, v in config["engine"].items() if k != "env"}),
         "gallery_sample": config["gallery_sample"],
         "candidates": with_defaults("candidates", config.get("candidates")),
         "quality": with_defaults("quality", config.get("quality")),

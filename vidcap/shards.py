@@ -30,7 +30,7 @@ import orjson
 
 from vidcap.atomic import FILE_MODE, atomic_open, read_json, write_json
 from vidcap.config import with_defaults
-from vidcap.records import MEDIA_STAMP, iter_records, loads_line, record_media, resolve_media
+from vidcap.records import MEDIA_STAMP, InputError, iter_records, loads_line, record_media, resolve_media
 
 FORMAT = 3  # layout of shard lines and state; a new value makes the next parse rewrite what differs
 STATE_FILE = ".state.json"
@@ -268,6 +268,8 @@ def _write_shards(input_path, shard_dir: Path, ids: list[str], keys: dict, media
     shard_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile(dir=shard_dir) as spool, atomic_open(shard_dir / INDEX_FILE, "wb") as index:
         counts, hashes = _spool_input(input_path, spool, index, len(ids), keys, media_root)
+        if not sum(counts):  # one clear stop, not a plan of jobs over empty shards
+            raise InputError(f"{input_path}: no records (an empty array or file): nothing to caption")
         wanted = dict(zip(ids, hashes))
         changed = [
             shard for shard, sid in enumerate(ids) if _current_sha(shard_dir, sid, known) != wanted[sid]

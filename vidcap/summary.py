@@ -23,6 +23,7 @@ from vidcap.config import with_defaults
 from vidcap.engine import EngineFailure, start_engine
 from vidcap.prompts import chat_template, sampling_seed
 from vidcap.provenance import model_identity
+from vidcap.redact import redact_url
 from vidcap.result_keys import content_digest, summary_identity, summary_key
 from vidcap.store import ResultStore, storable
 
@@ -181,11 +182,12 @@ def generate(llm, todo: dict[str, dict], settings: dict) -> dict[str, dict]:
 def via_server(todo: dict[str, dict], settings: dict, engine: dict) -> dict[str, dict]:
     """The summaries through an OpenAI-compatible ``vllm serve`` (engine.backend server) of the summary model:
     ``served_name`` (summary_model, else engine.served_model, else model). A request the server refuses
-    (4xx: e.g. too long) is that record's error; an unreachable or failing server (5xx) fails the job."""
+    (4xx: e.g. too long) is that record's error; an unreachable or failing server (5xx, or a refused API key)
+    fails the job."""
     from vidcap import server
 
     if not server.server_ready(engine["url"], timeout=min(30.0, engine["request_timeout"])):
-        raise EngineFailure(f"server unreachable at {engine['url']} (no answer on /health)")
+        raise EngineFailure(f"server unreachable at {redact_url(engine['url'])} (no answer on /health)")
     s = settings["sampling"]
     bodies = []
     for result in todo.values():
@@ -201,13 +203,11 @@ def via_server(todo: dict[str, dict], settings: dict, engine: dict) -> dict[str,
         )
         body.pop("mm_processor_kwargs")  # a text prompt: nothing to resize
         bodies.append(body)
-    replies = server.run_bodies(
-        engine["url"], bodies, engine["concurrency"], engine["retries"], engine["request_timeout"]
-    )
+    replies = server.run_bodies(engine, bodies)
     answers = {}
     for key, reply in zip(todo, replies):
         if isinstance(reply, server.ServerError):
-            if reply.status == 0 or reply.status >= 500:
+            if server.engine_level(reply.status):
                 raise EngineFailure(str(reply))
             answers[key] = failed(str(reply))
             continue
