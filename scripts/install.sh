@@ -42,6 +42,7 @@ case "$ENGINE" in
     cpu | gpu) ;;
     *) echo "install: --engine must be cpu or gpu, not '$ENGINE'" >&2; exit 2 ;;
 esac
+PYTHON_GIVEN=${PYTHON:-}
 PYTHON=${PYTHON:-python3}
 VENV=.venv
 # the oldest Python vidcap runs on: Snakemake 9 and vLLM 0.32 need it (pyproject's requires-python,
@@ -69,7 +70,8 @@ install: get Python $MIN_PYTHON or newer, then run this script again with PYTHON
 EOF
     return 1
 }
-if [ -x "$VENV/bin/python" ]; then check_python "$VENV/bin/python"; else check_python "$PYTHON"; fi
+# the interpreter named by PYTHON, else the existing venv's (made earlier, perhaps by an older one)
+if [ -n "$PYTHON_GIVEN" ] || [ ! -x "$VENV/bin/python" ]; then check_python "$PYTHON"; else check_python "$VENV/bin/python"; fi
 echo "install: vLLM $ENGINE build ($WHY)"
 if [ "${VIDCAP_INSTALL_DRY_RUN:-0}" = 1 ]; then
     if [ "$ENGINE" = gpu ]; then echo "install: would pip install vllm==$VLLM_VERSION (CUDA)"
