@@ -18,6 +18,11 @@ import yaml
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 
 
+# frame settings that change how frames are extracted, not which: they are left out of the frames rule's
+# params, so changing them reruns no job (a record that timed out is extracted again by `vidcap retry`)
+FRAMES_RUN_ONLY = ("timeout", "decoder_threads")
+
+
 class ConfigError(ValueError):
     """The configuration names a key the schema does not know, or a value vidcap cannot use."""
 

@@ -28,7 +28,7 @@ import numpy as np
 from vidcap import budget, decode, npystream
 from vidcap.atomic import atomic_open, iter_jsonl, read_json, write_json
 from vidcap.budget import FRAME_FACTOR
-from vidcap.config import defaults, with_defaults
+from vidcap.config import FRAMES_RUN_ONLY, defaults, with_defaults
 from vidcap.decode import FrameError
 from vidcap.failures import raise_if_infra
 from vidcap.media_paths import escapes_root
@@ -361,17 +361,26 @@ def plan_shard_media(records, keys: dict, settings: dict) -> tuple[list[dict], d
 
 
 def extract_frames(
-    shard_path: str, manifest_path: str, settings: dict, threads: int = 1, log=sys.stderr, attempt: int = 1
+    shard_path: str,
+    manifest_path: str,
+    settings: dict,
+    threads: int = 1,
+    log=sys.stderr,
+    attempt: int = 1,
+    run: dict | None = None,
 ) -> dict:
     """Sample the media of every record in a shard; write a manifest with one entry per record.
 
     A pool of ``threads`` workers goes over the distinct media files (a file listed twice is
     extracted once); each worker mostly waits on an ffmpeg process, so threads are enough. A failure of
     the node raises :class:`vidcap.failures.InfraError` and writes no manifest (``attempt``: Snakemake's,
-    which decides whether a timeout is the node's or the video's).
+    which decides whether a timeout is the node's or the video's). ``run``: the config's ``frames``
+    section, whose run-only settings (vidcap.config.FRAMES_RUN_ONLY: not in the rule's params, so a change
+    reruns nothing) apply to this job.
     """
     keys = with_defaults("keys", settings.get("keys"))
     params = with_defaults("frames", settings.get("frames"))
+    params.update({k: run[k] for k in FRAMES_RUN_ONLY if k in (run or {})})
     cache_dir = Path(settings["cache_dir"])
     cache_dir.mkdir(parents=True, exist_ok=True)  # may be this shard's own output folder (frames.keep false)
     entries, wanted = plan_shard_media(iter_jsonl(shard_path), keys, settings)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from vidcap import budget
-from vidcap.config import ConfigError, with_defaults
+from vidcap.config import FRAMES_RUN_ONLY, ConfigError, with_defaults
 
 
 def media_root(config: dict) -> str:
@@ -46,11 +46,6 @@ def frames_settings(config: dict, shard: str) -> dict:
         "cache_dir": frames_cache_dir(config, shard),
         "long_video": window_settings(config),
     }
-
-
-# how frames are extracted, not which: changing them reruns no job (a job reads them from the config), so
-# a record that timed out is extracted again by ``vidcap retry``, not by rerunning every frames job
-FRAMES_RUN_ONLY = ("timeout", "decoder_threads")
 
 
 def frames_rule_params(config: dict, shard: str) -> dict:
