@@ -11,6 +11,8 @@ rule extract_frames:
     conda:
         "../../envs/frames.yaml"
     threads: config["frames"]["threads"]
+    resources:
+        attempt=attempt_number,
     params:
         settings=frames_settings_of,
     script:

@@ -2,12 +2,12 @@
 from vidcap.frames import extract_frames
 from vidcap.joblog import job_log
 
-with job_log(snakemake.log[0]) as log:
+with job_log(snakemake.log[0], snakemake.resources.attempt) as log:
     extract_frames(
         snakemake.input.shard,
         snakemake.output.manifest,
         snakemake.params.settings,
         threads=snakemake.threads,
         log=log,
-        attempt=snakemake.attempt,
+        attempt=snakemake.resources.attempt,
     )
