@@ -3,6 +3,7 @@ that are missing or malformed, misspelt or dotted config keys, and the wrong bui
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -236,3 +237,53 @@ def test_frames_log_does_not_call_every_clip_long():
     assert media_label("long", {"path": "a.mp4", "cached": False}) == "video"
     assert media_label("long", {"windows": [{}, {}, {}]}) == "video (3 windows)"
     assert media_label("image", {}) == "image"
+
+
+@pytest.mark.slow
+def test_init_dry_run_build_and_status_while_it_runs(tmp_path, tiny_model):
+    """A user's first build on the demo data: init, dry run, build in the background; `vidcap status`
+    from another shell shows a growing done count and an ETA, the build prints the same line."""
+    from helpers import BIN, SNAKEMAKE, tiny_config
+
+    data = make_demo(tmp_path / "data")
+    proj = tmp_path / "proj"
+    assert main(["init", str(proj), "--input", str(data), "--model", str(tiny_model)]) == 0
+    # CPU-sized frames and engine for the tiny model beside the starter config; 3 shards: progress in steps
+    tiny = {
+        k: v for k, v in tiny_config(tiny_model, shards=3).items() if k not in ("input", "output", "results")
+    }
+    (proj / "tiny.yaml").write_text(yaml.safe_dump(tiny), encoding="utf-8")
+    configs = [str(proj / "config.yaml"), str(proj / "tiny.yaml")]
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(proj), "--configfile", *configs]
+    cmd += ["--cores", "2", "--resources", "gpu=1", "--nocolor"]
+    dry = subprocess.run([*cmd, "-n"], capture_output=True, text=True, env=env, timeout=300)
+    assert dry.returncode == 0 and "caption_shard" in dry.stdout, dry.stderr[-3000:]
+
+    status = ["status", "--directory", str(proj)] + [a for path in configs for a in ("--configfile", path)]
+    with open(tmp_path / "build.err", "w") as err:
+        build = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, start_new_session=True)
+        seen = []
+        try:
+            deadline = time.monotonic() + 600
+            while build.poll() is None and time.monotonic() < deadline:
+                line = run_cli(*status).stdout.strip()
+                if "build running" in line:
+                    seen.append(line)
+                time.sleep(0.5)
+        finally:
+            if build.poll() is None:
+                os.killpg(build.pid, 9)
+        assert build.wait() == 0, (tmp_path / "build.err").read_text()[-4000:]
+    done = [int(line.split("vidcap: ", 1)[1].split("/", 1)[0]) for line in seen]
+    assert done == sorted(done) and len(set(done)) >= 2, seen  # grows while it runs
+    assert any(re.search(r"records/s, elapsed \d\d:\d\d, ETA \d\d:\d\d", line) for line in seen), seen
+    final = run_cli(*status).stdout
+    assert (
+        "7/7 records captioned (100%)" in final
+        and "3/3 shards captioned" in final
+        and "build finished" in final
+    )
+    printed = (tmp_path / "build.err").read_text()
+    assert "records captioned" in printed and "build finished" in printed  # the build's own lines
+    assert "=== attempt 1," in (proj / "results/logs/caption_shard/0000.log").read_text()
