@@ -162,12 +162,14 @@ def test_version_comes_from_the_package():
 
 @pytest.mark.parametrize(
     "records, gpus, shards",
-    [(0, 1, 1), (7, 1, 1), (500, 1, 2), (5000, 1, 5), (5000, 8, 25), (50_000, 8, 50), (10**7, 8, 2000)],
+    [(0, 1, 1), (7, 1, 1), (500, 1, 2), (5000, 1, 4), (5000, 8, 25), (10**6, 8, 556), (10**7, 8, 2000)],
 )
 def test_shard_sizing_rule(records, gpus, shards):
+    """Caption jobs of ~30 min at 1 record/s per GPU, >= 200 records and >= 4 shards per GPU, <= 2000 shards."""
     assert suggest_shards(records, gpus) == shards
     if 200 * shards <= records and shards < 2000:  # past 2000 shards, planning time wins: bigger shards
-        assert 200 <= records / shards <= 2000
+        assert 200 <= records / shards <= 1800
+    assert suggest_shards(10**6, 8, rate=5.0) == 112  # a measured faster rate: longer shards, fewer jobs
 
 
 def test_init_writes_a_valid_commented_config(tmp_path, capsys):
@@ -180,7 +182,7 @@ def test_init_writes_a_valid_commented_config(tmp_path, capsys):
     text = (tmp_path / "proj" / "config.yaml").read_text(encoding="utf-8")
     given = yaml.safe_load(text)
     assert given["input"] == str(records.resolve()) and given["model"] == "my/model" and given["shards"] == 1
-    assert "7 records on 2 GPU(s)" in text and "docs/sizing.md" in text
+    assert "7 records, 2 GPU(s), 1 records/s per GPU" in text and "docs/sizing.md" in text
     assert text.count("\n#") >= 5  # commented
     config.load(tmp_path / "proj" / "config.yaml")  # valid as written
     assert "snakemake -n" in said and "vidcap status" in said

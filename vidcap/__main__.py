@@ -102,6 +102,12 @@ def _add_init_command(sub) -> None:
     )
     init.add_argument("--model", help="model id or folder (default: the schema's)")
     init.add_argument("--gpus", type=int, default=1, help="GPUs the build will use (default 1)")
+    init.add_argument(
+        "--rate",
+        type=float,
+        default=1.0,
+        help="records/s per GPU, as a pilot build's `vidcap status` shows (default 1: 7B on short clips)",
+    )
     init.add_argument("--force", action="store_true", help="replace an existing config.yaml")
 
 
@@ -134,7 +140,7 @@ def _dispatch(parser, args) -> int:
     if args.command == "init":
         from vidcap.init_config import write_starter_config
 
-        print(write_starter_config(args.dir, args.input, args.model, args.gpus, force=args.force))
+        print(write_starter_config(args.dir, args.input, args.model, args.gpus, args.rate, force=args.force))
     elif args.command == "status":
         return _run_status(args)
     elif args.command == "tiny-model":

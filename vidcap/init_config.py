@@ -12,7 +12,7 @@ from pathlib import Path
 
 from vidcap import config
 from vidcap.records import iter_records
-from vidcap.sizing import suggest_shards
+from vidcap.sizing import DEFAULT_RATE, JOB_MINUTES, MIN_RECORDS_PER_SHARD, SHARDS_PER_GPU, suggest_shards
 
 CONFIG_NAME = "config.yaml"
 
@@ -22,19 +22,24 @@ def count_records(input_path: str, keys: dict | None = None) -> int:
     return sum(1 for _ in iter_records(input_path, keys))
 
 
-def starter_config(input_path: str | None, model: str | None, records: int | None, gpus: int) -> str:
-    """The commented YAML text of a starter config."""
+def starter_config(
+    input_path: str | None, model: str | None, records: int | None, gpus: int = 1, rate: float = DEFAULT_RATE
+) -> str:
+    """The commented YAML text of a starter config (``rate``: records/s per GPU, from a pilot build)."""
     values = config.defaults()
-    shards = suggest_shards(records, gpus) if records is not None else values["shards"]
+    shards = suggest_shards(records, gpus, rate) if records is not None else values["shards"]
     if records is None:
-        count = "count unknown (no --input): the schema's default shard count"
+        count = "Record count unknown (no --input): the schema's default shard count"
     else:
-        count = f"{records} records on {gpus} GPU(s): ~{-(-records // shards)} per shard"
+        count = f"{records} records, {gpus} GPU(s), {rate:g} records/s per GPU: ~{-(-records // shards)} per shard"
     text = TEMPLATE.format(
         input=_yaml_scalar(input_path or "records.json"),
         model=_yaml_scalar(model or values["model"]),
         shards=shards,
         count=count,
+        job_minutes=JOB_MINUTES,
+        min_records=MIN_RECORDS_PER_SHARD,
+        per_gpu=SHARDS_PER_GPU,
         prompt=_yaml_scalar(values["prompt"]),
         fps=values["frames"]["fps"],
         max_frames=values["frames"]["max_frames"],
@@ -48,11 +53,16 @@ def starter_config(input_path: str | None, model: str | None, records: int | Non
 
 
 def write_starter_config(
-    folder: str, input_path: str | None, model: str | None, gpus: int = 1, force: bool = False
+    folder: str,
+    input_path: str | None,
+    model: str | None,
+    gpus: int = 1,
+    rate: float = DEFAULT_RATE,
+    force: bool = False,
 ) -> str:
     """Write ``folder/config.yaml``; return what to tell the user (where it is and what to run next)."""
-    if gpus < 1:
-        raise config.ConfigError(f"--gpus {gpus}: at least 1")
+    if gpus < 1 or not rate > 0:
+        raise config.ConfigError(f"--gpus {gpus} --rate {rate}: need at least 1 GPU and a rate above 0")
     target = Path(folder) / CONFIG_NAME
     if target.exists() and not force:
         raise FileExistsError(17, "already exists (--force replaces it)", str(target))
@@ -60,7 +70,7 @@ def write_starter_config(
     if input_path is not None:
         input_path = os.path.abspath(input_path)
         records = count_records(input_path)
-    text = starter_config(input_path, model, records, gpus)
+    text = starter_config(input_path, model, records, gpus, rate)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(text, encoding="utf-8")
     shards = _parse(text)["shards"]
@@ -100,8 +110,9 @@ output: captions.json
 results: results
 
 # {count}.
-# Rule (docs/sizing.md): ~1000 records per shard, 200-2000, and at least 4 shards per GPU when the
-# records allow. Changing it later reshards; the result store keeps every caption already made.
+# Rule (docs/sizing.md): caption jobs of ~{job_minutes} min at the measured rate (`vidcap status` of a pilot
+# build prints records/s), at least {min_records} records per shard, and at least {per_gpu} shards per GPU
+# when the records allow. Changing it later reshards; the result store keeps every caption made.
 shards: {shards}
 
 model: {model}
