@@ -289,3 +289,29 @@ def test_init_dry_run_build_and_status_while_it_runs(tmp_path, tiny_model):
     printed = (tmp_path / "build.err").read_text()
     assert "records captioned" in printed and "build finished" in printed  # the build's own lines
     assert "=== attempt 1," in (proj / "results/logs/caption_shard/0000.log").read_text()
+
+
+def test_the_builds_reporter_prints_as_caption_jobs_end(tmp_path):
+    import io
+
+    from vidcap.progress import start_reporter
+
+    make_demo(tmp_path / "data")
+    results = tmp_path / "results"
+    cfg = config.load(
+        overrides={"input": str(tmp_path / "data" / "records.json"), "results": str(results), "shards": 2}
+    )
+    sync_shards(cfg["input"], results / "shards", 2, log=None)
+    (results / "shards" / ".lock").write_text("1\n")
+    stream = io.StringIO()
+    finish = start_reporter(cfg, stream, every=3600, poll=0.05)
+    time.sleep(0.3)
+    write_json(results / "captions" / "0000.stats.json", {})  # a caption job ends: a line, at once
+    time.sleep(0.3)
+    finish(ended=True)
+    lines = stream.getvalue().splitlines()
+    assert [line.split(" [")[1] for line in lines] == [
+        "0/2 shards captioned, 0 framed; build not running]",
+        "1/2 shards captioned, 0 framed; build not running]",
+        "1/2 shards captioned, 0 framed; build not running]",
+    ]

@@ -262,6 +262,8 @@ def _run_quality_command(args) -> int:
         return 0
     from vidcap import diff
 
+    for path in (args.old, args.new):  # both readable before a word of the comparison is printed
+        open(path, "rb").close()
     keys = {"caption": args.caption_key}
     try:
         if args.json:
