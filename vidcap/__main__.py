@@ -102,10 +102,12 @@ def _add_init_command(sub) -> None:
     )
     init.add_argument("--model", help="model id or folder (default: the schema's)")
     init.add_argument("--gpus", type=int, default=1, help="GPUs the build will use (default 1)")
+    from vidcap.sizing import DEFAULT_RATE
+
     init.add_argument(
         "--rate",
         type=float,
-        default=1.0,
+        default=DEFAULT_RATE,
         help="records/s per GPU, as a pilot build's `vidcap status` shows (default 1: 7B on short clips)",
     )
     init.add_argument("--force", action="store_true", help="replace an existing config.yaml")
