@@ -17,7 +17,7 @@ from vidcap.__main__ import main
 from vidcap.atomic import write_json
 from vidcap.demo import make_demo
 from vidcap.frames import media_label
-from vidcap.joblog import job_log
+from vidcap.joblog import job_log, kept_log
 from vidcap.progress import JobProgress, build_progress, format_progress, progress_path
 from vidcap.shards import shard_ids, sync_shards
 from vidcap.sizing import suggest_shards
@@ -230,6 +230,16 @@ def test_job_log_appends_retries_under_a_header_each(tmp_path):
     assert text.index("=== attempt 1,") < text.index("vidcap line") < text.index("=== attempt 2,")
     assert "second try" in text and "RuntimeError: engine died" in text  # the reason beside vidcap's lines
     assert "engine chatter" not in text and "engine chatter" in chatter.read_text()
+    # Snakemake deletes a job's logs before each attempt: a kept hard link brings the history back
+    with pytest.raises(RuntimeError), job_log(str(path), 1) as log:
+        print("first try", file=log)
+        raise RuntimeError("node lost")
+    path.unlink()
+    with job_log(str(path), 2) as log:
+        print("retry", file=log)
+    text = path.read_text()
+    assert text.index("first try") < text.index("=== attempt 2,") < text.index("retry")
+    assert not kept_log(path).exists()  # a job that ended well leaves no second name
     with job_log(str(path), 1) as log:  # a new build's first attempt starts the log afresh
         print("fresh", file=log)
     assert "second try" not in path.read_text()
