@@ -41,7 +41,9 @@ def test_error_shards_and_the_retry_command(tmp_path):
 
 def test_errors_command_line_uses_the_builds_config(tmp_path):
     output_file(tmp_path / "out.json")
-    (tmp_path / "my.yaml").write_text("input: in.json\nshards: 3\nresults: work/res\n", encoding="utf-8")
+    (tmp_path / "my.yaml").write_text(
+        f"input: in.json\noutput: {tmp_path / 'out.json'}\nshards: 3\nresults: work/res\n", encoding="utf-8"
+    )
     proc = subprocess.run(
         [
             sys.executable,

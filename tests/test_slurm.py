@@ -320,6 +320,9 @@ def test_cancelled_caption_job_is_retried_to_completion(slurm_run):
     lines = (slurm_run.workdir / "results/captions/0000.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(lines) == 2 and all(json.loads(line)["caption"] for line in lines)
     assert [r["id"] for r in json.loads((slurm_run.workdir / "captions.json").read_text())] == [0, 1]
+    # the retry appended to the cancelled attempt's log (a header each) instead of overwriting it
+    caption_log = (slurm_run.workdir / "results/logs/caption_shard/0000.log").read_text(encoding="utf-8")
+    assert caption_log.index("=== attempt 1,") < caption_log.index("=== attempt 2,"), caption_log
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
-"""Command line: ``python -m vidcap tiny-model DIR``, ``python -m vidcap demo DIR``,
-``python -m vidcap stats OUTPUT``, ``python -m vidcap export OUTPUT --to FORMAT``,
-``python -m vidcap audit OUTPUT``, ``python -m vidcap diff OLD NEW``."""
+"""Command line: ``python -m vidcap init DIR``, ``python -m vidcap status``, ``python -m vidcap demo DIR``,
+``python -m vidcap stats OUTPUT``, ``python -m vidcap export OUTPUT --to FORMAT``, ``python -m vidcap audit OUTPUT``,
+``python -m vidcap diff OLD NEW``, ``python -m vidcap errors``, ``python -m vidcap retry``,
+``python -m vidcap config-doc``, ``python -m vidcap tiny-model DIR``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vidcap", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"vidcap {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_init_command(sub)
+    _add_status_command(sub)
     tiny = sub.add_parser(
         "tiny-model",
         help="build a random-weight Qwen-VL checkpoint (gibberish captions): "
@@ -33,10 +37,10 @@ def main(argv: list[str] | None = None) -> int:
         help="error records of a finished build, their reasons, and the "
         "snakemake command that re-captions only their shards",
     )
-    errors.add_argument("output", help="the workflow's output file (.json or .jsonl)")
     errors.add_argument(
-        "--configfile", help="the build's config file (shards, results, keys); default: the schema's"
+        "output", nargs="?", help="the workflow's output file (default: the config's `output`)"
     )
+    _add_build_config_options(errors)
     _add_retry_command(sub)
     _add_export_command(sub)
     demo = sub.add_parser("demo", help="make synthetic demo videos and a records.json")
@@ -55,8 +59,96 @@ def main(argv: list[str] | None = None) -> int:
     _add_quality_commands(sub)
     _add_config_doc_command(sub)
     args = parser.parse_args(argv)
+    try:
+        return _dispatch(parser, args)
+    except Exception as exc:
+        from vidcap.cli_errors import USAGE_ERROR, user_error_message
 
-    if args.command == "tiny-model":
+        message = user_error_message(exc)
+        if message is None:  # a bug: its traceback helps
+            raise
+        print(f"vidcap {args.command}: {message}", file=sys.stderr)
+        return USAGE_ERROR
+
+
+def _version() -> str:
+    """The installed distribution's version; a source checkout run without installing has only its own."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("vidcap")
+    except metadata.PackageNotFoundError:
+        from vidcap import __version__
+
+        return __version__
+
+
+def _add_build_config_options(parser) -> None:
+    """The build's config as the Snakefile reads it: config/config.yaml, then these (vidcap.config.build_config)."""
+    parser.add_argument(
+        "--configfile", action="append", default=[], help="the build's config file(s), as given to snakemake"
+    )
+    parser.add_argument(
+        "--config", nargs="+", default=[], metavar="KEY=VALUE", help="the build's --config items"
+    )
+
+
+def _add_init_command(sub) -> None:
+    init = sub.add_parser(
+        "init",
+        help="write a commented starter config for your data: input, model, and a shard count "
+        "suggested from the record count (docs/sizing.md)",
+    )
+    init.add_argument("dir", help="folder to write config.yaml into (made if missing)")
+    init.add_argument(
+        "--input", help="your records file (.json array or .jsonl); counted for the shard count"
+    )
+    init.add_argument("--model", help="model id or folder (default: the schema's)")
+    init.add_argument("--gpus", type=int, default=1, help="GPUs the build will use (default 1)")
+    from vidcap.sizing import DEFAULT_RATE
+
+    init.add_argument(
+        "--rate",
+        type=float,
+        default=DEFAULT_RATE,
+        help="records/s per GPU, as a pilot build's `vidcap status` shows (default 1: 7B on short clips)",
+    )
+    init.add_argument("--force", action="store_true", help="replace an existing config.yaml")
+
+
+def _add_status_command(sub) -> None:
+    status = sub.add_parser(
+        "status",
+        help="records captioned out of the total, records/s and an ETA of a running or finished build "
+        "(reads its files only: works while it runs, also under Slurm)",
+    )
+    _add_build_config_options(status)
+    status.add_argument(
+        "--directory", "-d", help="the build's working directory, as given to snakemake (default: here)"
+    )
+
+
+def _run_status(args) -> int:
+    import os
+
+    from vidcap import config
+    from vidcap.progress import build_progress, format_progress
+
+    files = [os.path.abspath(path) for path in args.configfile]  # given from here, read from there
+    if args.directory:
+        os.chdir(args.directory)
+    print(format_progress(build_progress(config.build_config(files, args.config))))
+    return 0
+
+
+def _dispatch(parser, args) -> int:
+    if args.command == "init":
+        from vidcap.init_config import write_starter_config
+
+        print(write_starter_config(args.dir, args.input, args.model, args.gpus, args.rate, force=args.force))
+    elif args.command == "status":
+        return _run_status(args)
+    elif args.command == "tiny-model":
         from vidcap.tiny_model import build_tiny_model
 
         try:
@@ -66,11 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.size} {args.arch} model (random weights, gibberish captions) in {out}")
     elif args.command == "errors":
         from vidcap import config
-        from vidcap.errors import error_shards, format_errors
+        from vidcap.errors import check_same_build, error_shards, format_errors
 
-        cfg = config.load(args.configfile, {"input": args.output} if not args.configfile else None)
-        extra = ["--configfile", args.configfile] if args.configfile else []
-        print(format_errors(error_shards(args.output, cfg["shards"], cfg["keys"]), cfg["results"], extra))
+        cfg = config.build_config(args.configfile, args.config)
+        output = check_same_build(cfg, args.output)
+        extra = [arg for path in args.configfile for arg in ("--configfile", path)]
+        extra += ["--config", *args.config] if args.config else []
+        print(format_errors(error_shards(output, cfg["shards"], cfg["keys"]), cfg["results"], extra))
     elif args.command == "demo":
         from vidcap.demo import make_demo
 
@@ -110,8 +204,7 @@ def _add_retry_command(sub) -> None:
         help="re-send only a build's error records (frames and caption errors) after fixing their cause, "
         "then re-merge; every other record comes from the result store",
     )
-    retry.add_argument("--configfile", action="append", default=[], help="the build's config file(s)")
-    retry.add_argument("--config", nargs="+", default=[], metavar="KEY=VALUE", help="as for snakemake")
+    _add_build_config_options(retry)
     retry.add_argument(
         "--dry-run", action="store_true", help="say which shards hold errors and the command; change nothing"
     )
@@ -122,22 +215,12 @@ def _run_retry(args) -> int:
     import os
     import subprocess
 
-    import yaml
-
     from vidcap import config
-    from vidcap.errors import clear_stored_errors, retry_targets
+    from vidcap.errors import check_same_build, clear_stored_errors, retry_targets
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    overrides: dict = {}
-    for item in args.config:
-        key, _, value = item.partition("=")
-        overrides[key] = yaml.safe_load(value)
-    given: dict = {}
-    for path in [os.path.join(repo, "config", "config.yaml"), *args.configfile]:
-        if os.path.exists(path) or path in args.configfile:
-            with open(path, encoding="utf-8") as handle:
-                given = config._merge(given, yaml.safe_load(handle) or {})
-    cfg = config.load(None, config._merge(given, overrides))
+    cfg = config.build_config(args.configfile, args.config)
+    check_same_build(cfg, None)
     passed = [arg for path in args.configfile for arg in ("--configfile", path)]
     passed += ["--config", *args.config] if args.config else []
     if args.dry_run:
@@ -239,6 +322,8 @@ def _run_quality_command(args) -> int:
         return 0
     from vidcap import diff
 
+    for path in (args.old, args.new):  # both readable before a word of the comparison is printed
+        open(path, "rb").close()
     keys = {"caption": args.caption_key}
     try:
         if args.json:
@@ -250,7 +335,11 @@ def _run_quality_command(args) -> int:
         for change in diff.iter_changes(args.old, args.new, keys, diff.run_reasons(run)):
             count += 1
             print(diff.format_change(change))
-    except ValueError as exc:
+    except ValueError as exc:  # outputs of different inputs; a malformed file is the caller's (exit 2)
+        from vidcap.records import InputError
+
+        if isinstance(exc, InputError):
+            raise
         print(f"vidcap diff: {exc}", file=sys.stderr)
         return 1
     print(f"{count} records changed")

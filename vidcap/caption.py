@@ -29,6 +29,7 @@ from vidcap.config import with_defaults
 from vidcap.engine import EngineFailure, is_too_long, start_engine
 from vidcap.frames import ensure_frames
 from vidcap.judge import Judge
+from vidcap.progress import JobProgress, progress_path
 from vidcap.prompts import Pending, chat_template, sampling_seed, unanswered_meta, vision_tokens
 from vidcap.provenance import job_provenance, model_identity
 from vidcap.records import record_digest, record_prompt
@@ -78,7 +79,8 @@ def caption_shard(
         flush=True,
     )
     if pending:
-        caption_pending(pending, results, settings, stats, store, log, llm)
+        job = JobProgress(progress_path(result_path), stored + len(pending) + len(twins), records, stored)
+        caption_pending(pending, results, settings, stats, store, log, llm, job)
     else:  # nothing to send: the job still says what produced its results
         stats["provenance"] = job_provenance(settings, settings["engine"], settings.get("frames"))
     fill_twins(twins, results)
@@ -214,7 +216,7 @@ def finish_stats(stats: dict, results: list[dict], started: float) -> None:
     stats["seconds"] = round(time.monotonic() - started, 3)
 
 
-def caption_pending(pending, results, settings, stats, store, log, llm=None) -> None:
+def caption_pending(pending, results, settings, stats, store, log, llm=None, job_progress=None) -> None:
     """Start (or reuse) the engine, caption ``pending`` (each answer stored as it is settled); an engine
     failure propagates, the result file unwritten."""
     from vidcap.gpus import device_slots
@@ -241,7 +243,7 @@ def caption_pending(pending, results, settings, stats, store, log, llm=None) -> 
             backend = OfflineBackend(llm, settings["sampling"], engine, log, n, judge.schema)
             stack.callback(backend.close)
             ready = fit_to_context(llm, pending, results, settings, store)
-        feed(backend, ready, results, stats, store, log, judge)
+        feed(backend, ready, results, stats, store, log, judge, job_progress)
         stats["prepare_seconds"] = round(backend.prepare_seconds, 3)
         stats["generate_seconds"] = round(backend.engine_seconds, 3)
         t0 = time.monotonic()
@@ -304,7 +306,9 @@ def fit_to_context(
     return ready
 
 
-def feed(backend, ready, results: list[dict], stats: dict, store: ResultStore, log, judge: Judge) -> None:
+def feed(
+    backend, ready, results: list[dict], stats: dict, store: ResultStore, log, judge: Judge, job_progress=None
+) -> None:
     """Keep the backend's window full until every record has its answer or its error."""
     queue = deque()
     for item in ready:
@@ -313,7 +317,7 @@ def feed(backend, ready, results: list[dict], stats: dict, store: ResultStore, l
             results[item.slot]["caption_meta"]["error"] = reason
         else:
             queue.append(item)
-    progress = Progress(len(queue), log)
+    progress = Progress(len(queue), log, job_progress)
     breaker = Breaker()
     while queue or len(backend):
         while queue and backend.has_room(queue[0]):
@@ -406,10 +410,11 @@ def record_answer(item: Pending, answer: Answer, verdict, judge: Judge, result: 
 
 
 class Progress:
-    """A whole line every few seconds in the job's log: done/total, rate, ETA."""
+    """A whole line every few seconds in the job's log: done/total, rate, ETA; and the same count in the
+    job's progress file (vidcap.progress.JobProgress), which ``vidcap status`` reads."""
 
-    def __init__(self, total: int, log):
-        self.total, self.log, self.count = total, log, 0
+    def __init__(self, total: int, log, job_progress=None):
+        self.total, self.log, self.count, self.job_progress = total, log, 0, job_progress
         self.started = self.last = time.monotonic()
 
     def done(self, stats: dict) -> None:
@@ -419,6 +424,8 @@ class Progress:
 
     def report(self, stats: dict, final: bool = False) -> None:
         self.last = time.monotonic()
+        if self.job_progress is not None:
+            self.job_progress.update(self.count, force=final)
         elapsed = max(self.last - self.started, 1e-6)
         rate = self.count / elapsed
         eta = (self.total - self.count) / rate if rate else 0.0

@@ -16,6 +16,8 @@ from pathlib import Path
 import yaml
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+# the workflow's own defaults file, which every snakemake run of this checkout reads first
+WORKFLOW_CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
 
 
 # frame settings that change how frames are extracted, not which: they are left out of the frames rule's
@@ -63,37 +65,102 @@ def with_defaults(section: str, given: dict | None = None) -> dict:
     return {**defaults(section), **(given or {})}
 
 
-def check_keys(config: dict, node: dict | None = None, where: str = "") -> None:
-    """Raise :class:`ConfigError` for the first key the schema does not name, suggesting the nearest."""
-    node = _schema() if node is None else node
+def check_keys(config: dict) -> None:
+    """Raise :class:`ConfigError` naming every key the schema does not know (each with the nearest
+    valid one), so one run shows all the misspellings of a config."""
+    problems = list(_unknown_keys(config, _schema(), ""))
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError(
+            f"{len(problems)} keys the config schema does not know:\n  " + "\n  ".join(problems)
+        )
+
+
+def _unknown_keys(config: dict, node: dict, where: str):
     known = node.get("properties", {})
     if node.get("additionalProperties", True) is not False:
         return
     for key, value in config.items():
         if key not in known:
-            path = f"{where}{key}"
-            near = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.5)
-            hint = f" (did you mean '{where}{near[0]}'?)" if near else ""
-            valid = ", ".join(sorted(known))
-            raise ConfigError(f"unknown config key '{path}'{hint}; valid keys here: {valid}")
-        if isinstance(value, dict) and known[key].get("type") == "object":
-            check_keys(value, known[key], f"{where}{key}.")
+            yield _unknown_key(str(key), known, where)
+        elif isinstance(value, dict) and known[key].get("type") == "object":
+            yield from _unknown_keys(value, known[key], f"{where}{key}.")
+
+
+def _unknown_key(key: str, known: dict, where: str) -> str:
+    head, dot, rest = key.partition(".")
+    if dot and not where and head in known:  # --config engine.x=2: Snakemake does not nest dotted keys
+        return (
+            f"config key '{key}': a dotted key does not set a nested value; put `{head}: {{{rest}: ...}}` in a "
+            f"--configfile, or pass the whole section: --config '{head}={{{rest}: ...}}' (other {head} "
+            "settings keep their defaults)"
+        )
+    near = difflib.get_close_matches(key, list(known), n=1, cutoff=0.5)
+    if near:
+        return f"unknown config key '{where}{key}' (did you mean '{where}{near[0]}'?)"
+    return f"unknown config key '{where}{key}'; valid keys here: {', '.join(sorted(known))}"
 
 
 def load(path: str | Path | None = None, overrides: dict | None = None) -> dict:
     """A whole configuration: schema defaults, then the YAML file at ``path``, then ``overrides``;
     checked for unknown keys and validated (for the command line and tests, as the workflow does)."""
-    given: dict = {}
-    if path is not None:
-        with open(path, encoding="utf-8") as handle:
-            given = yaml.safe_load(handle) or {}
+    given = _read_yaml(path) if path is not None else {}
     given = _merge(given, overrides or {})
     check_keys(given)
     merged = _merge(defaults(), given)
     import jsonschema
 
-    jsonschema.validate(merged, _schema())
+    try:
+        jsonschema.validate(merged, _schema())
+    except jsonschema.ValidationError as exc:
+        where = ".".join(str(p) for p in exc.absolute_path) or "config"
+        raise ConfigError(f"invalid config value at {where}: {exc.message}") from None
     return merged
+
+
+def build_config(configfiles: list[str] = (), overrides: list[str] = ()) -> dict:
+    """The configuration a ``snakemake`` run with these ``--configfile`` files and ``--config KEY=VALUE``
+    items sees: the workflow's config/config.yaml (when this is a checkout), the files in order, then
+    the items (values parsed as YAML, as Snakemake does), over the schema's defaults; checked and
+    validated. Raises OSError for a missing file and ConfigError for anything else wrong."""
+    given: dict = {}
+    beside = WORKFLOW_CONFIG if WORKFLOW_CONFIG.exists() else None
+    for path in [*([beside] if beside else []), *configfiles]:
+        given = _merge(given, _read_yaml(path))
+    given = _merge(given, parse_overrides(overrides))
+    return load(None, given)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``--config`` items as Snakemake reads them: KEY=VALUE, the value parsed as YAML."""
+    out: dict = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"--config {item!r}: expected KEY=VALUE")
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--config {item!r}: the value is not YAML ({_first_line(exc)})") from None
+    return out
+
+
+def _read_yaml(path) -> dict:
+    with open(path, encoding="utf-8") as handle:
+        try:
+            given = yaml.safe_load(handle)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({_first_line(exc)})") from None
+    if given is None:
+        return {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"{path}: a config file holds a mapping of keys, not a {type(given).__name__}")
+    return given
+
+
+def _first_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:200]
 
 
 def _merge(base: dict, top: dict) -> dict:

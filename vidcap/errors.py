@@ -15,10 +15,10 @@ import shlex
 from collections import Counter
 from pathlib import Path
 
-from vidcap.atomic import iter_jsonl
-from vidcap.config import with_defaults
+from vidcap.atomic import iter_jsonl, read_json
+from vidcap.config import ConfigError, with_defaults
 from vidcap.records import record_media
-from vidcap.shards import shard_ids, shard_of
+from vidcap.shards import STATE_FILE, shard_ids, shard_of
 from vidcap.stats import error_reason, iter_output
 from vidcap.store import ResultStore
 
@@ -36,6 +36,30 @@ def error_shards(output_path: str | os.PathLike, n_shards: int, keys: dict | Non
         shards[ids[shard_of(record, keys, n_shards)]] += 1
         reasons[error_reason(meta.get("error") or "no reason given", record_media(record, keys))] += 1
     return {"shards": dict(sorted(shards.items())), "reasons": dict(reasons.most_common())}
+
+
+def check_same_build(cfg: dict, output: str | None) -> str:
+    """The output file of the build ``cfg`` describes (``output`` if given); raise ConfigError when the
+    files show another build's config: shard ids computed with the wrong count would name wrong shards."""
+    if output is not None and os.path.realpath(output) != os.path.realpath(cfg["output"]):
+        raise ConfigError(
+            f"{output} is not this config's output ({cfg['output']}): pass the build's own --configfile "
+            "(and --config) so the shard ids are the build's"
+        )
+    built = _built_shard_count(Path(cfg["results"]) / "shards")
+    if built is not None and built != cfg["shards"]:
+        raise ConfigError(
+            f"the build in {cfg['results']} has {built} shards but this config says {cfg['shards']}: pass "
+            "the build's own --configfile (and --config)"
+        )
+    return output or cfg["output"]
+
+
+def _built_shard_count(shard_dir: Path) -> int | None:
+    try:
+        return len(read_json(shard_dir / STATE_FILE)["shards"])
+    except (OSError, ValueError, KeyError, TypeError):  # no build there yet, or an older layout
+        return None
 
 
 def retry_targets(shards: list[str], results: str) -> list[str]:

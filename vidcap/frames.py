@@ -360,6 +360,15 @@ def plan_shard_media(records, keys: dict, settings: dict) -> tuple[list[dict], d
     return entries, wanted
 
 
+def media_label(kind: str, result: dict) -> str:
+    """What a log line calls a media job: a "long" job is any video alone in its record (checked for
+    windows), so it says "video", and how many windows when it turned out long."""
+    if kind != "long":
+        return kind
+    windows = result.get("windows")
+    return f"video ({len(windows)} windows)" if windows else "video"
+
+
 def extract_frames(
     shard_path: str,
     manifest_path: str,
@@ -414,7 +423,7 @@ def extract_frames(
                 "error: " + result["error"] if "error" in result else ("cached" if result["cached"] else "ok")
             )
             print(
-                f"[{done}/{len(jobs)}] {kind} {path}: {state} ({rate:.2f}/s, eta {eta:.0f} s)",
+                f"[{done}/{len(jobs)}] {media_label(kind, result)} {path}: {state} ({rate:.2f}/s, eta {eta:.0f} s)",
                 file=log,
                 flush=True,
             )

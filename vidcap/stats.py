@@ -16,7 +16,14 @@ from pathlib import Path
 import pandas as pd
 
 # the output is ours: read without the input checks
-from vidcap.records import DEFAULT_KEYS, _iter_json_array, _iter_jsonl, is_jsonl, record_media
+from vidcap.records import (
+    DEFAULT_KEYS,
+    InputError,
+    _iter_json_array,
+    _iter_jsonl,
+    is_jsonl,
+    record_media,
+)
 
 STATUSES = ("ok", "truncated", "degenerate", "error")
 DISTRIBUTIONS = {  # summary key -> what it counts
@@ -33,7 +40,11 @@ TINY_MODEL_MARKER = "VIDCAP_TINY_MODEL.txt"
 def iter_output(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """(index, record) for every record of a vidcap output file (.jsonl or JSON array), streaming."""
     path = Path(path)
-    return _iter_jsonl(path) if is_jsonl(path) else _iter_json_array(path)
+    for index, record in _iter_jsonl(path) if is_jsonl(path) else _iter_json_array(path):
+        if not isinstance(record, dict):  # not a vidcap output: say so, not an AttributeError later
+            kind = type(record).__name__
+            raise InputError(f"{path}: record {index} is a {kind}, not an object: not a vidcap output file")
+        yield index, record
 
 
 def error_reason(message: str, media: list[str] = ()) -> str:

@@ -7,7 +7,9 @@ rule caption_shard:
         result=f"{RESULTS}/captions/{{shard}}.jsonl",
         stats=f"{RESULTS}/captions/{{shard}}.stats.json",
     log:
-        f"{RESULTS}/logs/caption_shard/{{shard}}.log",
+        # vidcap's lines (progress, counts, errors); vLLM's own output goes to the engine log
+        main=f"{RESULTS}/logs/caption_shard/{{shard}}.log",
+        engine=f"{RESULTS}/logs/caption_shard/{{shard}}.vllm.log",
     benchmark:
         f"{RESULTS}/benchmarks/caption_shard/{{shard}}.tsv"
     conda:
@@ -16,7 +18,7 @@ rule caption_shard:
     resources:
         gpu=settings.caption_gpus(config),
         # Snakemake's try number, for frames extracted again (a timeout is the node's on the first)
-        attempt=lambda wildcards, attempt: attempt,
+        attempt=attempt_number,
     params:
         # what a caption depends on; engine sizing comes from vidcap.settings in the job (no reruns)
         settings=settings.caption_params(config),

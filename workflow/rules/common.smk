@@ -9,7 +9,7 @@ from snakemake.utils import validate
 # (two folders up from this file: workflow.basedir is the user's folder when vidcap runs as a module)
 sys.path.insert(0, os.path.join(workflow.current_basedir, "..", ".."))
 
-from vidcap import provenance, records, settings, shard_lock, shards
+from vidcap import progress, provenance, records, settings, shard_lock, shards
 from vidcap.config import ConfigError, check_keys
 
 # a misspelt key stops the run here, naming it and the nearest valid one (the schema's own error is vaguer)
@@ -63,6 +63,30 @@ if workflow.is_main_process:
             f"vidcap: input file {config['input']!r} not found (set it with --config input=...)",
             file=sys.stderr,
         )
+
+
+# A line of progress (records captioned/total, records/s, ETA; vidcap.progress) as caption jobs end and
+# every minute, printed by a thread of this process; hooks run in the main process only, never in jobs.
+PROGRESS_REPORTER = {}
+
+
+onstart:
+    PROGRESS_REPORTER["finish"] = progress.start_reporter(config)
+
+
+onsuccess:
+    PROGRESS_REPORTER.pop("finish", lambda **_: None)(ended=True)
+
+
+onerror:
+    PROGRESS_REPORTER.pop("finish", lambda **_: None)(ended=True)
+
+
+def attempt_number(wildcards, attempt):
+    """Snakemake's try number of the job (1, then 2... on retries): a script sees it only as a resource
+    (snakemake.resources.attempt); the job appends each attempt to its log and times out by it.
+    """
+    return attempt
 
 
 def frames_store():

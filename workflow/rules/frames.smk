@@ -13,7 +13,7 @@ rule extract_frames:
     threads: config["frames"]["threads"]
     resources:
         # Snakemake's try number: a decode timeout is the node's on the first, the video's on a retry
-        attempt=lambda wildcards, attempt: attempt,
+        attempt=attempt_number,
     params:
         # what the frames depend on (a change reruns the job); the job adds the run-only settings
         settings=frames_params_of,

@@ -14,6 +14,8 @@ rule merge_captions:
     localrule: True
     conda:
         "../../envs/frames.yaml"
+    resources:
+        attempt=attempt_number,
     params:
         settings=settings.merge_settings(config),
         frames_dir=f"{RESULTS}/frames",

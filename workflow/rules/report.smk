@@ -44,6 +44,8 @@ rule build_report:
     localrule: True
     conda:
         "../../envs/frames.yaml"
+    resources:
+        attempt=attempt_number,
     params:
         # read when present, not inputs: a deleted benchmark or stats file must not rerun a GPU job
         caption_stats=expand(f"{RESULTS}/captions/{{shard}}.stats.json", shard=SHARDS),

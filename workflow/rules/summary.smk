@@ -4,7 +4,8 @@ rule summarize_shard:
     output:
         summaries=f"{RESULTS}/summaries/{{shard}}.jsonl",
     log:
-        f"{RESULTS}/logs/summarize_shard/{{shard}}.log",
+        main=f"{RESULTS}/logs/summarize_shard/{{shard}}.log",
+        engine=f"{RESULTS}/logs/summarize_shard/{{shard}}.vllm.log",
     benchmark:
         f"{RESULTS}/benchmarks/summarize_shard/{{shard}}.tsv"
     conda:
@@ -14,6 +15,7 @@ rule summarize_shard:
         # an engine starts only for a shard with a record of two or more windows; resources are fixed
         # before the captions exist, so the GPU slot is held (for a second) by the other shards too
         gpu=settings.caption_gpus(config),
+        attempt=attempt_number,
     params:
         # only what a summary depends on: editing summary_prompt reruns this and the merge, no caption job
         settings=settings.summary_params(config),

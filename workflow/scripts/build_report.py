@@ -4,7 +4,7 @@ import os
 from vidcap.joblog import job_log
 from vidcap.report import build_report
 
-with job_log(snakemake.log[0]) as log:
+with job_log(snakemake.log[0], snakemake.resources.attempt) as log:
     files = {
         "manifests": list(snakemake.input.manifests),
         "caption_stats": list(snakemake.params.caption_stats),

@@ -7,5 +7,5 @@ settings = caption_job(snakemake.config, snakemake.wildcards.shard)
 settings["frames_step"]["attempt"] = (
     snakemake.resources.attempt
 )  # a re-extraction's timeout: the node's on try 1
-with job_log(snakemake.log[0]) as log:
+with job_log(snakemake.log.main, snakemake.resources.attempt, chatter=snakemake.log.engine) as log:
     caption_shard(snakemake.input.shard, snakemake.input.manifest, snakemake.output.result, settings, log=log)

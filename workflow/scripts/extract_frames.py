@@ -2,7 +2,7 @@
 from vidcap.frames import extract_frames
 from vidcap.joblog import job_log
 
-with job_log(snakemake.log[0]) as log:
+with job_log(snakemake.log[0], snakemake.resources.attempt) as log:
     extract_frames(
         snakemake.input.shard,
         snakemake.output.manifest,

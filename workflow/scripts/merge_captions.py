@@ -6,7 +6,7 @@ from vidcap.joblog import job_log
 from vidcap.merge import merge_captions
 from vidcap.provenance import run_prompts, write_provenance
 
-with job_log(snakemake.log[0]) as log:
+with job_log(snakemake.log[0], snakemake.resources.attempt) as log:
     merge_captions(
         os.path.dirname(snakemake.input.index),
         list(snakemake.input.results),

@@ -3,7 +3,7 @@ from vidcap.joblog import job_log
 from vidcap.settings import summary_job
 from vidcap.summary import summarize_shard
 
-with job_log(snakemake.log[0]) as log:
+with job_log(snakemake.log.main, snakemake.resources.attempt, chatter=snakemake.log.engine) as log:
     summarize_shard(
         snakemake.input.captions,
         snakemake.output.summaries,
