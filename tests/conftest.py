@@ -46,9 +46,15 @@ def tiny_model_3(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_server(tiny_model, tmp_path_factory):
-    """A real ``vllm serve`` of the tiny Qwen2-VL (context 4096) shared by the tests of whole builds that
-    use engine.backend server, so their caption jobs start no engine of their own (gibberish captions)."""
-    from helpers import vllm_server
+    """A real ``vllm serve`` of the tiny Qwen2-VL (context 1024, an API key) shared by every test that uses
+    engine.backend server, so their caption jobs start no engine of their own (gibberish captions). Jobs
+    find the key in the environment, under the name engine.api_key_env gives (helpers.SERVER_KEY_ENV)."""
+    from helpers import SERVER_API_KEY, SERVER_KEY_ENV, vllm_server
 
-    with vllm_server(tiny_model, tmp_path_factory.mktemp("serve") / "serve.log") as url:
-        yield url
+    os.environ[SERVER_KEY_ENV] = SERVER_API_KEY  # inherited by Snakemake and its jobs
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    try:
+        with vllm_server(tiny_model, log, api_key=SERVER_API_KEY) as url:
+            yield url
+    finally:
+        os.environ.pop(SERVER_KEY_ENV, None)

@@ -222,6 +222,12 @@ def cut_tail(source: str | os.PathLike, target: str | os.PathLike, at_seconds: f
     return target
 
 
+# the test server's key: a made-up one, which tests look for in everything a build writes; jobs read it from
+# the variable engine.api_key_env names
+SERVER_KEY_ENV = "VIDCAP_TEST_SERVER_KEY"
+SERVER_API_KEY = "sk-vidcap-test-6f1d2a9c"
+
+
 def free_port() -> int:
     import socket
 
@@ -231,8 +237,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def vllm_server(model: str | os.PathLike, log: Path, max_model_len: int = 4096, limits: dict | None = None):
-    """A real ``vllm serve`` (OpenAI API server) of ``model`` on a free localhost port; yields its URL."""
+def vllm_server(
+    model: str | os.PathLike, log: Path, max_model_len: int = 1024, limits: dict | None = None, api_key=None
+):
+    """A real ``vllm serve`` (OpenAI API server) of ``model`` on a free localhost port (requiring
+    ``api_key`` when given); yields its URL."""
     import signal
     import time
 
@@ -240,6 +249,8 @@ def vllm_server(model: str | os.PathLike, log: Path, max_model_len: int = 4096, 
 
     port = free_port()
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
+    if api_key:
+        env["VLLM_API_KEY"] = api_key
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model)]
     cmd += ["--port", str(port), "--host", "127.0.0.1", "--dtype", "float32"]
     cmd += ["--max-model-len", str(max_model_len), "--enforce-eager", "--seed", "0"]

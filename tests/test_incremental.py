@@ -19,6 +19,8 @@ from helpers import (
     CAPTIONED,
     ONE_SHARD_JOBS,
     REPO,
+    SERVER_API_KEY,
+    SERVER_KEY_ENV,
     SNAKEMAKE,
     caption_stats,
     make_shots_video,
@@ -34,6 +36,7 @@ from helpers import (
 pytestmark = pytest.mark.slow
 
 N = 20
+ON_SERVER = {"backend": "server", "api_key_env": SERVER_KEY_ENV}  # the session's server needs its key
 SOURCES = ["testsrc2", "mandelbrot", "smptebars", "rgbtestsrc", "testsrc", "yuvtestsrc", "pal75bars"]
 
 
@@ -48,7 +51,7 @@ def server_config(model, url, media: Path, **overrides) -> dict:
         shards=4,
         media_root=str(media),
         keys={"prompt": "question"},
-        engine={"backend": "server", "url": url},
+        engine={"backend": "server", "url": url, "api_key_env": SERVER_KEY_ENV},
         **overrides,
     )
 
@@ -140,7 +143,7 @@ def test_a_full_disk_fails_the_frames_job_and_writes_no_record_error(tiny_model,
     cache.mkdir(parents=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(cache)], check=True)
     try:
-        config = tiny_config(tiny_model, shards=1, engine={"backend": "server", "url": tiny_server})
+        config = tiny_config(tiny_model, shards=1, engine={**ON_SERVER, "url": tiny_server})
         proc = run_snakemake(tmp_path, config, check=False)
         assert proc.returncode != 0
         assert "No space left on device" in proc.stdout + proc.stderr
@@ -161,8 +164,8 @@ def test_retry_resends_only_the_error_records(tiny_model, tiny_server, tmp_path)
         big = {"size": "640x480", "seconds": 4} if i == 0 else {}
         make_video(tmp_path / f"v{i:02d}.mp4", **{"seconds": 1, **big}, source=SOURCES[i])
     # record 0's 8 large frames exceed the small server's context even halved (vidcap's own is 4096)
-    config = tiny_config(tiny_model, shards=2, frames={"max_pixels": 401408}, engine={"backend": "server"})
-    with vllm_server(tiny_model, tmp_path / "small.log", max_model_len=384) as small:
+    config = tiny_config(tiny_model, shards=2, frames={"max_pixels": 401408}, engine=ON_SERVER)
+    with vllm_server(tiny_model, tmp_path / "small.log", 384, api_key=SERVER_API_KEY) as small:
         on_small = {**config, "engine": {**config["engine"], "url": small}}
         write_records(tmp_path / "records.json", [record(i) for i in range(6) if i != 3])
         run_snakemake(tmp_path, on_small)
@@ -200,7 +203,7 @@ def long_project(work: Path, model, url) -> dict:
         shards=1,
         frames={"fps": 0.5, "max_frames": 8},
         long_video={"window_frames": 30, "min_window_frames": 15, "summary_max_tokens": 8},
-        engine={"backend": "server", "url": url, "concurrency": 1},
+        engine={**ON_SERVER, "url": url, "concurrency": 1},
     )
 
 
@@ -260,7 +263,7 @@ def test_a_dry_run_after_an_input_edit_leaves_a_running_build_alone(tiny_model, 
         tiny_model,
         shards=2,
         sampling={"max_tokens": 600, "min_tokens": 600, "temperature": 0.0, "seed": 0},
-        engine={"backend": "server", "url": tiny_server, "concurrency": 1},
+        engine={**ON_SERVER, "url": tiny_server, "concurrency": 1},
     )
     build = start_build(tmp_path, config)
     logs = tmp_path / "results" / "logs" / "caption_shard"

@@ -7,27 +7,31 @@ that engine.api_key_env names.
 """
 
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
-import time
 
 import pytest
-from helpers import CAPTIONED, make_video, run_snakemake, tiny_config, write_records
+from helpers import (
+    CAPTIONED,
+    SERVER_API_KEY,
+    SERVER_KEY_ENV,
+    make_video,
+    run_snakemake,
+    tiny_config,
+    write_records,
+)
 
 from vidcap.caption import caption_shard
 from vidcap.engine import EngineFailure
 from vidcap.frames import extract_frames
-from vidcap.server import server_ready
 from vidcap.summary import summarize_shard
 
 pytestmark = pytest.mark.slow
 
 FRAMES = {"fps": 2.0, "min_frames": 4, "max_frames": 8, "min_pixels": 3136, "max_pixels": 12544}
-KEY_ENV = "VIDCAP_TEST_SERVER_KEY"
-API_KEY = "sk-vidcap-test-6f1d2a9c"  # a made-up key: the tests look for it in everything written
+KEY_ENV, API_KEY = (
+    SERVER_KEY_ENV,
+    SERVER_API_KEY,
+)  # a made-up key: the tests look for it in everything written
 
 
 def free_port() -> int:
@@ -37,54 +41,9 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model, tmp_path_factory):
-    port = free_port()
-    log = tmp_path_factory.mktemp("server") / "serve.log"
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_API_KEY": API_KEY}
-    os.environ[KEY_ENV] = API_KEY  # the caption jobs' environment (and Snakemake's, which they inherit)
-    cmd = [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        str(tiny_model),
-        "--port",
-        str(port),
-        "--host",
-        "127.0.0.1",
-        "--dtype",
-        "float32",
-        "--max-model-len",
-        "1024",
-        "--enforce-eager",
-        "--limit-mm-per-prompt",
-        json.dumps({"video": 1, "image": 2}),
-        "--mm-processor-cache-gb",
-        "0",
-        "--seed",
-        "0",
-        "--distributed-executor-backend",
-        "uni",
-        "--trust-request-mm-kwargs",
-    ]
-    with open(log, "w") as handle:
-        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while not server_ready(url, timeout=2):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"vllm serve did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(2)
-        yield url
-    finally:
-        os.environ.pop(KEY_ENV, None)
-        os.killpg(proc.pid, signal.SIGTERM)  # the server's own process group (start_new_session)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+def server(tiny_server):
+    """The session's ``vllm serve`` (tests/conftest.py): it requires the key in API_KEY."""
+    return tiny_server
 
 
 @pytest.fixture(scope="module")
