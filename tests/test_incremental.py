@@ -163,8 +163,9 @@ def test_retry_resends_only_the_error_records(tiny_model, tiny_server, tmp_path)
     for i in range(6):
         big = {"size": "640x480", "seconds": 4} if i == 0 else {}
         make_video(tmp_path / f"v{i:02d}.mp4", **{"seconds": 1, **big}, source=SOURCES[i])
-    # record 0's 8 large frames exceed the small server's context even halved (vidcap's own is 4096)
-    config = tiny_config(tiny_model, shards=2, frames={"max_pixels": 401408}, engine=ON_SERVER)
+    # record 0's 8 frames of 448x336 (~760 prompt tokens) exceed the small server's context (384) even
+    # halved, and fit the session server's (1024) whole
+    config = tiny_config(tiny_model, shards=2, frames={"max_pixels": 150528}, engine=ON_SERVER)
     with vllm_server(tiny_model, tmp_path / "small.log", 384, api_key=SERVER_API_KEY) as small:
         on_small = {**config, "engine": {**config["engine"], "url": small}}
         write_records(tmp_path / "records.json", [record(i) for i in range(6) if i != 3])

@@ -174,9 +174,9 @@ def look_up(pending: list[Pending], results: list[dict], store: ResultStore):
 
 
 def fill(results: list[dict], slot: int, value: dict) -> None:
-    """An answer into a result slot, keeping the slot's own record digest, keys and window place."""
-    place = {k: results[slot][k] for k in PLACE_FIELDS if k in results[slot]}
-    results[slot] = {**copy.deepcopy(value), **place}
+    """An answer into a result slot, keeping the slot's own record digest, keys and window place, in the
+    key order a fresh answer has (the result file's bytes do not say where an answer came from)."""
+    results[slot].update(copy.deepcopy(value))
 
 
 def answer_of(result: dict) -> dict:
