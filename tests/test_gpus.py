@@ -200,3 +200,101 @@ def test_more_devices_than_visible_is_an_error(monkeypatch, tmp_path):
     monkeypatch.setenv("VIDCAP_GPU_LOCK_DIR", str(tmp_path))
     with pytest.raises(RuntimeError, match="needs 2 GPUs"), device_slots(2):
         pass
+
+
+def take_one(monkeypatch, folder):
+    from vidcap.gpus import device_slots
+
+    monkeypatch.setenv("VIDCAP_GPU_IDS", "0")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.setenv("VIDCAP_GPU_LOCK_DIR", str(folder))
+    with device_slots(1, timeout=0) as ids:
+        return ids
+
+
+def test_the_lock_folder_is_created_private(monkeypatch, tmp_path):
+    folder = tmp_path / "locks"
+    assert take_one(monkeypatch, folder) == ["0"]
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert (folder / "gpu0.lock").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_lock_folder_others_may_enter_is_refused(monkeypatch, tmp_path):
+    from vidcap.gpus import UnsafeLockDir
+
+    folder = tmp_path / "locks"
+    folder.mkdir()
+    folder.chmod(0o1777)  # as a shared /tmp folder made by someone else would be
+    with pytest.raises(UnsafeLockDir, match="mode 1777"):
+        take_one(monkeypatch, folder)
+    assert not (folder / "gpu0.lock").exists()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="giving a folder to another user needs root")
+def test_a_lock_folder_of_another_user_is_refused(monkeypatch, tmp_path):
+    from vidcap.gpus import UnsafeLockDir
+
+    folder = tmp_path / "locks"
+    folder.mkdir(mode=0o700)
+    os.chown(folder, 65534, 65534)  # nobody
+    with pytest.raises(UnsafeLockDir, match="belongs to uid 65534"):
+        take_one(monkeypatch, folder)
+
+
+def test_a_symlinked_lock_folder_is_refused(monkeypatch, tmp_path):
+    from vidcap.gpus import UnsafeLockDir
+
+    real = tmp_path / "elsewhere"
+    real.mkdir(mode=0o700)
+    (tmp_path / "locks").symlink_to(real)
+    with pytest.raises(UnsafeLockDir, match="not a folder"):
+        take_one(monkeypatch, tmp_path / "locks")
+
+
+def test_a_symlinked_lock_file_is_not_followed(monkeypatch, tmp_path):
+    """A link planted where the lock file goes must not let the job truncate (or lock) its target."""
+    folder = tmp_path / "locks"
+    folder.mkdir(mode=0o700)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (folder / "gpu0.lock").symlink_to(victim)
+    with pytest.raises(OSError, match="Too many levels of symbolic links"):
+        take_one(monkeypatch, folder)
+    assert victim.read_text() == "precious\n"
+
+
+# a job that leaves its slot while a process it started with `spawn` (as vLLM's engine core under
+# VLLM_WORKER_MULTIPROC_METHOD=spawn: no lock inherited) still runs and would still hold GPU memory
+SPAWNING_JOB = """
+import multiprocessing, sys, time
+from pathlib import Path
+sys.path.insert(0, {repo!r})
+from vidcap.gpus import device_slots
+
+def engine(done):
+    time.sleep(2.0)
+    Path(done).write_text(repr(time.time()))
+
+if __name__ == "__main__":
+    with device_slots(1, timeout=60, poll=0.05) as ids:
+        multiprocessing.get_context("spawn").Process(target=engine, args=(sys.argv[1],)).start()
+        Path(sys.argv[2]).write_text(repr(time.time()))
+"""
+
+
+def test_the_slot_is_held_until_spawned_processes_end(tmp_path):
+    script = tmp_path / "spawning.py"
+    script.write_text(SPAWNING_JOB.format(repo=str(REPO)))
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID")}
+    env.update(VIDCAP_GPU_IDS="0", VIDCAP_GPU_LOCK_DIR=str(tmp_path / "locks"))
+    engine_done, left = tmp_path / "engine_done", tmp_path / "left"
+    first = subprocess.Popen([sys.executable, str(script), str(engine_done), str(left)], env=env)
+    deadline = time.monotonic() + 60
+    while not left.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    procs, outs = start_jobs(tmp_path, 1, 1, devices="0", tag="next")
+    wait_for(outs)
+    taken = time.time()
+    finish(procs, tmp_path / "go")
+    assert first.wait(timeout=60) == 0
+    assert float(engine_done.read_text()) <= taken  # the next job got the GPU only after the engine ended
