@@ -106,10 +106,9 @@ def test_jobs_inside_a_slurm_allocation_share_its_devices(tmp_path):
     finish(procs, tmp_path / "go")
     assert sorted(d for ids in got for d in ids) == ["0", "1"]
     # the locks live in a folder of that Slurm job: another allocation's device 0 is another GPU
-    assert sorted(p.name for p in (tmpdir / f"vidcap-gpu-locks-{os.getuid()}-slurm4242").iterdir()) == [
-        "gpu0.lock",
-        "gpu1.lock",
-    ]
+    folder = tmpdir / f"vidcap-gpu-locks-{os.getuid()}-slurm4242"
+    assert sorted(p.name for p in folder.glob("*.lock")) == ["gpu0.lock", "gpu1.lock"]
+    assert sorted(p.name for p in folder.glob("cache-*")) == ["cache-gpu0", "cache-gpu1"]  # one per slot
 
 
 def test_a_third_job_in_the_allocation_waits(tmp_path):
@@ -298,3 +297,67 @@ def test_the_slot_is_held_until_spawned_processes_end(tmp_path):
     finish(procs, tmp_path / "go")
     assert first.wait(timeout=60) == 0
     assert float(engine_done.read_text()) <= taken  # the next job got the GPU only after the engine ended
+
+
+CACHE_VARS = ("VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
+
+
+def test_each_slot_has_its_own_warm_cache(monkeypatch, tmp_path):
+    """Engines on one node never share a compile cache; the next job on the same GPU reuses its slot's."""
+    from vidcap.gpus import device_slots
+
+    for name in CACHE_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.setenv("VIDCAP_GPU_IDS", "0,1")
+    monkeypatch.setenv("VIDCAP_GPU_LOCK_DIR", str(tmp_path / "locks"))
+    other_job = (
+        f"import os, sys; sys.path.insert(0, {str(REPO)!r}); from vidcap.gpus import device_slots\n"
+        "with device_slots(1, timeout=0) as ids:\n"
+        "    print(ids[0], *(os.environ[n] for n in sys.argv[1:]))"
+    )
+    with device_slots(1, timeout=0) as first:
+        seen_first = {name: os.environ[name] for name in CACHE_VARS}
+        env = {k: v for k, v in os.environ.items() if k not in (*CACHE_VARS, "CUDA_VISIBLE_DEVICES")}
+        out = subprocess.run(  # another job on the node at the same time
+            [sys.executable, "-c", other_job, *CACHE_VARS],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        second, seen_second = [out[0]], dict(zip(CACHE_VARS, out[1:]))
+        Path(seen_first["VLLM_CACHE_ROOT"], "compiled").write_text("x")
+    assert first != second
+    assert all(seen_first[n] != seen_second[n] for n in CACHE_VARS)
+    assert all(Path(p).is_dir() and Path(p).stat().st_mode & 0o777 == 0o700 for p in seen_first.values())
+    assert not any(name in os.environ for name in CACHE_VARS)  # restored
+    with device_slots(1, timeout=0):  # the next job on GPU 0: the same, warm folder
+        assert os.environ["VLLM_CACHE_ROOT"] == seen_first["VLLM_CACHE_ROOT"]
+        assert Path(os.environ["VLLM_CACHE_ROOT"], "compiled").exists()
+
+
+def test_a_job_without_a_slot_lock_gets_a_cache_of_its_own(monkeypatch):
+    """No GPU (or a Slurm job given exactly its GPUs, numbered 0 in every job): a job's own folder, removed."""
+    from vidcap.gpus import device_slots
+
+    for name in CACHE_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("VIDCAP_GPU_IDS", "")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with device_slots(1):
+        first = Path(os.environ["VLLM_CACHE_ROOT"])
+        assert first.is_dir()
+    assert "VLLM_CACHE_ROOT" not in os.environ and not first.exists()
+    with device_slots(1):
+        assert Path(os.environ["VLLM_CACHE_ROOT"]) != first
+
+
+def test_a_cache_the_user_set_is_kept(monkeypatch, tmp_path):
+    from vidcap.gpus import device_slots
+
+    monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path / "shared"))
+    monkeypatch.setenv("VIDCAP_GPU_IDS", "")
+    with device_slots(1):
+        assert os.environ["VLLM_CACHE_ROOT"] == str(tmp_path / "shared")
+    assert os.environ["VLLM_CACHE_ROOT"] == str(tmp_path / "shared")

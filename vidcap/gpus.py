@@ -19,6 +19,9 @@ without following symbolic links.
 A slot is held until the processes the job started inside it (vLLM's engine core and its workers)
 have ended: with ``fork`` they inherit the lock, but with ``spawn`` they do not, and releasing the
 slot while they still hold GPU memory would let the next job start on a full GPU.
+
+The engine's compile caches go to a folder of the slot (vidcap.engine_cache): never shared by two
+engines at once, warm for the next job on the same GPU(s).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from vidcap.engine_cache import private_caches
 
 GPU_IDS_ENV = "VIDCAP_GPU_IDS"  # overrides device discovery (comma-separated ids), e.g. for tests
 LOCK_DIR_ENV = "VIDCAP_GPU_LOCK_DIR"
@@ -151,11 +156,13 @@ def device_slots(
             file=log,
             flush=True,
         )
-        yield assigned
+        with private_caches():  # this Slurm job's own: other jobs on the node also see their GPU as 0
+            yield assigned
         return
     devices = assigned if assigned is not None else visible_devices()
     if not devices:
-        yield []
+        with private_caches():
+            yield []
         return
     if count > len(devices):
         raise RuntimeError(
@@ -193,9 +200,13 @@ def device_slots(
     print(f"GPU slot(s) {','.join(ids)} taken (CUDA_VISIBLE_DEVICES={','.join(ids)})", file=log, flush=True)
     before = _descendants()
     try:
-        yield ids
+        # one folder per set of devices: only the job holding them all uses it, and the next one finds it warm
+        with private_caches(folder / f"cache-gpu{'-'.join(ids).replace('/', '_')}"):
+            try:
+                yield ids
+            finally:
+                _wait_for_new_descendants(before, release_grace, log)
     finally:
-        _wait_for_new_descendants(before, release_grace, log)
         for _, handle in held:
             handle.close()  # closing the descriptor releases the flock
         if previous is None:

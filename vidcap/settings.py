@@ -31,6 +31,13 @@ def frame_params(config: dict) -> dict:
     return params
 
 
+def frames_job_threads(config: dict) -> int:
+    """Cores a frames job books: frames.threads decodes of max(1, frames.decoder_threads) threads each
+    (vidcap.frames.decode_split keeps the job within them)."""
+    frames = config["frames"]
+    return int(frames["threads"]) * max(1, int(frames["decoder_threads"]))
+
+
 def frames_cache_dir(config: dict, shard: str) -> str:
     results = config["results"].rstrip("/")
     return f"{results}/frames/cache" if config["frames"]["keep"] else f"{results}/frames/{shard}.frames"

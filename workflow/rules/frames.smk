@@ -10,7 +10,7 @@ rule extract_frames:
         f"{RESULTS}/benchmarks/extract_frames/{{shard}}.tsv"
     conda:
         "../../envs/frames.yaml"
-    threads: config["frames"]["threads"]
+    threads: settings.frames_job_threads(config)
     params:
         settings=frames_settings_of,
     script:
