@@ -51,7 +51,8 @@ TEST_SITE = {
     "default-resources": {"slurm_partition": "cpu", "mem_mb": 1000, "runtime": 10},
     "set-resources": {
         "caption_shard": {"slurm_partition": "gpu", "cpus_per_task": 2, "mem_mb": 6000, "runtime": 10},
-        "summarize_shard": {"slurm_partition": "gpu", "cpus_per_task": 2, "mem_mb": 6000, "runtime": 10},
+        # its partition stays the profile's expression: `gpu` with a long video in the shard, else `cpu`
+        "summarize_shard": {"cpus_per_task": 2, "mem_mb": 6000, "runtime": 10},
     },
 }
 # Faster polling than a real cluster wants: the plugin adds 10 s per idle status check on top of these.
@@ -279,12 +280,17 @@ def test_caption_jobs_get_one_gpu_and_frames_jobs_cpus_only(slurm_run):
     for job in slurm_run.jobs:
         by_rule.setdefault(job["rule"], []).append(job)
     # merge_captions and build_report are local rules: only frames, caption and summary jobs reach Slurm
-    # (the summary job, on the GPU partition like captioning, starts no engine here: no long video)
     assert set(by_rule) == {"extract_frames", "caption_shard", "summarize_shard"}, slurm_run.jobs
-    for job in by_rule["caption_shard"] + by_rule["summarize_shard"]:
+    for job in by_rule["caption_shard"]:
         record = job["record"]
         assert gpus_requested(record) == 1, record  # resources gpu=1 -> sbatch --gpus=1
         assert record["Partition"] == "gpu" and record["NumCPUs"] == "2", record
+    # no video is long: the summary jobs only copy lines, and ask for no GPU nor the GPU partition
+    assert len(by_rule["summarize_shard"]) == len(by_rule["caption_shard"])
+    for job in by_rule["summarize_shard"]:
+        record = job["record"]
+        assert gpus_requested(record) == 0 and "gpu" not in record["TRES"], record
+        assert record["Partition"] == "cpu" and job["state"] == "COMPLETED", record
     # while it ran, Slurm had allocated it the node's one GPU (gres index 0, the stand-in device)
     running = slurm_run.running_record
     assert running["JobState"] == "RUNNING" and running["JOB_GRES"] == "gpu:1", running
