@@ -14,6 +14,7 @@ from vidcap.decode import FrameError
 from vidcap.engine import EngineFailure
 from vidcap.frames import cached_sample, extract_frames
 from vidcap.long_frames import cached_long, split_long
+from vidcap.store import ResultStore
 from vidcap.summary import needs_summary, summarize_shard, summary_text
 from vidcap.windowed import WINDOW_KEY, fold, window_requests
 from vidcap.windows import clip_phrase, is_long, nominal_edges, plan_windows
@@ -186,7 +187,8 @@ def test_frames_step_writes_windowed_manifest_entries(shots_video, tmp_path):
         "sampling": config["sampling"],
         "frames_step": settings,
     }
-    results, pending = plan_records(str(shard), str(tmp_path / "m.json"), job, "identity")
+    store = ResultStore(tmp_path / "store")
+    results, pending = plan_records(str(shard), str(tmp_path / "m.json"), job, "identity", store)
     assert len(results) == 5 and [p.slot for p in pending] == [1, 2, 3, 4]  # the clip, then 3 windows
     assert all(os.path.exists(p.entry["videos"][0]["frames"]) for p in pending)
 

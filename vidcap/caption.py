@@ -31,14 +31,18 @@ from vidcap.frames import ensure_frames
 from vidcap.judge import Judge
 from vidcap.prompts import Pending, chat_template, sampling_seed, unanswered_meta, vision_tokens
 from vidcap.provenance import job_provenance, model_identity
-from vidcap.records import record_digest, record_media, record_prompt
-from vidcap.result_keys import caption_identity, content_digest, record_key
+from vidcap.records import record_digest, record_prompt
+from vidcap.result_keys import caption_identity, content_digest, media_keys, record_key
 from vidcap.settings import caption_params_of_job
-from vidcap.store import ResultStore, storable
+from vidcap.store import ResultStore
 
 PROGRESS_SECONDS = 10.0
 # what a result line holds besides its answer: not stored (they name the record and the job, not the answer)
 PLACE_FIELDS = ("digest", "keys", windowed.WINDOW_KEY)
+# this many failed answers before any success means the engine or server, not the records, is broken
+# (e.g. a server that answers 404 to every request). Refusals at submission (a request the engine
+# validates and rejects) and "too long" are the records' own and never count.
+FAILURES_BEFORE_ANY_SUCCESS = 8
 
 
 def caption_shard(
@@ -61,7 +65,7 @@ def caption_shard(
     # the workflow's is the build's (results/store); a direct call without one keeps its own beside the output
     store = ResultStore(settings.get("store") or f"{result_path}.store")
     identity = caption_identity(caption_params_of_job(settings), model_identity(settings["model"]))
-    results, pending = plan_records(shard_path, manifest_path, settings, identity)
+    results, pending = plan_records(shard_path, manifest_path, settings, identity, store)
     records = sum(1 for r in results if windowed.WINDOW_KEY not in r)  # window requests take slots after
     carried = sum(1 for r in results[:records] if r["caption_meta"]["error"])
     pending, twins, stored = look_up(pending, results, store)
@@ -95,7 +99,7 @@ def caption_shard(
 
 
 def plan_records(
-    shard_path: str, manifest_path: str, settings: dict, identity: str
+    shard_path: str, manifest_path: str, settings: dict, identity: str, store: ResultStore
 ) -> tuple[list[dict], list[Pending]]:
     """One result per shard record (an error until captioned) and the requests to look up or send,
     each with its result-store key (``identity``: vidcap.result_keys.caption_identity)."""
@@ -107,7 +111,10 @@ def plan_records(
         entry, digest = entries[slot], record_digest(record)
         if entry["digest"] != digest:
             raise RuntimeError(f"{manifest_path}: entry {slot} belongs to another record: stale manifest")
-        if settings.get("frames_step") and not entry["error"]:  # cache files deleted since the frames step
+        prompt = record_prompt(record, settings["keys"], settings["prompt"])
+        if needs_frames(
+            entry, settings, identity, prompt, store
+        ):  # cache files deleted since the frames step
             ensure_frames(entry, settings["frames_step"])
             if windowed.is_windowed(entry):
                 windowed.ensure_windows(entry, settings["frames_step"])
@@ -121,10 +128,7 @@ def plan_records(
             }
         )
         if not entry["error"]:
-            prompt = record_prompt(record, settings["keys"], settings["prompt"])
-            seed = sampling_seed(
-                settings["sampling"], content_digest(record_media(record, settings["keys"]), prompt)
-            )
+            seed = sampling_seed(settings["sampling"], content_digest(media_keys(entry), prompt))
             if windowed.is_windowed(entry):  # one request per window, in result slots after the records
                 windows.append((slot, digest, entry, prompt, seed))
                 continue
@@ -139,6 +143,14 @@ def plan_records(
     for args in windows:
         pending.extend(windowed.window_requests(*args, results, identity))
     return results, pending
+
+
+def needs_frames(entry: dict, settings: dict, identity: str, prompt: str, store: ResultStore) -> bool:
+    """Whether a record's frames must be on disk: it will be sent (a stored answer needs none, so a
+    pruned cache is not extracted again for it). Windowed records are checked per window later."""
+    if not settings.get("frames_step") or entry["error"]:
+        return False
+    return windowed.is_windowed(entry) or not store.has(record_key(identity, prompt, entry))
 
 
 def look_up(pending: list[Pending], results: list[dict], store: ResultStore):
@@ -303,6 +315,7 @@ def feed(backend, ready, results: list[dict], stats: dict, store: ResultStore, l
         else:
             queue.append(item)
     progress = Progress(len(queue), log)
+    breaker = Breaker()
     while queue or len(backend):
         while queue and backend.has_room(queue[0]):
             item = queue.popleft()
@@ -315,9 +328,29 @@ def feed(backend, ready, results: list[dict], stats: dict, store: ResultStore, l
                 settle(item, exc, results, stats, store, queue, judge)
         if len(backend):
             for item, outcome in backend.collect():
+                breaker.check(outcome)
                 settle(item, outcome, results, stats, store, queue, judge)
                 progress.done(stats)
     progress.report(stats, final=True)
+
+
+class Breaker:
+    """Fails the job when the first answers the engine returns are all failures (see
+    FAILURES_BEFORE_ANY_SUCCESS); one success disarms it for the rest of the job."""
+
+    def __init__(self):
+        self.failures, self.armed = 0, True
+
+    def check(self, outcome) -> None:
+        if not self.armed:
+            return
+        if isinstance(outcome, Answer):
+            self.armed = False
+        elif not is_too_long(outcome):
+            self.failures += 1
+            if self.failures >= FAILURES_BEFORE_ANY_SUCCESS:
+                first_line = (str(outcome).splitlines() or [type(outcome).__name__])[0][:300]
+                raise EngineFailure(f"the first {self.failures} answers all failed, e.g.: {first_line}")
 
 
 def settle(item: Pending, outcome, results, stats, store: ResultStore, queue: deque, judge: Judge) -> None:
@@ -346,8 +379,8 @@ def settle(item: Pending, outcome, results, stats, store: ResultStore, queue: de
             error=f"{'too long' if is_too_long(outcome) else 'engine error'}: {first_line}",
             halved=item.halved,
         )
-    if storable(meta):  # a refusal is not kept: the next build of this shard asks again
-        store.put(item.key, answer_of(results[item.slot]))
+        return  # a refusal is not kept: it may pass with nothing changed, so the next build asks again
+    store.put(item.key, answer_of(results[item.slot]))
 
 
 def count_tokens(answer: Answer, stats: dict) -> None:

@@ -49,7 +49,7 @@ _ENGINE_RUN = (
 )
 
 SETTING_ROLES = {
-    "input": RUN,
+    "input": FRAMES,  # its folder is the default media_root: through the real paths, as media_root
     "output": OUTPUT,
     "results": RUN,
     "shards": RUN,
@@ -152,7 +152,8 @@ def summary_key(identity: str, text: str) -> str:
     return canonical_hash(["summary", identity, text])[:32]
 
 
-def content_digest(media: list[str], prompt: str) -> str:
-    """What a record's sampling seed is drawn from: its media as listed and its prompt, so the seed (and
-    so a stored caption) never depends on the record's other fields or its place in the input."""
+def content_digest(media: list, prompt: str) -> str:
+    """What a request's sampling seed is drawn from: its media's frame-cache keys (:func:`media_keys`) and
+    its prompt, so the seed never depends on the record's other fields, its place in the input, how its
+    paths are spelt or which backend answers; two requests with one key always get one seed."""
     return canonical_hash(["seed", media, prompt])[:20]

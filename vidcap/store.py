@@ -12,8 +12,9 @@ two shards) leave one complete file, and a reader never sees a torn one. A file 
 (a power loss before the page cache reached the disk) is a miss.
 
 Only answers that would come out the same again are stored: captions and their guard verdicts, and
-errors that depend on nothing but the inputs (too long for the context). A request the engine or a
-server refused is left out, so the next build of its shard asks again.
+errors that vidcap decides from the inputs and keyed settings alone (too long for the context, counted
+by vidcap before sending). A request the engine or a server refused (a 4xx, a timeout, a server with a
+smaller context than configured) is left out, so the next build of its shard asks again.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from vidcap.atomic import atomic_open
 
-# errors that depend only on the record and the settings: asking again would give the same answer
+# errors vidcap decides from the record and the keyed settings: asking again would give the same answer
 DETERMINISTIC_ERRORS = ("too long",)
 
 
@@ -49,6 +50,10 @@ class ResultStore:
             return None
         self.hits += 1
         return entry["value"]
+
+    def has(self, key: str) -> bool:
+        """Whether ``key`` is stored (a cheap look, not counted; :meth:`get` still decides)."""
+        return self.path(key).is_file()
 
     def put(self, key: str, value: dict) -> None:
         # written whole and renamed (two writers leave one complete entry); not fsynced, like the frame

@@ -23,7 +23,7 @@ from vidcap.config import with_defaults
 from vidcap.engine import EngineFailure, start_engine, stop_engine
 from vidcap.prompts import chat_template, sampling_seed
 from vidcap.provenance import model_identity
-from vidcap.result_keys import summary_identity, summary_key
+from vidcap.result_keys import content_digest, summary_identity, summary_key
 from vidcap.store import ResultStore, storable
 
 SUMMARY_PARAM_KEYS = ("model", "prompt", "system_prompt", "sampling", "max_model_len", "engine_numerics")
@@ -139,12 +139,8 @@ def generate(llm, todo: dict[str, dict], settings: dict) -> dict[str, dict]:
     room = settings["max_model_len"] - int(s["max_tokens"])
     answers, prompts, params, keys = {}, [], [], []
     for key, result in todo.items():
-        text = template(
-            settings["system_prompt"],
-            0,
-            0,
-            summary_text(settings["prompt"], result["caption_meta"]["windows"]),
-        )
+        question = summary_text(settings["prompt"], result["caption_meta"]["windows"])
+        text = template(settings["system_prompt"], 0, 0, question)
         tokens = len(tokenizer.encode(text, add_special_tokens=False))
         if tokens > room:
             answers[key] = failed(
@@ -162,7 +158,7 @@ def generate(llm, todo: dict[str, dict], settings: dict) -> dict[str, dict]:
                 repetition_penalty=s["repetition_penalty"],
                 min_tokens=min(s["min_tokens"], s["max_tokens"]),
                 max_tokens=s["max_tokens"],
-                seed=sampling_seed(s, key[:20]),  # the summary's inputs, not the record's place
+                seed=sampling_seed(s, content_digest([], question)),  # not the record's place or backend
             )
         )
     if prompts:
@@ -193,7 +189,7 @@ def via_server(todo: dict[str, dict], settings: dict, engine: dict) -> dict[str,
         raise EngineFailure(f"server unreachable at {engine['url']} (no answer on /health)")
     s = settings["sampling"]
     bodies = []
-    for key, result in todo.items():
+    for result in todo.values():
         text = summary_text(settings["prompt"], result["caption_meta"]["windows"])
         body = server.chat_body(
             settings["served_name"],
@@ -202,7 +198,7 @@ def via_server(todo: dict[str, dict], settings: dict, engine: dict) -> dict[str,
             [],
             None,
             s,
-            sampling_seed(s, key[:20]),
+            sampling_seed(s, content_digest([], text)),
         )
         body.pop("mm_processor_kwargs")  # a text prompt: nothing to resize
         bodies.append(body)
