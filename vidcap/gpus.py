@@ -147,7 +147,9 @@ def device_slots(
 
     Yields the device ids held (an empty list when there are no GPUs; Slurm's own assignment when it
     gave the job exactly ``count``). Waits while fewer than ``count`` devices are free; holds none
-    while waiting (no deadlock between jobs that each hold part of what the other needs).
+    while waiting (no deadlock between jobs that each hold part of what the other needs). On leaving,
+    waits up to ``release_grace`` seconds for the processes started in the block to end (shut the
+    engine down inside it) before the devices are freed. The engine's caches: vidcap.engine_cache.
     """
     assigned = scheduler_assigned()
     if assigned is not None and len(assigned) == count:

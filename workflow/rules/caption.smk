@@ -15,6 +15,8 @@ rule caption_shard:
     threads: config["engine"]["threads"]
     resources:
         gpu=settings.caption_gpus(config),
+        # Snakemake gives scripts no attempt number: a resource function can take it
+        attempt=lambda wildcards, attempt: attempt,
     params:
         # what a caption depends on; engine sizing comes from vidcap.settings in the job (no reruns)
         settings=settings.caption_params(config),

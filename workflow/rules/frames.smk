@@ -11,6 +11,9 @@ rule extract_frames:
     conda:
         "../../envs/frames.yaml"
     threads: settings.frames_job_threads(config)
+    resources:
+        # Snakemake gives scripts no attempt number: a resource function can take it
+        attempt=lambda wildcards, attempt: attempt,
     params:
         settings=frames_settings_of,
     script:
