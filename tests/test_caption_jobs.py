@@ -273,9 +273,13 @@ def test_two_caption_jobs_start_at_once_on_an_empty_cache(tiny_model, tmp_path):
     logs = [(tmp_path / f"job{i}.log").read_text() for i in range(2)]
     taken = sorted(re.search(r"GPU slot\(s\) (\d) taken", log).group(1) for log in logs)
     assert taken == ["0", "1"]  # at once: one slot each
-    for slot in taken:  # each engine compiled into its own slot's folder
-        compiled = list((locks / f"cache-gpu{slot}" / "inductor").rglob("*.so"))
+    for slot, log in zip(("0", "1"), sorted(logs, key=lambda text: "GPU slot(s) 1 taken" in text)):
+        # each engine compiled into its own slot's folder (vLLM's AOT-compiled model)
+        compiled = [
+            p for p in (locks / f"cache-gpu{slot}" / "vllm" / "torch_compile_cache").rglob("*") if p.is_file()
+        ]
         assert compiled, f"nothing compiled into cache-gpu{slot}"
+        assert f"saved AOT compiled function to {locks / f'cache-gpu{slot}'}" in log
     assert outs[0].read_bytes() == outs[1].read_bytes()
 
 
