@@ -7,6 +7,7 @@ processes, so their peak memory can be read and they can be killed.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -84,13 +85,14 @@ def store_of(out: Path) -> Path:
 
 
 def start_job(shard, manifest, out, settings, log_path, env=None) -> subprocess.Popen:
-    """A caption job as its own process; all it prints (vLLM logs to stdout too) goes to its log file."""
+    """A caption job as its own process; all it prints (vLLM logs to stdout too) goes to its log file.
+    ``env``: variables to set (an empty value removes the variable)."""
     settings = {**settings, "store": str(store_of(out))}
     cmd = [sys.executable, "-c", JOB, str(shard), str(manifest), str(out), json.dumps(settings)]
+    job_env = {**os.environ, **(env or {})}
+    job_env = {k: v for k, v in job_env.items() if v != "" or k not in (env or {})}
     with open(log_path, "a") as log:
-        return subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **(env or {})}
-        )
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=job_env)
 
 
 def run_job(*args, **kwargs) -> tuple[dict, int]:
@@ -249,3 +251,77 @@ def test_frames_deleted_from_the_cache_are_extracted_again(tiny_model, tmp_path)
     stats, _ = run_job(shard, manifest, tmp_path / "out.jsonl", settings, tmp_path / "job.log")
     assert stats["ok"] + stats["truncated"] + stats["degenerate"] == 3, stats
     assert len(list((tmp_path / "cache").rglob("*.npy"))) == 3
+
+
+def test_two_caption_jobs_start_at_once_on_an_empty_cache(tiny_model, tmp_path):
+    """Two jobs on one node (two GPU slots) start their engines together with torch.compile on and no cache
+    yet: each compiles into its slot's own cache folder (vidcap.engine_cache), both finish, same captions."""
+    config = job_config(tiny_model, engine={"enforce_eager": False, "device": "cpu"})
+    settings = vsettings.caption_job(config)
+    shard, manifest = build_shard(tmp_path, 2, config)
+    locks = tmp_path / "locks"
+    env = {"VIDCAP_GPU_IDS": "0,1", "VIDCAP_GPU_LOCK_DIR": str(locks)}
+    for name in ("VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "SLURM_JOB_ID"):
+        env[name] = ""  # unset below: the job must choose the folders
+    outs = [tmp_path / f"out{i}.jsonl" for i in range(2)]
+    jobs = [
+        start_job(shard, manifest, out, settings, tmp_path / f"job{i}.log", env=env)
+        for i, out in enumerate(outs)
+    ]
+    for i, job in enumerate(jobs):
+        assert job.wait(timeout=600) == 0, (tmp_path / f"job{i}.log").read_text()[-3000:]
+    logs = [(tmp_path / f"job{i}.log").read_text() for i in range(2)]
+    taken = sorted(re.search(r"GPU slot\(s\) (\d) taken", log).group(1) for log in logs)
+    assert taken == ["0", "1"]  # at once: one slot each
+    for slot, log in zip(("0", "1"), sorted(logs, key=lambda text: "GPU slot(s) 1 taken" in text)):
+        # each engine compiled into its own slot's folder (vLLM's AOT-compiled model)
+        compiled = [
+            p for p in (locks / f"cache-gpu{slot}" / "vllm" / "torch_compile_cache").rglob("*") if p.is_file()
+        ]
+        assert compiled, f"nothing compiled into cache-gpu{slot}"
+        assert f"saved AOT compiled function to {locks / f'cache-gpu{slot}'}" in log
+    assert outs[0].read_bytes() == outs[1].read_bytes()
+
+
+def test_a_hung_engine_fails_the_job_and_frees_its_gpu_slot(tiny_model, tmp_path):
+    """The GPU layout (engine core in its own process, started with spawn, which inherits no lock): the core
+    is frozen (SIGSTOP, as a hung NCCL collective would leave it) mid-shard. engine.stall_timeout fails the
+    job (no result written, finished records stored), and the GPU slot is freed only once the core is gone."""
+    config = job_config(
+        tiny_model,
+        engine={"max_num_seqs": 1, "stall_timeout": 5, "device": "cpu"},
+        sampling={"max_tokens": 64},
+    )
+    settings = vsettings.caption_job(config)
+    shard, manifest = build_shard(tmp_path, 8, config)
+    out, log = tmp_path / "out.jsonl", tmp_path / "job.log"
+    env = {
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "1",
+        "VLLM_WORKER_MULTIPROC_METHOD": "spawn",
+        "VIDCAP_GPU_IDS": "0",
+        "VIDCAP_GPU_LOCK_DIR": str(tmp_path / "locks"),
+        "SLURM_JOB_ID": "",
+    }
+    job = start_job(shard, manifest, out, settings, log, env=env)
+    wait_for(lambda: engine_cores(job.pid), 300, job)
+    wait_for(lambda: stored_results(out) >= 1, 300, job)
+    cores = engine_cores(job.pid)
+    for core in cores:
+        core.suspend()
+    frozen = time.monotonic()
+    assert job.wait(timeout=120) != 0
+    failed_after = time.monotonic() - frozen
+    text = log.read_text()
+    assert "engine made no progress for 5 s" in text and "EngineFailure" in text, text[-3000:]
+    assert not out.exists() and stored_results(out) >= 1
+    assert failed_after < 60, failed_after  # not the Slurm time limit
+    assert not any(core.is_running() and core.status() != psutil.STATUS_ZOMBIE for core in cores)
+    # the slot was held until the frozen core had been killed, then freed: the next job gets it at once
+    from vidcap.gpus import device_slots
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("SLURM_JOB_ID", raising=False)
+        mp.setenv("VIDCAP_GPU_IDS", "0")
+        mp.setenv("VIDCAP_GPU_LOCK_DIR", str(tmp_path / "locks"))
+        with device_slots(1, timeout=0) as ids:
+            assert ids == ["0"]

@@ -26,6 +26,7 @@ from helpers import BIN, CAPTIONED, REPO, SNAKEMAKE, make_video, tiny_config, wr
 SLURM_DIR = Path(__file__).resolve().parent / "slurm"
 SLURM_PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
 DEFAULT_PROFILE = REPO / "profiles" / "default" / "config.yaml"
+SITE_EXAMPLE = REPO / "profiles" / "site-example" / "config.yaml"
 SLURM_BINARIES = (
     "munged",
     "munge",
@@ -45,13 +46,14 @@ needs_slurm = pytest.mark.skipif(
     "(scripts/install.sh --test does it)",
 )
 
-# The site-specific values of profiles/slurm, replaced by what fits the one test node: its partitions are
+# The values of profiles/site-example, replaced by what fits the one test node: its partitions are
 # `cpu` and `gpu` (tests/slurm/start-slurm.sh), it has nproc CPUs (>= 2) and one stand-in GPU.
 TEST_SITE = {
     "default-resources": {"slurm_partition": "cpu", "mem_mb": 1000, "runtime": 10},
     "set-resources": {
         "caption_shard": {"slurm_partition": "gpu", "cpus_per_task": 2, "mem_mb": 6000, "runtime": 10},
-        "summarize_shard": {"slurm_partition": "gpu", "cpus_per_task": 2, "mem_mb": 6000, "runtime": 10},
+        # its partition stays the profile's expression: `gpu` with a long video in the shard, else `cpu`
+        "summarize_shard": {"cpus_per_task": 2, "mem_mb": 6000, "runtime": 10},
     },
 }
 # Faster polling than a real cluster wants: the plugin adds 10 s per idle status check on top of these.
@@ -107,22 +109,30 @@ def gpus_requested(record: dict) -> int:
 
 
 def profile_for_test_node(base: Path) -> Path:
-    """profiles/slurm with its site-specific values replaced for the test node, in a folder of its own."""
-    profile = yaml.safe_load(SLURM_PROFILE.read_text(encoding="utf-8"))
+    """A site profile for the test node, as a user makes one from profiles/site-example: that file with its
+    values replaced (no account: the test cluster keeps no accounting), in a folder of its own. It is
+    layered over profiles/slurm (:func:`profile_args`), which the test uses unchanged."""
+    profile = yaml.safe_load(SITE_EXAMPLE.read_text(encoding="utf-8"))
+    del profile["default-resources"]["slurm_account"]
     for key, values in TEST_SITE.items():
         for name, value in values.items():
-            assert name in profile[key], f"profiles/slurm has no {key}: {name} (the test overrides it)"
+            assert name in profile[key], f"profiles/site-example has no {key}: {name} (the test overrides it)"
             if isinstance(value, dict):
                 missing = set(value) - set(profile[key][name])
-                assert not missing, f"profiles/slurm {key}: {name} lacks {missing}"
+                assert not missing, f"profiles/site-example {key}: {name} lacks {missing}"
                 profile[key][name] = {**profile[key][name], **value}
             else:
                 profile[key][name] = value
     profile.update(TEST_SPEED)
-    folder = base / "profile"
+    folder = base / "site-profile"
     folder.mkdir()
     (folder / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False), encoding="utf-8")
     return folder
+
+
+def profile_args(site: Path) -> list[str]:
+    """The project's Slurm profile with a site profile over it (the site wins key by key)."""
+    return ["--profile", str(SLURM_PROFILE.parent), "--workflow-profile", str(site)]
 
 
 def snakemake_cmd(workdir: Path, configfile: Path, *args: str) -> list[str]:
@@ -233,7 +243,7 @@ def slurm_run(slurm_cluster, tiny_model, tmp_path_factory) -> SlurmRun:
     profile = profile_for_test_node(base)
     cmd = [
         *hard_timeout(SNAKEMAKE_TIMEOUT),
-        *snakemake_cmd(workdir, configfile, "--workflow-profile", str(profile)),
+        *snakemake_cmd(workdir, configfile, *profile_args(profile)),
     ]
     out_path, err_path = base / "snakemake.out", base / "snakemake.err"
     started = time.monotonic()
@@ -279,12 +289,20 @@ def test_caption_jobs_get_one_gpu_and_frames_jobs_cpus_only(slurm_run):
     for job in slurm_run.jobs:
         by_rule.setdefault(job["rule"], []).append(job)
     # merge_captions and build_report are local rules: only frames, caption and summary jobs reach Slurm
-    # (the summary job, on the GPU partition like captioning, starts no engine here: no long video)
     assert set(by_rule) == {"extract_frames", "caption_shard", "summarize_shard"}, slurm_run.jobs
-    for job in by_rule["caption_shard"] + by_rule["summarize_shard"]:
+    # the site's values (partitions, memory) layered over the project's profile, which supplies the rest
+    layered = f"Using profiles {SLURM_PROFILE.parent} and workflow specific profile {slurm_run.profile}"
+    assert layered in slurm_run.log
+    for job in by_rule["caption_shard"]:
         record = job["record"]
         assert gpus_requested(record) == 1, record  # resources gpu=1 -> sbatch --gpus=1
         assert record["Partition"] == "gpu" and record["NumCPUs"] == "2", record
+    # no video is long: the summary jobs only copy lines, and ask for no GPU nor the GPU partition
+    assert len(by_rule["summarize_shard"]) == 1  # one shard
+    for job in by_rule["summarize_shard"]:
+        record = job["record"]
+        assert gpus_requested(record) == 0 and "gpu" not in record["TRES"], record
+        assert record["Partition"] == "cpu" and job["state"] == "COMPLETED", record
     # while it ran, Slurm had allocated it the node's one GPU (gres index 0, the stand-in device)
     running = slurm_run.running_record
     assert running["JobState"] == "RUNNING" and running["JOB_GRES"] == "gpu:1", running
@@ -340,8 +358,7 @@ def test_tensor_parallel_2_asks_slurm_for_two_gpus(slurm_run, tmp_path):
         snakemake_cmd(
             work,
             configfile,
-            "--workflow-profile",
-            str(slurm_run.profile),
+            *profile_args(slurm_run.profile),
             "--retries",
             "0",
             "--forcerun",
@@ -397,3 +414,26 @@ def test_slurm_profile_plans_gpus_from_tensor_parallel_size(tmp_path, tensor_par
     assert profile["executor"] == "slurm" and profile["slurm-status-command"] == "squeue"
     assert profile["retries"] >= 1
     assert not any(key in rule for rule in profile["set-resources"].values() for key in ("gpu", "gpus"))
+
+
+def test_a_site_profile_layers_over_the_project_profile(tmp_path):
+    """Partitions, account and memory from a profile outside the repository; the rest from profiles/slurm."""
+    site = yaml.safe_load(SITE_EXAMPLE.read_text(encoding="utf-8"))
+    site["default-resources"].update(slurm_partition="standard", slurm_account="proj42", mem_mb=4000)
+    site["set-resources"]["caption_shard"]["slurm_partition"] = "a100"
+    folder = tmp_path / "site"
+    folder.mkdir()
+    (folder / "config.yaml").write_text(yaml.safe_dump(site), encoding="utf-8")
+    log, resources = dry_run_resources(tmp_path, tiny_config("model"), *profile_args(folder))
+    layered = f"Using profiles {SLURM_PROFILE.parent} and workflow specific profile {folder} for setting"
+    assert layered in log and "profiles/default" not in log, log
+    frames, caption = resources["extract_frames"], resources["caption_shard"]
+    assert frames["slurm_partition"] == "standard" and frames["slurm_account"] == "proj42", frames
+    assert frames["mem_mb"] == "4000", frames
+    assert caption["slurm_partition"] == "a100" and caption["gpu"] == "1", caption
+    # both profiles name the same rules and resources: the example is complete
+    project = yaml.safe_load(SLURM_PROFILE.read_text(encoding="utf-8"))
+    assert set(site["set-resources"]) == set(project["set-resources"])
+    for rule, values in project["set-resources"].items():
+        assert set(values) == set(site["set-resources"][rule]), rule
+    assert set(project["default-resources"]) | {"slurm_account"} == set(site["default-resources"])

@@ -106,7 +106,7 @@ class OfflineBackend:
     ):
         self.llm, self.sampling = llm, sampling
         self.n, self.json_schema = n, json_schema
-        self.watchdog = EngineWatchdog(llm, log)
+        self.watchdog = EngineWatchdog(llm, log, stall_timeout=engine.get("stall_timeout"))
         seqs = llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
         # a few waiting requests keep the batch full when running ones finish
         self.window = Window(math.ceil(seqs * 1.5), int(engine["in_flight_gb"] * 2**30))
@@ -171,7 +171,9 @@ class OfflineBackend:
             while not done:
                 if not self.llm.llm_engine.has_unfinished_requests():
                     raise EngineFailure(f"the engine lost {len(self.window)} request(s) in flight")
-                for output in self.llm.llm_engine.step():
+                with self.watchdog.waiting():
+                    outputs = self.llm.llm_engine.step()
+                for output in outputs:
                     if output.finished and output.request_id in self.window.items:
                         done.append((self.window.pop(output.request_id), self._answer(output)))
         except EngineFailure:

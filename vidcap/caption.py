@@ -26,7 +26,7 @@ from vidcap.atomic import atomic_open, dumps_line, iter_jsonl, read_json, write_
 from vidcap.backends import Answer, OfflineBackend, ServerBackend
 from vidcap.budget import geometry_for
 from vidcap.config import with_defaults
-from vidcap.engine import EngineFailure, is_too_long, start_engine
+from vidcap.engine import EngineFailure, is_too_long, start_engine, stop_engine
 from vidcap.frames import ensure_frames
 from vidcap.judge import Judge
 from vidcap.progress import JobProgress, progress_path
@@ -240,6 +240,7 @@ def caption_pending(pending, results, settings, stats, store, log, llm=None, job
                     device_slots(engine["tensor_parallel_size"], timeout=engine["gpu_wait_timeout"], log=log)
                 )
                 llm = start_logged(settings, pending, stats, log)
+                stack.callback(stop_engine, llm, log)  # before the slot is freed (LIFO): memory first
             backend = OfflineBackend(llm, settings["sampling"], engine, log, n, judge.schema)
             stack.callback(backend.close)
             ready = fit_to_context(llm, pending, results, settings, store)

@@ -226,7 +226,14 @@ def ffmpeg_command(
     out = ffmpeg.output(
         stream, "pipe:", format="rawvideo", fps_mode="passthrough", **{"frames:v": len(picks)}
     )
-    return out.compile(cmd=FFMPEG)
+    return out.compile(cmd=[*FFMPEG, *filter_thread_args(threads)])
+
+
+def filter_thread_args(threads: int) -> list[str]:
+    """Filter threads like the decoder's: ffmpeg's default is one per core of the node, not of the job."""
+    if threads <= 0:
+        return []
+    return ["-filter_threads", str(threads), "-filter_complex_threads", str(threads)]
 
 
 def run_graph(info: dict, picks: list[int], width: int, height: int) -> str:
@@ -252,7 +259,7 @@ class Prestarted:
         out = ffmpeg_input(path, threads).output(
             "pipe:1", map="[out]", format="rawvideo", fps_mode="passthrough"
         )
-        cmd = out.compile(cmd=[*FFMPEG, "-filter_complex_script", "pipe:0"])
+        cmd = out.compile(cmd=[*FFMPEG, *filter_thread_args(threads), "-filter_complex_script", "pipe:0"])
         self.process = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=sink or subprocess.PIPE, stderr=subprocess.PIPE
         )

@@ -7,8 +7,10 @@ about the records: the job must fail without writing results, so Snakemake retri
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
+import time
 
 from vidcap.engine_build import check_engine_build, installed_build
 
@@ -17,6 +19,9 @@ TOO_LONG_MARKERS = ("longer than the maximum model length", "maximum context len
 # what only a broken engine says, whichever request it was handling
 ENGINE_FAILURE_TYPES = ("EngineDeadError", "EngineGenerateError", "OutOfMemoryError", "DistBackendError")
 ENGINE_FAILURE_MARKERS = ("CUDA out of memory", "CUDA error", "NCCL error", "EngineCore encountered an issue")
+
+
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 class EngineFailure(RuntimeError):
@@ -47,7 +52,12 @@ def prepare_environment(model: str, engine: dict) -> None:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(engine["cpu_kvcache_space_gb"])))
         # engine core in-process: seconds instead of tens of seconds to start on CPU
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    for name, value in (engine.get("env") or {}).items():
+    # the cores the job booked (rule threads = engine.threads), not every core of a node shared with other
+    # engines; read by torch at import, and inherited by an engine core started with fork or spawn. The CPU
+    # build binds its OpenMP threads itself (VLLM_CPU_OMP_THREADS_BIND), within the job's CPU set
+    for name in THREAD_VARS:
+        os.environ[name] = str(engine["threads"])
+    for name, value in (engine.get("env") or {}).items():  # the user's word wins
         os.environ[name] = str(value)
 
 
@@ -116,44 +126,81 @@ def start_engine(model: str, engine: dict, limits: dict, seed: int):
     # an earlier engine of this process (tests, benchmarks, notebooks) that the garbage collector tears down
     # while this one starts takes vLLM's process-wide parallel groups with it: collect it first
     gc.collect()
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # in case torch came in before the variable
     return LLM(**engine_kwargs(model, engine, limits, seed))
 
 
+def stop_engine(llm, log) -> None:
+    """Shut the engine down now (its engine core and worker processes end, their GPU memory with them),
+    not when the garbage collector gets to it: call before the job's GPU slot is freed."""
+    try:
+        llm.llm_engine.engine_core.shutdown()
+    except Exception as exc:  # noqa: BLE001 -- already dead or half-built: the slot waits for its processes
+        print(f"engine shutdown: {type(exc).__name__}: {exc}", file=log, flush=True)
+
+
 class EngineWatchdog:
-    """Turns a dead engine core process into an error where vLLM would wait forever.
+    """Turns a dead or stalled engine into an error where vLLM would wait forever.
 
     With the engine core in its own process (vLLM's default on GPUs), vLLM 0.32 notices the process
     died and shuts its client down, but a caller blocked in ``LLMEngine.step()`` keeps waiting on the
     output queue. This thread checks the client's ``engine_dead`` flag and wakes that caller with an
     error; if even that does not return within ``grace`` seconds, it ends the job (non-zero, no result
     written, finished records already in the result store) rather than leave it hanging until a time limit.
+
+    A hung engine (e.g. NCCL waiting forever with TP>1) is alive but silent: with ``stall_timeout`` set,
+    a call into the engine (:meth:`waiting`) that has not returned after that many seconds is handled
+    as a death. In-process engines cannot be woken from another thread: those jobs end after ``grace``.
     """
 
-    def __init__(self, llm, log, poll: float = 1.0, grace: float = 30.0):
+    def __init__(self, llm, log, poll: float = 1.0, grace: float = 30.0, stall_timeout: float | None = None):
         import threading
 
         self.client = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
-        self.log, self.poll, self.grace = log, poll, grace
+        self.log, self.poll, self.grace, self.stall_timeout = log, poll, grace, stall_timeout
+        self.since: float | None = None  # when the pending call into the engine started
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._watch, daemon=True, name="vidcap-engine-watchdog")
-        if getattr(self.client, "resources", None) is not None:  # only multiprocess clients can die apart
+        # only multiprocess clients can die apart; any engine can stall
+        if getattr(self.client, "resources", None) is not None or stall_timeout:
             self.thread.start()
+
+    @contextlib.contextmanager
+    def waiting(self):
+        """Around a call that waits for the engine: it counts as stalled if it does not return in time."""
+        self.since = time.monotonic()
+        try:
+            yield
+        finally:
+            self.since = None
+
+    def _problem(self) -> str | None:
+        resources = getattr(self.client, "resources", None)
+        if getattr(resources, "engine_dead", False):
+            return "engine core process died"
+        since = self.since
+        if self.stall_timeout and since is not None and time.monotonic() - since > self.stall_timeout:
+            return f"engine made no progress for {self.stall_timeout:.0f} s (engine.stall_timeout)"
+        return None
 
     def _watch(self) -> None:
         while not self.stopped.wait(self.poll):
-            if getattr(self.client.resources, "engine_dead", False):
+            problem = self._problem()
+            if problem:
                 break
         else:
             return
-        print("engine core process died: failing the job", file=self.log, flush=True)
+        print(f"{problem}: failing the job", file=self.log, flush=True)
         try:
             from vllm.v1.engine.exceptions import EngineDeadError
 
-            self.client.outputs_queue.put_nowait(EngineDeadError("the engine core process died"))
+            self.client.outputs_queue.put_nowait(EngineDeadError(problem))
         except Exception as exc:  # noqa: BLE001 -- any vLLM layout: fall back to ending the job below
             print(f"could not wake the waiting caller ({exc})", file=self.log, flush=True)
         if not self.stopped.wait(self.grace):
-            print("engine dead and the job still waiting: exiting", file=self.log, flush=True)
+            print(f"{problem} and the job still waiting: exiting", file=self.log, flush=True)
             os._exit(70)
 
     def stop(self) -> None:

@@ -369,6 +369,18 @@ def media_label(kind: str, result: dict) -> str:
     return f"video ({len(windows)} windows)" if windows else "video"
 
 
+def decode_split(booked: int, decoder_threads: int) -> tuple[int, int]:
+    """(videos decoded at once, threads per decode) within the ``booked`` cores of the job.
+
+    ``decoder_threads`` 0 (the decoder's choice) would give every ffmpeg a thread per core of the node,
+    with several decodes per job: one thread each, as many decodes as cores booked. The rule books
+    frames.threads x max(1, frames.decoder_threads) cores (vidcap.settings.frames_job_threads).
+    """
+    booked = max(1, booked)
+    per_decode = min(max(1, decoder_threads), booked)
+    return max(1, booked // per_decode), per_decode
+
+
 def extract_frames(
     shard_path: str,
     manifest_path: str,
@@ -380,8 +392,9 @@ def extract_frames(
 ) -> dict:
     """Sample the media of every record in a shard; write a manifest with one entry per record.
 
-    A pool of ``threads`` workers goes over the distinct media files (a file listed twice is
-    extracted once); each worker mostly waits on an ffmpeg process, so threads are enough. A failure of
+    A pool of workers goes over the distinct media files (a file listed twice is extracted once), their
+    ffmpeg threads together within the ``threads`` cores the job booked (:func:`decode_split`); each
+    worker mostly waits on an ffmpeg process, so threads are enough. A failure of
     the node raises :class:`vidcap.failures.InfraError` and writes no manifest (``attempt``: Snakemake's,
     which decides whether a timeout is the node's or the video's). ``run``: the config's ``frames``
     section, whose run-only settings (vidcap.config.FRAMES_RUN_ONLY: not in the rule's params, so a change
@@ -390,6 +403,7 @@ def extract_frames(
     keys = with_defaults("keys", settings.get("keys"))
     params = with_defaults("frames", settings.get("frames"))
     params.update({k: run[k] for k in FRAMES_RUN_ONLY if k in (run or {})})
+    decodes, params["decoder_threads"] = decode_split(threads, int(params["decoder_threads"]))
     cache_dir = Path(settings["cache_dir"])
     cache_dir.mkdir(parents=True, exist_ok=True)  # may be this shard's own output folder (frames.keep false)
     entries, wanted = plan_shard_media(iter_jsonl(shard_path), keys, settings)
@@ -429,7 +443,7 @@ def extract_frames(
             )
         return job, result
 
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+    with ThreadPoolExecutor(max_workers=decodes) as pool:
         for job, result in pool.map(run, jobs):
             for slot, field, i in wanted[job]:
                 entries[slot][field][i] = result

@@ -37,6 +37,7 @@ _ENGINE_RUN = (
     "enforce_eager",
     "mm_processor_cache_gb",
     "gpu_wait_timeout",
+    "stall_timeout",
     "cpu_kvcache_space_gb",
     "threads",
     "in_flight_gb",

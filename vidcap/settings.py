@@ -7,6 +7,7 @@ here too, so no rule, script or CLI reads raw ``config[...]`` keys of its own.
 
 from __future__ import annotations
 
+import json
 import os
 
 from vidcap import budget
@@ -29,6 +30,13 @@ def frame_params(config: dict) -> dict:
     if params["patch_factor"] is None:
         params["patch_factor"] = budget.patch_factor_for(config["model"])
     return params
+
+
+def frames_job_threads(config: dict) -> int:
+    """Cores a frames job books: frames.threads decodes of max(1, frames.decoder_threads) threads each
+    (vidcap.frames.decode_split keeps the job within them)."""
+    frames = config["frames"]
+    return int(frames["threads"]) * max(1, int(frames["decoder_threads"]))
 
 
 def frames_cache_dir(config: dict, shard: str) -> str:
@@ -247,6 +255,35 @@ def report_settings(config: dict) -> dict:
         "audit": with_defaults("audit", config.get("audit")),
         "output_format": config.get("output_format", "text"),
     }
+
+
+def needs_summary_engine(captions_path: str) -> bool:
+    """Whether a shard's caption results hold a record to summarise (two or more windows): only then does
+    its summary job start an engine. Read when the job is scheduled, after its captions exist."""
+    from vidcap.summary import needs_summary
+
+    with open(captions_path, encoding="utf-8") as handle:
+        for line in handle:
+            # most lines have no windows at all: skip them without parsing
+            if '"windows"' in line and needs_summary(json.loads(line)):
+                return True
+    return False
+
+
+def summary_gpus(config: dict):
+    """The summary rule's gpu resource, from its input: a shard with no record to summarise only copies
+    its lines and asks for no GPU (nor, in profiles/slurm, a GPU partition)."""
+
+    def gpus(wildcards, input) -> int:
+        return caption_gpus(config) if needs_summary_engine(input.captions) else 0
+
+    return gpus
+
+
+def summary_partition(input, gpu_partition: str, cpu_partition: str) -> str:
+    """For profiles/slurm (a resource expression, evaluated with the job's ``input``): the GPU partition
+    only for a summary job that starts an engine."""
+    return gpu_partition if needs_summary_engine(input.captions) else cpu_partition
 
 
 def caption_gpus(config: dict) -> int:

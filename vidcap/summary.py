@@ -20,7 +20,7 @@ import time
 
 from vidcap.atomic import atomic_open, dumps_line, iter_jsonl
 from vidcap.config import with_defaults
-from vidcap.engine import EngineFailure, start_engine
+from vidcap.engine import EngineFailure, start_engine, stop_engine
 from vidcap.prompts import chat_template, sampling_seed
 from vidcap.provenance import model_identity
 from vidcap.redact import redact_url
@@ -122,6 +122,7 @@ def summarize(todo: dict[str, dict], settings: dict, log, llm=None) -> dict[str,
             llm = start_engine(
                 settings["model"], engine, {"video": 0, "image": 0}, int(settings["sampling"]["seed"] or 0)
             )
+            stack.callback(stop_engine, llm, log)  # before the slot is freed (LIFO): memory first
             print(
                 f"engine up in {time.monotonic() - t0:.1f} s ({settings['model']}, text only)",
                 file=log,

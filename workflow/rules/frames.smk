@@ -10,7 +10,7 @@ rule extract_frames:
         f"{RESULTS}/benchmarks/extract_frames/{{shard}}.tsv"
     conda:
         "../../envs/frames.yaml"
-    threads: config["frames"]["threads"]
+    threads: settings.frames_job_threads(config)
     resources:
         # Snakemake's try number: a decode timeout is the node's on the first, the video's on a retry
         attempt=attempt_number,

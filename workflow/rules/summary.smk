@@ -12,9 +12,9 @@ rule summarize_shard:
         "../../envs/caption.yaml"
     threads: config["engine"]["threads"]
     resources:
-        # an engine starts only for a shard with a record of two or more windows; resources are fixed
-        # before the captions exist, so the GPU slot is held (for a second) by the other shards too
-        gpu=settings.caption_gpus(config),
+        # an engine starts only for a shard with a record of two or more windows: read from the captions
+        # when the job is scheduled, so the other shards' summary jobs hold no GPU (a line copy)
+        gpu=settings.summary_gpus(config),
         attempt=attempt_number,
     params:
         # only what a summary depends on: editing summary_prompt reruns this and the merge, no caption job
