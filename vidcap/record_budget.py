@@ -26,26 +26,37 @@ from vidcap import budget
 def image_tokens(path: str, params: dict) -> int:
     """Vision tokens of one image at its own size, from its header (0 if unreadable: the record fails
     when the frames step loads it)."""
+    size = image_size(path, params)
+    factor = int(params.get("patch_factor") or budget.QWEN2_PATCH_FACTOR)
+    return 0 if size is None else (size[0] // factor) * (size[1] // factor)
+
+
+def image_size(path: str, params: dict) -> tuple[int, int] | None:
+    """(height, width) the frames step gives an image (vidcap.frames.load_image), from its header only."""
     from PIL import Image
 
     factor = int(params.get("patch_factor") or budget.QWEN2_PATCH_FACTOR)
     try:
         with Image.open(path) as img:
             width, height = img.size  # EXIF rotation swaps the sides: the token count is the same
-        h, w = budget.smart_resize(
+        return budget.smart_resize(
             height, width, factor, params["image_min_pixels"], params["image_max_pixels"]
         )
     except (OSError, ValueError, budget.BudgetError):
-        return 0
-    return (h // factor) * (w // factor)
+        return None
 
 
 def natural_plan(info: dict, params: dict) -> dict:
     """The plan a probed video gets with no token budget: what it would send if nothing capped it."""
     free = {**params, "max_vision_tokens": None}
     return budget.plan_video(
-        info["duration"], info["height"], info["width"], free, source_frames=len(info["times"])
+        info["duration"], info["height"], info["width"], free, source_frames=source_frames(info)
     )
+
+
+def source_frames(info: dict) -> int:
+    """Frames the probe found (a compact probe keeps only their count: vidcap.plan)."""
+    return info["frame_count"] if "frame_count" in info else len(info["times"])
 
 
 def water_fill(total: int, durations: list[float], demands: list[int]) -> list[int | None]:

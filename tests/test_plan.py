@@ -1,0 +1,105 @@
+"""``vidcap plan``: the figures a build will have, from probes only (vidcap.plan).
+
+Checked against the real frames step on the same input: the vision tokens it plans, the frame cache it
+writes, and the result-store keys the caption job computes (vidcap.caption.plan_records).
+"""
+
+import json
+
+import yaml
+from helpers import make_video, write_records
+from PIL import Image
+
+from vidcap.caption import plan_records
+from vidcap.config import build_config
+from vidcap.frames import disk_usage, extract_frames
+from vidcap.plan import format_plan, plan_build
+from vidcap.provenance import model_identity
+from vidcap.result_keys import caption_identity
+from vidcap.settings import caption_params, caption_params_of_job, frames_settings
+from vidcap.store import ResultStore
+
+RECORDS = [
+    {"video": ["a.mp4"]},
+    {"video": ["a.mp4", "b.mp4"]},
+    {"video": ["a.mp4", "b.mp4", "c.mp4"], "prompt": "Compare the clips."},
+    {"video": ["c.mp4"], "image": ["i.png"]},
+    {"video": ["b.mp4"]},
+    {"video": ["missing.mp4"]},
+]
+
+
+def build(tmp_path, records=RECORDS, **extra) -> dict:
+    make_video(tmp_path / "a.mp4", seconds=2, size="448x448", rate=4)
+    make_video(tmp_path / "b.mp4", seconds=3, size="448x336", rate=4)
+    make_video(tmp_path / "c.mp4", seconds=1, size="320x448", rate=8)
+    Image.new("RGB", (300, 200), "red").save(tmp_path / "i.png")
+    write_records(tmp_path / "records.jsonl", records)
+    config = {
+        "input": str(tmp_path / "records.jsonl"),
+        "results": str(tmp_path / "results"),
+        "keys": {"prompt": "prompt"},
+        "frames": {"fps": 2.0, "min_frames": 4, "max_frames": 6, "min_pixels": 784, "max_pixels": 448 * 448},
+        "engine": {"max_model_len": 1024},
+        "sampling": {"max_tokens": 2},
+        **extra,
+    }
+    (tmp_path / "my.yaml").write_text(yaml.safe_dump(config))
+    return build_config([str(tmp_path / "my.yaml")], [])
+
+
+def extract(config, tmp_path) -> list[dict]:
+    settings = frames_settings(config, "0")
+    extract_frames(config["input"], str(tmp_path / "m.json"), settings)
+    return json.loads((tmp_path / "m.json").read_text())["records"]
+
+
+def test_plan_matches_the_frames_step(tmp_path):
+    config = build(tmp_path)
+    summary = plan_build(config, progress=False)
+    entries = extract(config, tmp_path)
+    planned_by_frames = sum(
+        item["meta"]["vision_tokens"] for e in entries if not e["error"] for item in e["videos"] + e["images"]
+    )
+    assert summary["vision_tokens"] == planned_by_frames
+    assert summary["records"] == 6 and summary["records_errors"] == 1
+    assert summary["videos"] == 9 and summary["images"] == 1
+    assert [bool(e["error"]) for e in entries] == [False] * 5 + [True]
+    cache_bytes = disk_usage(summary["cache_dir"])[1]
+    assert abs(summary["cache_bytes"] - cache_bytes) <= 0.10 * cache_bytes, (
+        summary["cache_bytes"],
+        cache_bytes,
+    )
+    text = format_plan(summary)
+    assert f"vision tokens: {planned_by_frames}\n" in text
+    assert "DEFAULT" in text and "missing.mp4: missing file" in text
+
+
+def test_plan_counts_the_records_a_build_would_not_send(tmp_path):
+    config = build(tmp_path)
+    assert plan_build(config, progress=False)["records_stored"] == 0
+    extract(config, tmp_path)
+    # the keys the caption job looks up, computed by the caption job's own code; two of them answered
+    settings = {**caption_params(config), "frames_step": frames_settings(config, "0")}
+    identity = caption_identity(caption_params_of_job(settings), model_identity(config["model"]))
+    store = ResultStore(f"{config['results']}/store")
+    _, pending = plan_records(config["input"], str(tmp_path / "m.json"), settings, identity, store)
+    assert len(pending) == 5
+    for item in pending[1:3]:  # the two- and three-video records
+        store.put(item.key, {"caption": "stored", "caption_meta": {"status": "ok"}})
+    summary = plan_build(config, progress=False)
+    assert (summary["records_stored"], summary["records_to_send"]) == (2, 3)
+    # another prompt is another answer: nothing stored for it
+    other = build_config([str(tmp_path / "my.yaml")], ["prompt=Something else."])
+    assert plan_build(other, progress=False)["records_stored"] == 1  # the record with its own prompt
+
+
+def test_a_sample_estimates_within_its_stated_error(tmp_path):
+    records = [RECORDS[i % 5] for i in range(200)]
+    config = build(tmp_path, records)
+    exact = plan_build(config, progress=False)
+    estimate = plan_build(config, exact=50, sample=60, seed=1, progress=False)
+    assert not estimate["exact"] and estimate["planned"] == 60 and estimate["records"] == 200
+    for name in ("vision_tokens", "prompt_tokens", "videos", "records_to_send"):
+        assert abs(estimate[name] - exact[name]) <= estimate[f"{name}_error"] * 1.5, name
+    assert "95% sampling error" in format_plan(estimate)
