@@ -4,19 +4,23 @@ Checked against the real frames step on the same input: the vision tokens it pla
 writes, and the result-store keys the caption job computes (vidcap.caption.plan_records).
 """
 
+import gc
 import json
 
+import pytest
 import yaml
-from helpers import make_video, write_records
+from helpers import CAPTIONED, make_video, write_records
 from PIL import Image
 
-from vidcap.caption import plan_records
+from vidcap.caption import caption_shard, plan_records
 from vidcap.config import build_config
+from vidcap.engine import start_engine
 from vidcap.frames import disk_usage, extract_frames
 from vidcap.plan import format_plan, plan_build
+from vidcap.prompts import chat_template
 from vidcap.provenance import model_identity
 from vidcap.result_keys import caption_identity
-from vidcap.settings import caption_params, caption_params_of_job, frames_settings
+from vidcap.settings import caption_job, caption_params, caption_params_of_job, frames_settings
 from vidcap.store import ResultStore
 
 RECORDS = [
@@ -103,3 +107,61 @@ def test_a_sample_estimates_within_its_stated_error(tmp_path):
     for name in ("vision_tokens", "prompt_tokens", "videos", "records_to_send"):
         assert abs(estimate[name] - exact[name]) <= estimate[f"{name}_error"] * 1.5, name
     assert "95% sampling error" in format_plan(estimate)
+
+
+@pytest.mark.slow
+def test_two_and_three_video_records_send_their_plan_unhalved(tiny_model, tmp_path):
+    """Each 448x448 clip alone plans 512 vision tokens; the record budget is 1024 - 2 - 64 = 958, so per
+    video (as before) both records were halved after extraction. Now: planned to fit, sent whole, and
+    vLLM's prompt tokens are exactly the plan's (and ``vidcap plan``'s)."""
+    for name in ("a", "b", "c"):
+        make_video(tmp_path / f"{name}.mp4", seconds=2, size="448x448", rate=4)
+    write_records(
+        tmp_path / "records.jsonl", [{"video": ["a.mp4", "b.mp4"]}, {"video": ["a.mp4", "b.mp4", "c.mp4"]}]
+    )
+    given = {
+        "model": str(tiny_model),
+        "input": str(tmp_path / "records.jsonl"),
+        "results": str(tmp_path / "results"),
+        "frames": {
+            "fps": 2.0,
+            "min_frames": 4,
+            "max_frames": 4,
+            "min_pixels": 784,
+            "max_pixels": 448 * 448,
+            "prompt_tokens": 64,
+        },
+        "engine": {
+            "max_model_len": 1024,
+            "dtype": "bfloat16",
+            "enforce_eager": True,
+            "cpu_kvcache_space_gb": 1,
+        },
+        "sampling": {"max_tokens": 2, "temperature": 0.0, "seed": 0},
+    }
+    (tmp_path / "my.yaml").write_text(yaml.safe_dump(given))
+    config = build_config([str(tmp_path / "my.yaml")], [])
+    summary = plan_build(config, progress=False)
+    assert summary["text_tokens_exact"]
+    entries = extract(config, tmp_path)
+    for entry in entries:
+        assert sum(v["meta"]["vision_tokens"] for v in entry["videos"]) <= 958 < 512 * len(entry["videos"])
+    llm = start_engine(str(tiny_model), config["engine"], {"video": 3, "image": 0}, 0)
+    job = caption_job(config, "0")
+    out = tmp_path / "out.jsonl"
+    stats = caption_shard(config["input"], str(tmp_path / "m.json"), str(out), job, llm=llm)
+    assert stats["halved"] == 0
+    tokenizer = llm.get_tokenizer()
+    sent = 0
+    for line, entry in zip(out.read_text().splitlines(), entries):
+        meta = json.loads(line)["caption_meta"]
+        assert meta["status"] in CAPTIONED and not meta["halved"], meta
+        n = len(entry["videos"])
+        text = chat_template(str(tiny_model), tokenizer)("", 0, n, config["prompt"])
+        text_tokens = len(tokenizer.encode(text, add_special_tokens=False)) - n
+        assert meta["prompt_tokens"] == text_tokens + sum(v["meta"]["vision_tokens"] for v in entry["videos"])
+        sent += meta["prompt_tokens"]
+    assert summary["prompt_tokens"] == sent  # the plan's expected prompt tokens are vLLM's
+    assert plan_build(config, progress=False)["records_stored"] == 2  # a rebuild would send nothing
+    del llm
+    gc.collect()
