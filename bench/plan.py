@@ -81,9 +81,27 @@ def run_plan(config: Path, *extra: str) -> dict:
         "plan_seconds": summary["plan_seconds"],
         "planned_records": summary["planned"],
         "records_per_second": round(summary["planned"] / summary["plan_seconds"]),
+        "probed_files": summary["probed_files"],
+        "probe_ms_per_file": round(1000 * summary["probe_seconds"] / max(1, summary["probed_files"]), 1),
         "vision_tokens": summary["vision_tokens"],
         "vision_tokens_error": summary["vision_tokens_error"],
     }
+
+
+def run_distinct(folder: Path, clips: list[str], n: int) -> dict:
+    """Records whose videos are all different files (hard links: probed and keyed one by one)."""
+    links = folder / "links"
+    links.mkdir()
+    with open(folder / "distinct.jsonl", "w", encoding="utf-8") as handle:
+        for i in range(n):
+            name = f"links/v{i}.mp4"
+            (folder / name).hardlink_to(folder / clips[i % len(clips)])
+            handle.write(json.dumps({"video": name}) + "\n")
+    config = folder / "distinct.yaml"
+    config.write_text(
+        f"input: {folder / 'distinct.jsonl'}\nresults: {folder / 'results'}\n", encoding="utf-8"
+    )
+    return run_plan(config, "--exact", str(n))
 
 
 def main() -> None:
@@ -92,6 +110,12 @@ def main() -> None:
     )
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--videos", type=int, default=6)
+    parser.add_argument(
+        "--distinct",
+        type=int,
+        default=2000,
+        help="then a run of this many records, each its own file (hard links)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -103,6 +127,7 @@ def main() -> None:
         )
         exact = run_plan(config, "--exact", str(args.records))
         sampled = run_plan(config, "--exact", "0")
+        distinct = run_distinct(folder, clips, args.distinct)
     relative = abs(sampled["vision_tokens"] - exact["vision_tokens"]) / exact["vision_tokens"]
     print(
         json.dumps(
@@ -111,6 +136,7 @@ def main() -> None:
                 "videos": args.videos,
                 "exact": exact,
                 "sample": sampled,
+                "distinct_files": distinct,
                 "sample_off_by": f"{relative:.2%} (stated 95% error {sampled['vision_tokens_error'] / exact['vision_tokens']:.2%})",
             },
             indent=1,

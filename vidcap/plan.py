@@ -177,6 +177,26 @@ class Planner:
             self.probe_seconds += time.monotonic() - started
         return self.probes[path]
 
+    def video_paths(self, record: dict) -> list[str]:
+        return [resolve_media(v, self.root) for v in media_list(record, self.keys["video"])]
+
+    def probe_all(self, paths: list[str], threads: int, off: bool | None) -> None:
+        """Probe ``paths`` ``threads`` at a time (each mostly waits on I/O or a child ffprobe)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from tqdm import tqdm
+
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            for _ in tqdm(
+                pool.map(self.probe, paths),
+                total=len(paths),
+                desc="probing",
+                unit=" videos",
+                disable=off,
+                leave=False,
+            ):
+                pass
+
     def key(self, kind: str, path: str, params: dict) -> str:
         memo = (kind, path, params.get("max_vision_tokens"), kind == "long")
         if memo not in self.keys_memo:
@@ -197,7 +217,7 @@ class Planner:
             if refused:
                 out.error = f"refused by media_root_only: {refused}"
                 return out
-        video_paths = [resolve_media(v, self.root) for v in videos]
+        video_paths = self.video_paths(record)
         image_paths = [resolve_media(i, self.root) for i in images]
         infos = [self.probe(p) for p in video_paths]
         out.seconds = sum(i["duration"] for i in infos if isinstance(i, dict))
@@ -318,34 +338,26 @@ def plan_build(
     started = time.monotonic()
     planner = Planner(config)
     keys = config["keys"]
-    total = sum(
-        1
-        for _ in tqdm(
-            iter_records(config["input"], keys),
-            desc="reading records",
-            unit=" records",
-            disable=None if progress is None else not progress,
-            leave=False,
-        )
-    )
+    off = None if progress is None else not progress  # None: a bar on a terminal only
+
+    def records(desc: str, chosen: set | None = None, total: int | None = None):
+        bar = tqdm(desc=desc, total=total, unit=" records", disable=off, leave=False)
+        with bar:
+            for index, record in iter_records(config["input"], keys):
+                if chosen is None or index in chosen:
+                    bar.update()
+                    yield record
+
+    total = sum(1 for _ in records("reading records"))
     chosen = None
     if total > exact:
         chosen = set(random.Random(seed).sample(range(total), min(sample, total)))
     n = total if chosen is None else len(chosen)
-    rows = []
-    bar = tqdm(
-        total=n,
-        desc="planning",
-        unit=" records",
-        disable=None if progress is None else not progress,
-        leave=False,
-    )
-    for index, record in iter_records(config["input"], keys):
-        if chosen is not None and index not in chosen:
-            continue
-        rows.append(planner.plan(record))
-        bar.update()
-    bar.close()
+    paths = set()
+    for record in records("listing videos", chosen, n):
+        paths.update(planner.video_paths(record))
+    planner.probe_all(sorted(paths), int(config["frames"]["threads"]), off)
+    rows = [planner.plan(record) for record in records("planning", chosen, n)]
     summary = summarize(rows, total)
     summary.update(
         input=config["input"],
@@ -456,8 +468,8 @@ def format_plan(summary: dict, rate: float | None = None, tokens_per_second: flo
     hours, hours_how = gpu_hours(summary, rate, tokens_per_second)
     lines = [
         f"records: {summary['records']:,} ({how})",
-        f"videos: {figure('videos')} ({figure('seconds', _human_seconds)} of video, "
-        f"{summary['probed_files']:,} files probed); images: {figure('images')}",
+        f"videos: {figure('videos')} ({figure('seconds', _human_seconds)} of video); "
+        f"images: {figure('images')}",
         vision,
         f"expected prompt tokens: {figure('prompt_tokens')} ({text_note})",
         f"frame cache: {figure('cache_bytes', _human_bytes)} at {where} "
@@ -479,7 +491,10 @@ def format_plan(summary: dict, rate: float | None = None, tokens_per_second: flo
                 else ""
             )
         )
-    lines.append(f"planned in {summary['plan_seconds']:.1f} s ({summary['probe_seconds']:.1f} s probing)")
+    each = 1000 * summary["probe_seconds"] / max(1, summary["probed_files"])
+    lines.append(
+        f"planned in {summary['plan_seconds']:.1f} s ({summary['probed_files']:,} files probed, {each:.0f} ms each)"
+    )
     return "\n".join(lines)
 
 
