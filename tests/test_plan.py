@@ -12,6 +12,7 @@ import yaml
 from helpers import CAPTIONED, make_video, write_records
 from PIL import Image
 
+from vidcap.__main__ import main
 from vidcap.caption import caption_shard, plan_records
 from vidcap.config import build_config
 from vidcap.engine import start_engine
@@ -165,3 +166,17 @@ def test_two_and_three_video_records_send_their_plan_unhalved(tiny_model, tmp_pa
     assert plan_build(config, progress=False)["records_stored"] == 2  # a rebuild would send nothing
     del llm
     gc.collect()
+
+
+def test_plan_command(tmp_path, capsys):
+    build(tmp_path)
+    assert main(["plan", "--configfile", str(tmp_path / "my.yaml"), "--rate", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "records: 6 (exact)" in out and "at 2 records/s per engine (given)" in out
+    assert (
+        main(["plan", "--configfile", str(tmp_path / "my.yaml"), "--tokens-per-second", "1000", "--json"])
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["records_to_send"] == 5
+    assert main(["plan", "--configfile", str(tmp_path / "none.yaml")]) == 2
+    assert "none.yaml: No such file or directory" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Command line: ``python -m vidcap init DIR``, ``python -m vidcap status``, ``python -m vidcap demo DIR``,
+"""Command line: ``python -m vidcap init DIR``, ``python -m vidcap status``, ``python -m vidcap plan``, ``python -m vidcap demo DIR``,
 ``python -m vidcap stats OUTPUT``, ``python -m vidcap export OUTPUT --to FORMAT``, ``python -m vidcap audit OUTPUT``,
 ``python -m vidcap diff OLD NEW``, ``python -m vidcap errors``, ``python -m vidcap retry``,
 ``python -m vidcap config-doc``, ``python -m vidcap tiny-model DIR``."""

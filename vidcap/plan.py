@@ -476,7 +476,7 @@ def format_plan(summary: dict, rate: float | None = None, tokens_per_second: flo
         "(raw uint8 frames as stored today: vidcap.plan.cache_entry_bytes)",
         f"stored results: {figure('records_stored')} records; to send: {figure('records_to_send')} records, "
         f"{figure('requests_to_send')} requests, {figure('prompt_tokens_to_send')} prompt tokens",
-        f"GPU-hours: {hours:,.2f} {hours_how}",
+        f"GPU-hours: {hours:,.2f} {hours_how}" if hours >= 1 else f"GPU-hours: {hours:.2g} {hours_how}",
     ]
     if summary["records_errors"]:
         lines.append(
