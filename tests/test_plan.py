@@ -180,3 +180,20 @@ def test_plan_command(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["records_to_send"] == 5
     assert main(["plan", "--configfile", str(tmp_path / "none.yaml")]) == 2
     assert "none.yaml: No such file or directory" in capsys.readouterr().err
+
+
+def test_windowed_videos_are_estimated_until_extracted(tmp_path):
+    lv = {"long_video": {"mode": "auto", "window_frames": 4, "min_window_frames": 2, "shots": True}}
+    config = build(tmp_path, [{"video": ["b.mp4"]}, {"video": ["a.mp4", "b.mp4"]}], **lv)
+    before = plan_build(config, progress=False)
+    assert (before["windowed"], before["estimated"]) == (1, 1)  # b.mp4 alone: 3 s at 2 fps, windows of 2 s
+    entries = extract(config, tmp_path)
+    windows = entries[0]["videos"][0]["windows"]
+    after = plan_build(config, progress=False)
+    assert (after["windowed"], after["estimated"]) == (1, 0)
+    tokens = sum(w["meta"]["vision_tokens"] for w in windows) + sum(
+        v["meta"]["vision_tokens"] for v in entries[1]["videos"]
+    )
+    assert after["vision_tokens"] == tokens
+    assert after["requests_to_send"] == len(windows) + 1
+    assert "window edges estimated" in format_plan(before)

@@ -115,6 +115,8 @@ def assign_caps(entries: list[dict], wanted: dict, params: dict, probe, threads:
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    if params.get("max_vision_tokens") is None:  # no budget to share: nothing to probe
+        return {(kind, path, None): refs for (kind, path), refs in wanted.items()}
     shared: dict[int, list] = {}
     for (kind, path), refs in wanted.items():
         for slot, field, i in refs:
