@@ -459,6 +459,8 @@ def format_plan(summary: dict, rate: float | None = None, tokens_per_second: flo
         if exact
         else f"vision tokens: ~{round(summary['vision_tokens'])} +- {round(summary['vision_tokens_error'])}"
     )
+    if summary["estimated"]:
+        vision += " (windows without their shot cuts: see the windowed line)"
     text_note = (
         "text counted with the model's tokenizer"
         if summary["text_tokens_exact"]
