@@ -1,4 +1,4 @@
-"""Command line: ``python -m vidcap init DIR``, ``python -m vidcap status``, ``python -m vidcap demo DIR``,
+"""Command line: ``python -m vidcap init DIR``, ``python -m vidcap status``, ``python -m vidcap plan``, ``python -m vidcap demo DIR``,
 ``python -m vidcap stats OUTPUT``, ``python -m vidcap export OUTPUT --to FORMAT``, ``python -m vidcap audit OUTPUT``,
 ``python -m vidcap diff OLD NEW``, ``python -m vidcap errors``, ``python -m vidcap retry``,
 ``python -m vidcap config-doc``, ``python -m vidcap tiny-model DIR``."""
@@ -15,6 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_init_command(sub)
     _add_status_command(sub)
+    _add_plan_command(sub)
     tiny = sub.add_parser(
         "tiny-model",
         help="build a random-weight Qwen-VL checkpoint (gibberish captions): "
@@ -128,6 +129,24 @@ def _add_status_command(sub) -> None:
     )
 
 
+def _add_plan_command(sub) -> None:
+    plan = sub.add_parser(
+        "plan",
+        help="before a build: records, video hours, vision and prompt tokens, frame-cache disk, GPU-hours "
+        "and records already stored (no GPU, no decoding beyond the probe: docs/plan.md)",
+    )
+    _add_build_config_options(plan)
+    plan.add_argument("--rate", type=float, help="records (requests) per second per engine, from a pilot")
+    plan.add_argument(
+        "--tokens-per-second", type=float, help="prompt tokens per second per engine (not --rate)"
+    )
+    plan.add_argument(
+        "--exact", type=int, default=20000, help="plan every record up to this many; above, a sample"
+    )
+    plan.add_argument("--sample", type=int, help="records in that sample (default 2000)")
+    plan.add_argument("--json", action="store_true", help="the figures as JSON")
+
+
 def _run_status(args) -> int:
     import os
 
@@ -148,6 +167,10 @@ def _dispatch(parser, args) -> int:
         print(write_starter_config(args.dir, args.input, args.model, args.gpus, args.rate, force=args.force))
     elif args.command == "status":
         return _run_status(args)
+    elif args.command == "plan":
+        from vidcap.plan import main_plan
+
+        return main_plan(args)
     elif args.command == "tiny-model":
         from vidcap.tiny_model import build_tiny_model
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vidcap import budget, decode, npystream
+from vidcap import budget, decode, npystream, record_budget
 from vidcap.atomic import atomic_open, iter_jsonl, read_json, write_json
 from vidcap.budget import FRAME_FACTOR
 from vidcap.config import FRAMES_RUN_ONLY, defaults, with_defaults
@@ -322,8 +322,12 @@ def ensure_frames(entry: dict, settings: dict) -> dict:
         for i, item in enumerate(entry.get(field) or []):
             if not item or "error" in item or "windows" in item or npystream.is_complete(item["frames"]):
                 continue
+            # a video capped by its record's budget (vidcap.record_budget) is extracted again at its cap
+            cap = (item.get("meta") or {}).get("budget_tokens") if kind == "video" else None
             try:
-                entry[field][i] = cached_sample(item["path"], kind, params, Path(settings["cache_dir"]))
+                entry[field][i] = cached_sample(
+                    item["path"], kind, record_budget.with_cap(params, cap), Path(settings["cache_dir"])
+                )
             except FrameError as exc:
                 raise_if_infra(exc, f"{kind} {item['path']}", settings.get("attempt", 1))
                 entry[field][i] = {"path": item["path"], "error": str(exc)}
@@ -358,6 +362,18 @@ def plan_shard_media(records, keys: dict, settings: dict) -> tuple[list[dict], d
                     (slot, field, i)
                 )
     return entries, wanted
+
+
+def _probe_or_none(params: dict):
+    """A probe for planning record budgets: None when the file fails (the frames step says why later)."""
+
+    def probe(path: str) -> dict | None:
+        try:
+            return decode.probe(path, time.monotonic() + float(params["timeout"]))
+        except Exception:  # noqa: BLE001 -- its extraction fails with the reason, or the node's error
+            return None
+
+    return probe
 
 
 def media_label(kind: str, result: dict) -> str:
@@ -412,6 +428,8 @@ def extract_frames(
         from vidcap import long_frames
 
         wanted = long_frames.split_long(entries, wanted, long_video)
+    # one token budget per record, split among its media before anything is decoded
+    wanted = record_budget.assign_caps(entries, wanted, params, _probe_or_none(params), threads)
     jobs = list(wanted)
     done = 0
     started = time.monotonic()
@@ -419,12 +437,12 @@ def extract_frames(
 
     def run(job):
         nonlocal done
-        kind, path = job
+        kind, path, cap = job
         try:
             if kind == "long":  # a video alone in its record: windowed if long_video says so
                 result = long_frames.cached_long(path, params, long_video, cache_dir)
             else:
-                result = cached_sample(path, kind, params, cache_dir)
+                result = cached_sample(path, kind, record_budget.with_cap(params, cap), cache_dir)
         except Exception as exc:  # noqa: BLE001 -- a bug or an exotic file must not sink the other records
             raise_if_infra(exc, f"{kind} {path}", attempt)
             reason = str(exc) if isinstance(exc, FrameError) else f"{type(exc).__name__}: {exc}"
