@@ -301,9 +301,8 @@ def _run_export(args) -> int:
     root = media_root(cfg) if args.absolute else None
     try:
         result = export(args.output, args.to, args.dest, cfg["keys"], args.keep_errors, root)
-    except (ValueError, RuntimeError, OSError) as exc:
-        print(f"vidcap export: {exc}", file=sys.stderr)
-        return 1
+    except RuntimeError as exc:  # refused (e.g. it would overwrite its input): the user's to fix, one line
+        raise ValueError(str(exc)) from exc
     print(format_result(result, args.to))
     return 0
 
