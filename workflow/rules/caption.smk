@@ -15,6 +15,8 @@ rule caption_shard:
     threads: config["engine"]["threads"]
     resources:
         gpu=settings.caption_gpus(config),
+        # Snakemake's try number, for the job (script: objects have no `attempt`); no scheduler counts it
+        attempt=lambda wildcards, attempt: attempt,
     params:
         # what a caption depends on; engine sizing comes from vidcap.settings in the job (no reruns)
         settings=settings.caption_params(config),

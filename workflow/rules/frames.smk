@@ -11,6 +11,9 @@ rule extract_frames:
     conda:
         "../../envs/frames.yaml"
     threads: config["frames"]["threads"]
+    resources:
+        # Snakemake's try number, for the job (script: objects have no `attempt`); no scheduler counts it
+        attempt=lambda wildcards, attempt: attempt,
     params:
         settings=frames_settings_of,
     script:

@@ -9,5 +9,5 @@ with job_log(snakemake.log[0]) as log:
         snakemake.params.settings,
         threads=snakemake.threads,
         log=log,
-        attempt=snakemake.attempt,
+        attempt=snakemake.resources.attempt,
     )
