@@ -31,6 +31,6 @@ include: "workflow/rules/report.smk"
 rule all:
     default_target: True
     input:
-        config["output"],
+        OUTPUT,
         # built with every run, so `snakemake --report report.html` can embed them
         rules.build_report.output,

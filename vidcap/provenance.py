@@ -15,6 +15,7 @@ import platform
 import subprocess
 from pathlib import Path
 
+from vidcap import object_storage
 from vidcap.atomic import read_json, write_json
 
 # weight files hashed in full up to this many bytes in total; above it, a cheap fingerprint
@@ -186,6 +187,8 @@ def write_provenance(stats_paths: list[str], output_path: str, extra: dict | Non
     return result
 
 
-def provenance_path(output_path: str) -> Path:
-    """Where the run's provenance goes: ``provenance.json`` in the output's folder."""
+def provenance_path(output_path: str) -> Path | str:
+    """Where the run's provenance goes: ``provenance.json`` in the output's folder (or its URL's)."""
+    if object_storage.is_url(output_path):
+        return object_storage.sibling(output_path, "provenance.json")
     return Path(output_path).with_name("provenance.json")

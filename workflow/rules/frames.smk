@@ -1,6 +1,8 @@
 rule extract_frames:
     input:
         shard=f"{SHARD_DIR}/{{shard}}.jsonl",
+        # media on object storage (docs/object-storage.md), staged into .snakemake/storage/
+        media=staged_media,
     output:
         **frames_store(),
         manifest=f"{RESULTS}/frames/{{shard}}.json",
@@ -16,5 +18,6 @@ rule extract_frames:
         attempt=lambda wildcards, attempt: attempt,
     params:
         settings=frames_settings_of,
+        staged=staged_urls_of,
     script:
         "../scripts/extract_frames.py"

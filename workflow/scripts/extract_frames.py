@@ -10,4 +10,6 @@ with job_log(snakemake.log[0]) as log:
         threads=snakemake.threads,
         log=log,
         attempt=snakemake.resources.attempt,
+        # the URLs of the shard's media on object storage, each with its local copy
+        staged=dict(zip(snakemake.params.staged, snakemake.input.media)),
     )

@@ -17,7 +17,7 @@ with job_log(snakemake.log[0]) as log:
     write_provenance(
         list(snakemake.input.stats),
         snakemake.output.provenance,
-        extra={"output": snakemake.output.captions},
+        extra={"output": snakemake.config["output"]},  # the URL of an output on object storage
     )
     files, size = disk_usage(snakemake.params.frames_dir)
     where = snakemake.params.frames_dir
