@@ -152,5 +152,19 @@ def test_s3_round_trip_equals_a_local_build(s3_server, tiny_model, tmp_path, mon
     assert "s3://vidcap-test/out/captions.json" in provenance and "vidcap-secret" not in provenance
     assert "vidcap-secret" not in proc.stdout + proc.stderr
     assert not (remote / "captions.json").exists()  # written to the bucket, not beside the workflow
-    again = run_snakemake(remote, s3_config, *storage_args, "--dry-run")
-    assert jobs_run(again.stdout + again.stderr) == {}
+    assert dry_run(remote, s3_config, *storage_args) == {}
+    # an object added for a record that had none reruns its shard's frames job (the shard's list of
+    # staged media changed); removed again, the build is up to date again
+    client.upload_file(str(local / "clips" / "clip 1.mp4"), "vidcap-test", "data/clips/missing.mp4")
+    assert dry_run(remote, s3_config, *storage_args)["extract_frames"] == 1
+    client.delete_object(Bucket="vidcap-test", Key="data/clips/missing.mp4")
+    assert dry_run(remote, s3_config, *storage_args) == {}
+    # an object replaced in place: no stamp in the shard line (vidcap cannot stat a URL), but its
+    # LastModified is newer than the frames manifest, so Snakemake reruns that shard's frames job
+    client.upload_file(str(local / "clips" / "clip 1.mp4"), "vidcap-test", "data/clips/clip 0.mp4")
+    assert dry_run(remote, s3_config, *storage_args)["extract_frames"] == 1
+
+
+def dry_run(workdir, config, *args):
+    proc = run_snakemake(workdir, config, *args, "--dry-run")
+    return jobs_run(proc.stdout + proc.stderr)
