@@ -119,12 +119,16 @@ def _staged_urls(shard):
 
 
 def staged_urls_of(wildcards):
-    """A shard's media on object storage, retrieved by Snakemake for its frames job; none (and no shard
-    read while the DAG is built) when media_root is a folder."""
-    if not object_storage.is_url(settings.media_root(config)):
-        return []
     return _staged_urls(wildcards.shard)
 
 
 def staged_media(wildcards):
-    return storage(staged_urls_of(wildcards))
+    return storage(_staged_urls(wildcards.shard))
+
+
+def staging(**functions):
+    """A shard's media on object storage, retrieved by Snakemake for its frames job (``functions``: the
+    input or params that list them); nothing when media_root is a folder: local builds read no shard
+    while the DAG is built, and pay for no input function per job.
+    """
+    return functions if object_storage.is_url(settings.media_root(config)) else {}

@@ -1,8 +1,8 @@
 rule extract_frames:
     input:
-        shard=f"{SHARD_DIR}/{{shard}}.jsonl",
         # media on object storage (docs/object-storage.md), staged into .snakemake/storage/
-        media=staged_media,
+        **staging(media=staged_media),
+        shard=f"{SHARD_DIR}/{{shard}}.jsonl",
     output:
         **frames_store(),
         manifest=f"{RESULTS}/frames/{{shard}}.json",
@@ -17,7 +17,7 @@ rule extract_frames:
         # Snakemake's try number, for the job (script: objects have no `attempt`); no scheduler counts it
         attempt=lambda wildcards, attempt: attempt,
     params:
+        **staging(staged=staged_urls_of),
         settings=frames_settings_of,
-        staged=staged_urls_of,
     script:
         "../scripts/extract_frames.py"

@@ -11,5 +11,5 @@ with job_log(snakemake.log[0]) as log:
         log=log,
         attempt=snakemake.resources.attempt,
         # the URLs of the shard's media on object storage, each with its local copy
-        staged=dict(zip(snakemake.params.staged, snakemake.input.media)),
+        staged=dict(zip(snakemake.params.get("staged", []), snakemake.input.get("media", []))),
     )
