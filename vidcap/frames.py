@@ -33,6 +33,7 @@ from vidcap.decode import FrameError
 from vidcap.failures import raise_if_infra
 from vidcap.media_paths import escapes_root
 from vidcap.npystream import NpyStream
+from vidcap.object_storage import content_identity, is_url
 from vidcap.records import media_list, record_digest, resolve_media
 
 PATCH_FACTOR = budget.QWEN2_PATCH_FACTOR
@@ -246,22 +247,26 @@ def frame_params_key(params: dict) -> str:
     return json.dumps({k: params[k] for k in sorted(params) if k not in ignored}, sort_keys=True)
 
 
-def cache_key(path: str, kind: str, params: dict) -> str:
-    try:
-        st = os.stat(path)
-        # the real file: links and other spellings of one file share its frames
-        identity = [os.path.realpath(path), st.st_size, st.st_mtime_ns]
-    except OSError:
-        identity = [path, None, None]
+def cache_key(path: str, kind: str, params: dict, identity: list | None = None) -> str:
+    """``identity``: what the file is when its stat says nothing (a staged copy of an object-storage URL)."""
+    if identity is None:
+        try:
+            st = os.stat(path)
+            # the real file: links and other spellings of one file share its frames
+            identity = [os.path.realpath(path), st.st_size, st.st_mtime_ns]
+        except OSError:
+            identity = [path, None, None]
     text = json.dumps([CACHE_VERSION, kind, identity, frame_params_key(params)])
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
-def cached_sample(path: str, kind: str, params: dict, cache_dir: Path, check=None) -> dict:
+def cached_sample(
+    path: str, kind: str, params: dict, cache_dir: Path, check=None, identity: list | None = None
+) -> dict:
     """Frames of one video/image from the cache (extracted first if missing); its manifest entry.
-    ``check``: see :func:`sample_video`."""
+    ``check``: see :func:`sample_video`; ``identity``: see :func:`cache_key`."""
     params = with_defaults("frames", params)
-    key = cache_key(path, kind, params)
+    key = cache_key(path, kind, params, identity)
     array_path = Path(cache_dir) / key[:2] / f"{key}.npy"
     meta_path = array_path.with_suffix(".json")
     meta = _cached_meta(meta_path, array_path)
@@ -336,6 +341,15 @@ def ensure_frames(entry: dict, settings: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------------------- shard
+def _staged_copy(path: str, staged: dict[str, str]) -> tuple[str, list | None]:
+    """The file to decode for ``path`` and its cache identity (None: the file's own stat)."""
+    if not is_url(path):
+        return path, None
+    if path not in staged:  # not in the bucket (the DAG leaves missing objects out, object_storage.existing)
+        raise FrameError("missing file")
+    return staged[path], content_identity(path, staged[path])
+
+
 def plan_shard_media(records, keys: dict, settings: dict) -> tuple[list[dict], dict]:
     """One manifest entry per record (media slots still empty) and the distinct media files to extract:
     {(kind, resolved path): [(record slot, "videos"|"images", index), ...]}."""
@@ -397,6 +411,13 @@ def decode_split(booked: int, decoder_threads: int) -> tuple[int, int]:
     return max(1, booked // per_decode), per_decode
 
 
+def staged_urls(shard_path: str, settings: dict) -> list[str]:
+    """The object-storage URLs a shard's frames job opens: Snakemake retrieves them before it starts."""
+    keys = with_defaults("keys", settings.get("keys"))
+    _, wanted = plan_shard_media(iter_jsonl(shard_path), keys, settings)
+    return sorted({path for _, path in wanted if is_url(path)})
+
+
 def extract_frames(
     shard_path: str,
     manifest_path: str,
@@ -405,6 +426,7 @@ def extract_frames(
     log=sys.stderr,
     attempt: int = 1,
     run: dict | None = None,
+    staged: dict[str, str] | None = None,
 ) -> dict:
     """Sample the media of every record in a shard; write a manifest with one entry per record.
 
@@ -414,8 +436,10 @@ def extract_frames(
     the node raises :class:`vidcap.failures.InfraError` and writes no manifest (``attempt``: Snakemake's,
     which decides whether a timeout is the node's or the video's). ``run``: the config's ``frames``
     section, whose run-only settings (vidcap.config.FRAMES_RUN_ONLY: not in the rule's params, so a change
-    reruns nothing) apply to this job.
+    reruns nothing) apply to this job. ``staged``: {URL: local copy} of the shard's media on object
+    storage (:func:`staged_urls`); the manifest names the URL.
     """
+    staged = staged or {}
     keys = with_defaults("keys", settings.get("keys"))
     params = with_defaults("frames", settings.get("frames"))
     params.update({k: run[k] for k in FRAMES_RUN_ONLY if k in (run or {})})
@@ -439,10 +463,14 @@ def extract_frames(
         nonlocal done
         kind, path, cap = job
         try:
+            local, identity = _staged_copy(path, staged)
             if kind == "long":  # a video alone in its record: windowed if long_video says so
-                result = long_frames.cached_long(path, params, long_video, cache_dir)
+                result = long_frames.cached_long(local, params, long_video, cache_dir, identity)
             else:
-                result = cached_sample(path, kind, record_budget.with_cap(params, cap), cache_dir)
+                result = cached_sample(
+                    local, kind, record_budget.with_cap(params, cap), cache_dir, identity=identity
+                )
+            result["path"] = path
         except Exception as exc:  # noqa: BLE001 -- a bug or an exotic file must not sink the other records
             raise_if_infra(exc, f"{kind} {path}", attempt)
             reason = str(exc) if isinstance(exc, FrameError) else f"{type(exc).__name__}: {exc}"

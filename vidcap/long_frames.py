@@ -71,11 +71,14 @@ class LongVideo(Exception):
         self.info = info
 
 
-def cached_long(path: str, params: dict, long_video: dict, cache_dir: Path) -> dict:
-    """A video's manifest item: windowed when ``long_video`` says so, else exactly :func:`cached_sample`'s."""
+def cached_long(
+    path: str, params: dict, long_video: dict, cache_dir: Path, identity: list | None = None
+) -> dict:
+    """A video's manifest item: windowed when ``long_video`` says so, else exactly :func:`cached_sample`'s
+    (``identity``: see :func:`vidcap.frames.cache_key`)."""
     params = with_defaults("frames", params)
     lv = {k: long_video[k] for k in WINDOW_KEYS}
-    key = cache_key(path, "long", {**params, "long_video": lv})
+    key = cache_key(path, "long", {**params, "long_video": lv}, identity)
     item_path = Path(cache_dir) / key[:2] / f"{key}.json"
     if item_path.exists():
         item = read_json(item_path)
@@ -85,7 +88,7 @@ def cached_long(path: str, params: dict, long_video: dict, cache_dir: Path) -> d
     info = None
     if lv["mode"] == "auto":
         try:
-            return _single_unless_long(path, params, lv["window_frames"], cache_dir)
+            return _single_unless_long(path, params, lv["window_frames"], cache_dir, identity)
         except LongVideo as exc:
             info = exc.info
         except Truncated:  # windows caption what is left of a long one; a short one fails as today
@@ -99,10 +102,12 @@ def cached_long(path: str, params: dict, long_video: dict, cache_dir: Path) -> d
     return {**item, "cached": False}
 
 
-def _single_unless_long(path: str, params: dict, window_frames: int, cache_dir: Path) -> dict:
+def _single_unless_long(
+    path: str, params: dict, window_frames: int, cache_dir: Path, identity: list | None = None
+) -> dict:
     """Today's single-prompt sampling, with its own probe (no second one: a short clip costs what it did);
     raises LongVideo as soon as that probe (or a cache entry) shows more than one window."""
-    key = cache_key(path, "video", params)
+    key = cache_key(path, "video", params, identity)
     meta_path = Path(cache_dir) / key[:2] / f"{key}.json"
     if meta_path.exists():  # extracted before, e.g. with mode single: its duration decides
         meta = read_json(meta_path)
@@ -115,7 +120,7 @@ def _single_unless_long(path: str, params: dict, window_frames: int, cache_dir: 
         if windows.is_long(info["duration"], params["fps"], window_frames):
             raise LongVideo(info)
 
-    return cached_sample(path, "video", params, cache_dir, check=check)
+    return cached_sample(path, "video", params, cache_dir, check=check, identity=identity)
 
 
 def full_duration(info: dict) -> float:

@@ -17,6 +17,7 @@ import platform
 import subprocess
 from pathlib import Path
 
+from vidcap import object_storage
 from vidcap.atomic import read_json, write_json
 from vidcap.redact import redacted_engine
 
@@ -233,8 +234,12 @@ def write_provenance(stats_paths: list[str], output_path: str, extra: dict | Non
     return result
 
 
-def provenance_path(output_path: str | Path) -> Path:
-    """Where an output's provenance goes: beside it, named after it (``captions.json.provenance.json``)."""
+def provenance_path(output_path: str | Path) -> Path | str:
+    """Where an output's provenance goes: beside it, named after it (``captions.json.provenance.json``),
+    in the output's folder or its URL's."""
+    if object_storage.is_url(str(output_path)):
+        name = str(output_path).rstrip("/").rsplit("/", 1)[-1]
+        return object_storage.sibling(str(output_path), f"{name}.provenance.json")
     output = Path(output_path)
     return output.with_name(f"{output.name}.provenance.json")
 

@@ -24,6 +24,7 @@ import orjson
 
 from vidcap.atomic import atomic_open, dumps_line
 from vidcap.config import defaults, with_defaults
+from vidcap.object_storage import is_url, join_url
 
 DEFAULT_KEYS = defaults("keys")  # the schema's; a name kept for callers
 # key that vidcap adds to each record line of a shard file: the size and mtime of the record's media files
@@ -390,9 +391,14 @@ def with_prompt(record: dict, keys: dict, prompt: str) -> dict:
 
 
 def resolve_media(path: str, media_root: str | os.PathLike) -> str:
-    """Absolute path of a media entry; relative entries are taken from ``media_root``."""
+    """Absolute path or URL of a media entry; relative entries are taken from ``media_root`` (a folder
+    or an object-storage URL, docs/object-storage.md)."""
+    if is_url(path):
+        return path
     if path.startswith("~"):  # expanduser looks at nothing else, and is slow: 100k records pass here
         path = os.path.expanduser(path)
+    if is_url(media_root) and not os.path.isabs(path):
+        return join_url(media_root, path)
     return os.path.normpath(os.path.join(media_root, path))
 
 

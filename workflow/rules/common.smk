@@ -1,3 +1,4 @@
+import functools
 import os
 import sys
 
@@ -9,7 +10,15 @@ from snakemake.utils import validate
 # (two folders up from this file: workflow.basedir is the user's folder when vidcap runs as a module)
 sys.path.insert(0, os.path.join(workflow.current_basedir, "..", ".."))
 
-from vidcap import progress, provenance, records, settings, shard_lock, shards
+from vidcap import (
+    object_storage,
+    progress,
+    provenance,
+    records,
+    settings,
+    shard_lock,
+    shards,
+)
 from vidcap.config import ConfigError, check_keys
 
 # a misspelt key stops the run here, naming it and the nearest valid one (the schema's own error is vaguer)
@@ -27,13 +36,33 @@ try:  # engine limits that the frame budget needs: a too-small user value fails 
 except ConfigError as exc:
     raise WorkflowError(f"invalid config: {exc}") from None
 
+
+def stored(path):
+    """A path, or a URL handed to Snakemake's storage plugin (docs/object-storage.md)."""
+    return storage(path) if object_storage.is_url(path) else path
+
+
+def local_input():
+    """The records file; one on object storage is fetched first, as shards are made from it now."""
+    if not (object_storage.is_url(config["input"]) and workflow.is_main_process):
+        return config["input"]
+    try:
+        return object_storage.retrieve(storage(config["input"]))
+    except FileNotFoundError:
+        return config["input"]
+
+
+INPUT = local_input()
+OUTPUT = stored(config["output"])
+PROVENANCE = stored(str(provenance.provenance_path(config["output"])))
+
 # Shards are made while the workflow is parsed, not by a rule: a shard file is rewritten only when
 # its records change, so Snakemake sees only those shards as new and reruns nothing else (a shard
 # rule would rewrite, and so rerun, all of them). Validation here also stops a malformed input
 # before any job. Jobs on cluster nodes re-parse this file and must not reshard, and no command may
 # rewrite shards a running build reads: the process that syncs holds their lock while it lives.
 if workflow.is_main_process:
-    if os.path.exists(config["input"]):
+    if os.path.exists(INPUT):
         LOOKING = shard_lock.only_looks(sys.argv, workflow.output_settings.dryrun)
         SHARD_LOCK = shard_lock.claim(SHARD_DIR, wait=0 if LOOKING else 60)
         if SHARD_LOCK is None and LOOKING:
@@ -50,7 +79,7 @@ if workflow.is_main_process:
         else:
             try:
                 shards.sync_shards(
-                    config["input"],
+                    INPUT,
                     SHARD_DIR,
                     config["shards"],
                     config["keys"],
@@ -108,3 +137,31 @@ def merged_results():
     """
     step = "captions" if config["long_video"]["mode"] == "single" else "summaries"
     return f"{RESULTS}/{step}/{{shard}}.jsonl"
+
+
+@functools.cache
+def _staged_urls(shard):
+    from vidcap.frames import (
+        staged_urls,
+    )  # numpy and the decoders: only for builds that stage media
+
+    urls = staged_urls(
+        f"{SHARD_DIR}/{shard}.jsonl", settings.frames_settings(config, shard)
+    )
+    return object_storage.existing(storage(urls))
+
+
+def staged_urls_of(wildcards):
+    return _staged_urls(wildcards.shard)
+
+
+def staged_media(wildcards):
+    return storage(_staged_urls(wildcards.shard))
+
+
+def staging(**functions):
+    """A shard's media on object storage, retrieved by Snakemake for its frames job (``functions``: the
+    input or params that list them); nothing when media_root is a folder: local builds read no shard
+    while the DAG is built, and pay for no input function per job.
+    """
+    return functions if object_storage.is_url(settings.media_root(config)) else {}

@@ -6,8 +6,8 @@ rule merge_captions:
         results=expand(merged_results(), shard=SHARDS),
         stats=expand(f"{RESULTS}/captions/{{shard}}.stats.json", shard=SHARDS),
     output:
-        captions=config["output"],
-        provenance=str(provenance.provenance_path(config["output"])),
+        captions=OUTPUT,
+        provenance=PROVENANCE,
     log:
         f"{RESULTS}/logs/merge_captions.log",
     # streams files for seconds: not worth a cluster queue

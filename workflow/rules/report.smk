@@ -5,7 +5,7 @@ rule build_report:
     input:
         # the records as this build's sync saw the input (never an input edited while it runs)
         index=str(shards.index_file(SHARD_DIR)),
-        captions=config["output"],
+        captions=OUTPUT,
         manifests=expand(f"{RESULTS}/frames/{{shard}}.json", shard=SHARDS),
     output:
         summary=report(

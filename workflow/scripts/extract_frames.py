@@ -11,4 +11,6 @@ with job_log(snakemake.log[0], snakemake.resources.attempt) as log:
         log=log,
         attempt=snakemake.resources.attempt,
         run=snakemake.config["frames"],
+        # the URLs of the shard's media on object storage, each with its local copy
+        staged=dict(zip(snakemake.params.get("staged", []), snakemake.input.get("media", []))),
     )

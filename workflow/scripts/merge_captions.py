@@ -17,7 +17,8 @@ with job_log(snakemake.log[0], snakemake.resources.attempt) as log:
     write_provenance(
         list(snakemake.input.stats),
         snakemake.output.provenance,
-        extra={"output": snakemake.output.captions, "prompts": run_prompts(snakemake.config)},
+        # the output named as the config gives it: the URL of an output on object storage
+        extra={"output": snakemake.config["output"], "prompts": run_prompts(snakemake.config)},
     )
     files, size = disk_usage(snakemake.params.frames_dir)
     where = snakemake.params.frames_dir
