@@ -36,9 +36,9 @@ def test_media_resolve_under_a_url_root():
 
 
 def test_provenance_goes_beside_an_output_on_storage():
-    assert provenance_path("s3://bkt/out/captions.json") == "s3://bkt/out/provenance.json"
+    assert provenance_path("s3://bkt/out/captions.json") == "s3://bkt/out/captions.json.provenance.json"
     assert sibling("s3://b/x/y.json", "p.json") == "s3://b/x/p.json"
-    assert provenance_path("out/captions.json") == Path("out/provenance.json")
+    assert provenance_path("out/captions.json") == Path("out/captions.json.provenance.json")
 
 
 def test_a_staged_copy_is_known_by_url_and_content_not_by_its_mtime(tmp_path):
@@ -148,7 +148,7 @@ def test_s3_round_trip_equals_a_local_build(s3_server, tiny_model, tmp_path, mon
     assert got == expected
     assert all(r["caption_meta"]["status"] in CAPTIONED for r in got[:4])
     assert got[4]["caption_meta"]["status"] == "error" and "missing file" in got[4]["caption_meta"]["error"]
-    provenance = client.get_object(Bucket="vidcap-test", Key="out/provenance.json")["Body"].read().decode()
+    provenance = client.get_object(Bucket="vidcap-test", Key="out/captions.json.provenance.json")["Body"].read().decode()
     assert "s3://vidcap-test/out/captions.json" in provenance and "vidcap-secret" not in provenance
     assert "vidcap-secret" not in proc.stdout + proc.stderr
     assert not (remote / "captions.json").exists()  # written to the bucket, not beside the workflow
