@@ -148,7 +148,11 @@ def test_s3_round_trip_equals_a_local_build(s3_server, tiny_model, tmp_path, mon
     assert got == expected
     assert all(r["caption_meta"]["status"] in CAPTIONED for r in got[:4])
     assert got[4]["caption_meta"]["status"] == "error" and "missing file" in got[4]["caption_meta"]["error"]
-    provenance = client.get_object(Bucket="vidcap-test", Key="out/captions.json.provenance.json")["Body"].read().decode()
+    provenance = (
+        client.get_object(Bucket="vidcap-test", Key="out/captions.json.provenance.json")["Body"]
+        .read()
+        .decode()
+    )
     assert "s3://vidcap-test/out/captions.json" in provenance and "vidcap-secret" not in provenance
     assert "vidcap-secret" not in proc.stdout + proc.stderr
     assert not (remote / "captions.json").exists()  # written to the bucket, not beside the workflow
