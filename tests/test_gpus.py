@@ -233,12 +233,21 @@ def test_a_lock_folder_others_may_enter_is_refused(monkeypatch, tmp_path):
     folder = tmp_path / "locks"
     folder.mkdir()
     folder.chmod(0o1777)  # as a shared /tmp folder made by someone else would be
-    with pytest.raises(UnsafeLockDir, match="mode 1777"):
+    with pytest.raises(UnsafeLockDir, match="mode 1777: others may write"):
         take_one(monkeypatch, folder)
     assert not (folder / "gpu0.lock").exists()
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="giving a folder to another user needs root")
+def test_an_own_lock_folder_others_may_only_read_is_made_private(monkeypatch, tmp_path):
+    """As an earlier vidcap left /tmp/vidcap-gpu-locks-UID (0755): nobody else could write in it."""
+    folder = tmp_path / "locks"
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)
+    assert take_one(monkeypatch, folder) == ["0"]
+    assert folder.stat().st_mode & 0o777 == 0o700
+
+
 def test_a_lock_folder_of_another_user_is_refused(monkeypatch, tmp_path):
     from vidcap.gpus import UnsafeLockDir
 

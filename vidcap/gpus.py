@@ -114,8 +114,10 @@ def private_dir(path: Path) -> Path:
         problem = "is not a folder (a symbolic link?)"
     elif info.st_uid != os.getuid():
         problem = f"belongs to uid {info.st_uid}, not to this user (uid {os.getuid()})"
-    elif info.st_mode & 0o077:
-        problem = f"has mode {stat.S_IMODE(info.st_mode):o}: others may enter it (needs 700)"
+    elif info.st_mode & 0o022:  # others could have planted files in it: never trusted
+        problem = f"has mode {stat.S_IMODE(info.st_mode):o}: others may write in it (needs 700)"
+    elif info.st_mode & 0o077:  # ours, only readable by others (made by an earlier vidcap): made private
+        os.chmod(path, 0o700, follow_symlinks=False)
     if problem:
         raise UnsafeLockDir(
             f"GPU lock folder {path} {problem}; remove it, or set {LOCK_DIR_ENV} to a private folder"
