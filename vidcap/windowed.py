@@ -48,7 +48,14 @@ def window_requests(
             continue
         sub = {
             "digest": digest,
-            "videos": [{"path": video["path"], "frames": window["frames"], "meta": window["meta"]}],
+            "videos": [
+                {
+                    "path": video["path"],
+                    "frames": window["frames"],
+                    "meta": window["meta"],
+                    "content": window.get("content"),  # how the window's file is stored (frame_store)
+                }
+            ],
             "images": [],
             "error": None,
         }
