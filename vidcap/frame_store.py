@@ -39,7 +39,9 @@ _CHUNK = 1 << 20
 _TO_YUV = "scale=out_color_matrix=bt709:out_range=full,format=yuv444p"
 _COLOR_TAGS = ["-colorspace", "bt709", "-color_range", "pc"]
 _ENCODERS = {
-    "h264": ["-c:v", "libx264", "-preset", "medium", "-crf", str(H264_CRF), "-vf", _TO_YUV, *_COLOR_TAGS],
+    # threads pinned: x264's output depends on its thread count, which would otherwise follow the machine's
+    "h264": ["-c:v", "libx264", "-preset", "medium", "-crf", str(H264_CRF), "-threads", "2", "-vf", _TO_YUV]
+    + _COLOR_TAGS,
     "ffv1": ["-c:v", "ffv1", "-level", "3", "-slices", "4", "-pix_fmt", "bgr0"],
 }
 _FROM = {
