@@ -2,8 +2,9 @@
 
 For each video: probe the frames a player shows (time stamps, keyframes; probe.py), choose how many
 frames and how large under the token budget (budget.py), take the frames shown at evenly spaced times,
-scaled inside the decoder (decode.py), and store them as a uint8 THWC ``.npy`` array (written as they
-are decoded) with a JSON sidecar of metadata. The cache key covers the file's identity (path, size,
+scaled inside the decoder (decode.py), and store them as a uint8 THWC ``.npy`` spool (written as they
+are decoded), encoded into the cache file by ``frames.cache_codec`` (vidcap.frame_store), with a JSON
+sidecar of metadata and the file's content record. The cache key covers the file's identity (path, size,
 mtime) and the frame parameters, so a video moved to another shard, reordered or listed twice is
 decoded once, and changing ``frames.*`` re-extracts. ``ensure_frames`` extracts again what was deleted
 from the cache. Every failure of a file becomes a readable per-record reason; with ``media_root_only``
