@@ -34,7 +34,7 @@ from frames import PIXELS, floor_command, make_video  # bench/frames.py: its cli
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-PARAMS = {**PIXELS, "backend": "ffmpeg", "fps": 2.0, "max_vision_tokens": None}
+PARAMS = {**PIXELS, "backend": "ffmpeg", "fps": 2.0, "max_vision_tokens": None, "cache_codec": "npy"}
 
 
 def callgrind(cmd: list[str], stdin: bytes | None = None) -> int:

@@ -250,7 +250,7 @@ def test_frames_deleted_from_the_cache_are_extracted_again(tiny_model, tmp_path)
     settings["frames_step"]["cache_dir"] = str(tmp_path / "cache")
     stats, _ = run_job(shard, manifest, tmp_path / "out.jsonl", settings, tmp_path / "job.log")
     assert stats["ok"] + stats["truncated"] + stats["degenerate"] == 3, stats
-    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 3
+    assert len(list((tmp_path / "cache").rglob("*.mkv"))) == 3
 
 
 def test_two_caption_jobs_start_at_once_on_an_empty_cache(tiny_model, tmp_path):

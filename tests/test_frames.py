@@ -437,7 +437,7 @@ def test_cache_is_reused_across_shards_and_duplicates(media, tmp_path):
     a, b, missing = first["records"]
     assert a["error"] is None and a["videos"][0]["frames"] == b["videos"][0]["frames"]
     assert missing["error"] == "nowhere.mp4: missing file"
-    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 1  # listed twice, extracted once
+    assert len(list((tmp_path / "cache").rglob("*.mkv"))) == 1  # listed twice, extracted once
     moved = extract_frames(str(tmp_path / "b.jsonl"), str(tmp_path / "b.json"), settings)
     assert moved["records"][0]["videos"][0]["cached"] is True
     manifest = json.loads((tmp_path / "b.json").read_text())
@@ -477,7 +477,7 @@ def test_images_resized_and_cached(tmp_path, suffix):
     pixels = np.zeros((300, 500, 3), np.uint8)
     pixels[:, :250] = (250, 10, 10)
     Image.fromarray(pixels).save(path)
-    params = {"image_min_pixels": 4 * 784, "image_max_pixels": 64 * 784}
+    params = {"image_min_pixels": 4 * 784, "image_max_pixels": 64 * 784, "cache_codec": "ffv1"}  # lossless
     array, meta = load_image(str(path), params)
     assert array.shape == (meta["height"], meta["width"], 3)
     assert meta["height"] % 28 == 0 and meta["width"] % 28 == 0 and meta["height"] * meta["width"] <= 64 * 784
@@ -520,7 +520,8 @@ def test_pick_expression_selects_exactly_the_picks(tmp_path):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_streamed_cache_file_equals_in_memory_frames(media, tmp_path, backend):
-    params = {**SMALL, "backend": backend, "min_frames": 6}  # 3-frame clip: repeats must stream too
+    # 3-frame clip: repeats must stream too; a lossless cache codec gives back the very pixels
+    params = {**SMALL, "backend": backend, "min_frames": 6, "cache_codec": "ffv1"}
     frames, meta = sample_video(str(media["short"]), params)
     entry = cached_sample(str(media["short"]), "video", params, tmp_path)
     stored = load_frames(entry)

@@ -20,10 +20,15 @@ def hf_generate(model, processor, messages, frames_entry, workdir):
     import numpy as np
     import torch
 
+    from vidcap import frame_store
+
+    def frames_of(item):  # the cache file as the workflow reads it (decoded when compact)
+        return np.array(frame_store.read(workdir / item["frames"], item.get("content")))
+
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     kwargs = {}
     if frames_entry["videos"]:
-        kwargs["videos"] = [np.load(workdir / v["frames"]) for v in frames_entry["videos"]]
+        kwargs["videos"] = [frames_of(v) for v in frames_entry["videos"]]
         kwargs["video_metadata"] = [
             {
                 "fps": v["meta"]["fps"],
@@ -35,7 +40,7 @@ def hf_generate(model, processor, messages, frames_entry, workdir):
         ]
         kwargs["do_sample_frames"] = False
     if frames_entry["images"]:
-        kwargs["images"] = [np.load(workdir / i["frames"]) for i in frames_entry["images"]]
+        kwargs["images"] = [frames_of(i) for i in frames_entry["images"]]
     inputs = processor(text=[text], return_tensors="pt", **kwargs)
     eos = [processor.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
     with torch.no_grad():

@@ -367,6 +367,11 @@ def test_build_report_writes_summary_histograms_and_gallery(tmp_path):
     assert summary_page.count("<svg") == 4  # the histograms, inline
     assert "gallery: 6 of 6 records" in log.read_text()
     assert 'id="audit"' in summary_page and "5 of 6 records have a caption" in summary_page
+    # the frame cache (here the test's .npy files) and result store sizes, with the codec
+    disk = re.search(
+        r'<p id="disk">Frame cache: (\d+) files.*?\((\w+)\); result store: 0 files', summary_page, re.S
+    )
+    assert disk and int(disk[1]) >= 5 and disk[2] == "h264"
 
 
 def test_big_build_gallery_shows_a_sample_plus_every_error(tmp_path):

@@ -3,17 +3,20 @@ folding window results into records, the summary prompt."""
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 from helpers import cut_tail, make_shots_video, make_video, write_records
 
 from vidcap import config as vconfig
+from vidcap import frame_store
 from vidcap import settings as vsettings
 from vidcap.caption import plan_records
 from vidcap.decode import FrameError
 from vidcap.engine import EngineFailure
 from vidcap.frames import cached_sample, extract_frames
 from vidcap.long_frames import cached_long, split_long
+from vidcap.prompts import video_item
 from vidcap.store import ResultStore
 from vidcap.summary import needs_summary, summarize_shard, summary_text
 from vidcap.windowed import WINDOW_KEY, fold, window_requests
@@ -191,6 +194,16 @@ def test_frames_step_writes_windowed_manifest_entries(shots_video, tmp_path):
     results, pending = plan_records(str(shard), str(tmp_path / "m.json"), job, "identity", store)
     assert len(results) == 5 and [p.slot for p in pending] == [1, 2, 3, 4]  # the clip, then 3 windows
     assert all(os.path.exists(p.entry["videos"][0]["frames"]) for p in pending)
+    window = pending[1].entry["videos"][0]  # a window's request reads its (compact) cache file
+    assert len(video_item(window)[0]) == len(window["meta"]["frames_indices"])
+    # a window file zero-filled by a crash is extracted again before it is sent, never read as frames
+    size = os.path.getsize(window["frames"])
+    Path(window["frames"]).write_bytes(bytes(size))
+    _, pending = plan_records(str(shard), str(tmp_path / "m.json"), job, "identity", store)
+    assert all(
+        frame_store.is_intact(p.entry["videos"][0]["frames"], p.entry["videos"][0]["content"])
+        for p in pending
+    )
 
 
 # ---------------------------------------------------------------------------------------- caption job

@@ -1,7 +1,7 @@
 """Command line: ``python -m vidcap init DIR``, ``python -m vidcap status``, ``python -m vidcap plan``, ``python -m vidcap demo DIR``,
 ``python -m vidcap stats OUTPUT``, ``python -m vidcap export OUTPUT --to FORMAT``, ``python -m vidcap audit OUTPUT``,
 ``python -m vidcap diff OLD NEW``, ``python -m vidcap errors``, ``python -m vidcap retry``,
-``python -m vidcap config-doc``, ``python -m vidcap tiny-model DIR``."""
+``python -m vidcap config-doc``, ``python -m vidcap tiny-model DIR``, ``python -m vidcap cache prune``."""
 
 from __future__ import annotations
 
@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     _add_quality_commands(sub)
     _add_config_doc_command(sub)
+    _add_cache_command(sub)
     args = parser.parse_args(argv)
     try:
         return _dispatch(parser, args)
@@ -211,6 +212,38 @@ def _dispatch(parser, args) -> int:
             sys.stdout.write(config_doc.render())
     elif args.command == "export":
         return _run_export(args)
+    elif args.command == "cache":
+        return _run_cache(args)
+    return 0
+
+
+def _add_cache_command(sub) -> None:
+    cache = sub.add_parser("cache", help="the frame cache and result store: `cache prune`")
+    action = cache.add_subparsers(dest="cache_command", required=True)
+    prune = action.add_parser(
+        "prune",
+        help="remove frame-cache and result-store entries the build's output does not use, and temporary "
+        "files of killed jobs (a dry run unless --apply; docs/cache.md)",
+    )
+    _add_build_config_options(prune)
+    prune.add_argument("--apply", action="store_true", help="remove them (default: only say what would go)")
+    prune.add_argument(
+        "--min-age",
+        type=float,
+        default=None,
+        help="seconds: temporary files younger than this may be a running job's and stay (default 3600)",
+    )
+
+
+def _run_cache(args) -> int:
+    from vidcap import config, prune
+
+    cfg = config.build_config(args.configfile, args.config)
+    age = prune.DEFAULT_MIN_AGE if args.min_age is None else args.min_age
+    plan = prune.plan_prune(cfg["results"], cfg["shards"], age)
+    if args.apply:
+        prune.apply(plan)
+    print(prune.format_plan(plan, args.apply))
     return 0
 
 

@@ -2,8 +2,9 @@
 
 For each video: probe the frames a player shows (time stamps, keyframes; probe.py), choose how many
 frames and how large under the token budget (budget.py), take the frames shown at evenly spaced times,
-scaled inside the decoder (decode.py), and store them as a uint8 THWC ``.npy`` array (written as they
-are decoded) with a JSON sidecar of metadata. The cache key covers the file's identity (path, size,
+scaled inside the decoder (decode.py), and store them as a uint8 THWC ``.npy`` spool (written as they
+are decoded), encoded into the cache file by ``frames.cache_codec`` (vidcap.frame_store), with a JSON
+sidecar of metadata and the file's content record. The cache key covers the file's identity (path, size,
 mtime) and the frame parameters, so a video moved to another shard, reordered or listed twice is
 decoded once, and changing ``frames.*`` re-extracts. ``ensure_frames`` extracts again what was deleted
 from the cache. Every failure of a file becomes a readable per-record reason; with ``media_root_only``
@@ -18,6 +19,7 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vidcap import budget, decode, npystream, record_budget
+from vidcap import budget, decode, frame_store, record_budget
 from vidcap.atomic import atomic_open, iter_jsonl, read_json, write_json
 from vidcap.budget import FRAME_FACTOR
 from vidcap.config import FRAMES_RUN_ONLY, defaults, with_defaults
@@ -243,8 +245,13 @@ def load_image(path: str, params: dict) -> tuple[np.ndarray, dict]:
 # ----------------------------------------------------------------------------------------- cache
 def frame_params_key(params: dict) -> str:
     # change how, not what, is extracted (prompt_tokens is already in max_vision_tokens)
-    ignored = ("timeout", "threads", "keep", "decoder_threads", "prompt_tokens")
-    return json.dumps({k: params[k] for k in sorted(params) if k not in ignored}, sort_keys=True)
+    # the storage codec only where it changes the pixels (lossless ones share raw frames' keys and results)
+    ignored = ("timeout", "threads", "keep", "decoder_threads", "prompt_tokens", "cache_codec")
+    key = {k: params[k] for k in sorted(params) if k not in ignored}
+    tag = frame_store.key_tag(params.get("cache_codec", "npy"))
+    if tag:
+        key["cache_codec"] = tag
+    return json.dumps(key, sort_keys=True)
 
 
 def cache_key(path: str, kind: str, params: dict, identity: list | None = None) -> str:
@@ -266,35 +273,83 @@ def cached_sample(
     """Frames of one video/image from the cache (extracted first if missing); its manifest entry.
     ``check``: see :func:`sample_video`; ``identity``: see :func:`cache_key`."""
     params = with_defaults("frames", params)
+    codec = params["cache_codec"]
     key = cache_key(path, kind, params, identity)
-    array_path = Path(cache_dir) / key[:2] / f"{key}.npy"
+    array_path = Path(cache_dir) / key[:2] / f"{key}{frame_store.suffix(codec)}"
     meta_path = array_path.with_suffix(".json")
-    meta = _cached_meta(meta_path, array_path)
-    if meta is not None:
-        return {"path": path, "frames": str(array_path), "meta": meta, "cached": True}
+    cached = read_sidecar(meta_path, array_path)
+    if cached is not None:
+        return {"path": path, "frames": str(array_path), **cached, "cached": True}
     # not fsynced: a cache entry can be made again, and fsync of a video's frames cost about a tenth
-    # of a 10 s clip's extraction; after a power loss a short file or sidecar is seen as missing
-    # (_cached_meta, ensure_frames). The manifest, the job's output, stays durable.
-    with atomic_open(array_path, "wb", durable=False) as handle:  # a failed extraction leaves no file
-        if kind == "video":
-            stream = NpyStream(handle)
-            _, meta = sample_video(path, params, out=stream, check=check)
-            stream.finish()
-        else:
-            array, meta = load_image(path, params)
-            np.save(handle, array)
-    write_json(meta_path, meta, durable=False)
-    return {"path": path, "frames": str(array_path), "meta": meta, "cached": False}
+    # of a 10 s clip's extraction; after a power loss a torn or zero-filled file fails its content
+    # record and is seen as missing (read_sidecar, ensure_frames). The manifest, the job's output, stays durable.
+    if kind == "video" and codec != "npy":  # a raw spool as before, then encoded (ffmpeg reads the spool)
+        with _spool(array_path) as spool:
+            meta, shape = _sample_into(spool, path, params, check)
+            content = frame_store.encode_spool(spool, array_path, codec)
+    elif kind == "video":
+        meta, shape = _sample_into(array_path, path, params, check)
+        content = frame_store.content_record(array_path, codec, shape)
+    else:
+        array, meta = load_image(path, params)
+        content = frame_store.encode_array(array, array_path, codec)
+    write_json(
+        meta_path, {"format": frame_store.FORMAT_VERSION, "meta": meta, "content": content}, durable=False
+    )
+    return {"path": path, "frames": str(array_path), "meta": meta, "content": content, "cached": False}
 
 
-def _cached_meta(meta_path: Path, array_path: Path) -> dict | None:
-    """The sidecar of a complete cache entry (written last, so it marks one), else None."""
-    if not (meta_path.exists() and npystream.is_complete(array_path)):
-        return None
+def _sample_into(target: Path, path: str, params: dict, check) -> tuple[dict, tuple]:
+    with atomic_open(target, "wb", durable=False) as handle:  # a failed extraction leaves no file
+        stream = NpyStream(handle)
+        _, meta = sample_video(path, params, out=stream, check=check)
+        stream.finish()
+    return meta, stream.shape
+
+
+@contextlib.contextmanager
+def _spool(array_path: Path):
+    """A raw spool beside the entry, named like atomic's temp files (``.*.tmp``: cache prune removes
+    those a killed job left), deleted once encoded."""
+    array_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{array_path.stem}.spool.", suffix=".tmp", dir=array_path.parent)
+    os.close(fd)
     try:
-        return read_json(meta_path)
-    except ValueError:  # cut short by a power loss
+        yield Path(name)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+
+
+def read_sidecar(meta_path: Path, array_path: Path) -> dict | None:
+    """``{"meta", "content"}`` of a complete, intact cache entry, else None (missing, torn, zero-filled,
+    written by another codec or by cache version 4, whose sidecar was the plain metadata)."""
+    try:
+        sidecar = read_json(meta_path)
+    except (OSError, ValueError):  # missing, or cut short by a power loss
         return None
+    if not isinstance(sidecar, dict) or sidecar.get("format") != frame_store.FORMAT_VERSION:
+        return None
+    content = sidecar.get("content") or {}
+    if (
+        content.get("codec") not in frame_store.CODECS
+        or frame_store.suffix(content["codec"]) != array_path.suffix
+    ):
+        return None
+    if not frame_store.is_intact(array_path, content):
+        return None
+    return {"meta": sidecar["meta"], "content": content}
+
+
+def sidecar_meta(meta_path: Path) -> dict | None:
+    """The metadata of a cache entry's sidecar (any codec), without checking its frames; else None."""
+    try:
+        sidecar = read_json(meta_path)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(sidecar, dict) or sidecar.get("format") != frame_store.FORMAT_VERSION:
+        return None
+    return sidecar["meta"]
 
 
 def disk_usage(folder: str | os.PathLike) -> tuple[int, int]:
@@ -311,7 +366,13 @@ def disk_usage(folder: str | os.PathLike) -> tuple[int, int]:
 
 
 def load_frames(entry: dict) -> np.ndarray:
-    return np.load(entry["frames"], mmap_mode="r")
+    """An entry's frames (uint8 T x H x W x 3, or H x W x 3): raw ones memory-mapped, compact ones decoded."""
+    return frame_store.read(entry["frames"], entry.get("content"))
+
+
+def entry_intact(entry: dict) -> bool:
+    """The entry's frame file is there and is what its content record says."""
+    return frame_store.is_intact(entry["frames"], entry.get("content"))
 
 
 def ensure_frames(entry: dict, settings: dict) -> dict:
@@ -325,7 +386,7 @@ def ensure_frames(entry: dict, settings: dict) -> dict:
     params = with_defaults("frames", settings.get("frames"))
     for field, kind in (("videos", "video"), ("images", "image")):
         for i, item in enumerate(entry.get(field) or []):
-            if not item or "error" in item or "windows" in item or npystream.is_complete(item["frames"]):
+            if not item or "error" in item or "windows" in item or entry_intact(item):
                 continue
             # a video capped by its record's budget (vidcap.record_budget) is extracted again at its cap
             cap = (item.get("meta") or {}).get("budget_tokens") if kind == "video" else None

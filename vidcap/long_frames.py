@@ -28,11 +28,11 @@ from pathlib import Path
 import ffmpeg
 import numpy as np
 
-from vidcap import budget, decode, windows
+from vidcap import budget, decode, frame_store, windows
 from vidcap.atomic import atomic_open, read_json, write_json
 from vidcap.config import with_defaults
 from vidcap.decode import FrameError
-from vidcap.frames import _video_meta, cache_key, cached_sample
+from vidcap.frames import _video_meta, cache_key, cached_sample, sidecar_meta
 from vidcap.npystream import NpyStream
 from vidcap.probe import Truncated
 
@@ -82,7 +82,9 @@ def cached_long(
     item_path = Path(cache_dir) / key[:2] / f"{key}.json"
     if item_path.exists():
         item = read_json(item_path)
-        if all(os.path.exists(w["frames"]) for w in item["windows"] if "frames" in w):
+        if all(
+            frame_store.is_intact(w["frames"], w.get("content")) for w in item["windows"] if "frames" in w
+        ):
             return {**item, "cached": True}
     deadline = time.monotonic() + float(params["timeout"])
     info = None
@@ -108,13 +110,10 @@ def _single_unless_long(
     """Today's single-prompt sampling, with its own probe (no second one: a short clip costs what it did);
     raises LongVideo as soon as that probe (or a cache entry) shows more than one window."""
     key = cache_key(path, "video", params, identity)
-    meta_path = Path(cache_dir) / key[:2] / f"{key}.json"
-    if meta_path.exists():  # extracted before, e.g. with mode single: its duration decides
-        meta = read_json(meta_path)
-        if windows.is_long(meta["duration"], params["fps"], window_frames):
-            raise LongVideo(
-                decode.probe(path, time.monotonic() + float(params["timeout"]), truncated_ok=True)
-            )
+    meta = sidecar_meta(Path(cache_dir) / key[:2] / f"{key}.json")
+    # extracted before, e.g. with mode single: its duration decides
+    if meta is not None and windows.is_long(meta["duration"], params["fps"], window_frames):
+        raise LongVideo(decode.probe(path, time.monotonic() + float(params["timeout"]), truncated_ok=True))
 
     def check(info: dict) -> None:
         if windows.is_long(info["duration"], params["fps"], window_frames):
@@ -334,12 +333,22 @@ def _window_item(i, span, grid, decoded, frames, info, params, size, folder, key
     height, width = size
     n = window_frame_count(end - start, len(good), info, params, size)
     keep = [good[k] for k in np.linspace(0, len(good) - 1, n).round().astype(int)]
-    path = folder / f"{key}-w{i:03d}.npy"
-    with atomic_open(path, "wb") as handle:
-        out = NpyStream(handle).start((len(keep), height, width, 3))
-        for row in keep:
-            out.write(frames.row(row))
-        out.finish()
+    codec = params["cache_codec"]
+    path = folder / f"{key}-w{i:03d}{frame_store.suffix(codec)}"
+    spool = path if codec == "npy" else folder / f".{key}-w{i:03d}.spool.tmp"
+    try:
+        with atomic_open(spool, "wb", durable=False) as handle:
+            out = NpyStream(handle).start((len(keep), height, width, 3))
+            for row in keep:
+                out.write(frames.row(row))
+            out.finish()
+        if codec == "npy":
+            content = frame_store.content_record(path, codec, out.shape)
+        else:
+            content = frame_store.encode_spool(spool, path, codec)
+    finally:
+        if spool != path:
+            spool.unlink(missing_ok=True)
     indices = [decoded["indices"][r] for r in keep]
     factor = int(params.get("patch_factor") or budget.QWEN2_PATCH_FACTOR)
     plan = {
@@ -355,7 +364,7 @@ def _window_item(i, span, grid, decoded, frames, info, params, size, folder, key
     stats = {"runs": 1, "decoded_frames": decoded["got"], "warnings": []}
     meta = _video_meta(decoded["info"], plan, indices, "ffmpeg", stats, notes)
     meta.update(window_span(decoded["info"]["times"], start, end))
-    return {"start": start, "end": end, "frames": str(path), "meta": meta}
+    return {"start": start, "end": end, "frames": str(path), "meta": meta, "content": content}
 
 
 def window_span(times: list[float], start: float, end: float) -> dict:

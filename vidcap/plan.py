@@ -40,16 +40,20 @@ SIDECAR_BYTES_PER_FRAME = 24  # frames_indices and timestamps, one number each p
 IMAGE_SIDECAR_BYTES = 120
 
 
-def cache_entry_bytes(kind: str, n_frames: int, height: int, width: int) -> int:
-    """Disk one frame-cache entry takes: today raw uint8 RGB frames in a .npy plus a JSON sidecar.
+# raw frames over their compact cache file, measured on the 10 real clips of bench/cache_codec.py (docs/cache.md:
+# 20.6x the sources raw, 1.87x as h264, 4.38x as ffv1); content decides it (per clip 0.4x to 20x the source), so
+# for a compact codec the disk figure is an estimate, exact only for npy
+RAW_OVER_COMPACT = {"npy": 1.0, "h264": 20.60 / 1.87, "ffv1": 20.60 / 4.38}
 
-    The one place that knows the cache's format: when the cache stores frames another way (a compact
-    codec), only this function changes.
-    """
-    raw = n_frames * height * width * 3 + NPY_HEADER_BYTES
+
+def cache_entry_bytes(kind: str, n_frames: int, height: int, width: int, codec: str = "npy") -> int:
+    """Disk one frame-cache entry takes: its frames (raw uint8 RGB in a .npy; a compact codec's file
+    estimated from them, :data:`RAW_OVER_COMPACT`) plus a JSON sidecar. The one place that knows the
+    cache's format."""
+    frames = n_frames * height * width * 3 / RAW_OVER_COMPACT[codec] + NPY_HEADER_BYTES
     if kind == "image":
-        return raw + IMAGE_SIDECAR_BYTES
-    return raw + SIDECAR_BYTES + SIDECAR_BYTES_PER_FRAME * n_frames
+        return int(frames) + IMAGE_SIDECAR_BYTES
+    return int(frames) + SIDECAR_BYTES + SIDECAR_BYTES_PER_FRAME * n_frames
 
 
 @dataclass
@@ -251,7 +255,7 @@ class Planner:
             out.vision_tokens += tokens
             out.prompt_tokens += tokens
             key = self.key("image", path, self.params)
-            out.entries[key] = cache_entry_bytes("image", 1, *size)
+            out.entries[key] = cache_entry_bytes("image", 1, *size, codec=self.params["cache_codec"])
             items.append({"frames": f"{key}.npy"})
         return items
 
@@ -266,7 +270,9 @@ class Planner:
             out.vision_tokens += plan["vision_tokens"]
             out.prompt_tokens += self.geometry.tokens(plan["n_frames"], plan["height"], plan["width"])
             key = self.key("video", path, params)
-            out.entries[key] = cache_entry_bytes("video", plan["n_frames"], plan["height"], plan["width"])
+            out.entries[key] = cache_entry_bytes(
+                "video", plan["n_frames"], plan["height"], plan["width"], codec=self.params["cache_codec"]
+            )
             items.append({"frames": f"{key}.npy"})
         return items
 
@@ -311,7 +317,9 @@ class Planner:
             out.prompt_tokens += self.geometry.tokens(n, h, w)
             text = self.text(0, 1, f"{clip_phrase(start, end)} {prompt}")
             out.prompt_tokens += self.config["frames"]["prompt_tokens"] if text is None else text
-            out.entries[f"{key}-w{i:03d}"] = cache_entry_bytes("video", n, h, w)
+            out.entries[f"{key}-w{i:03d}"] = cache_entry_bytes(
+                "video", n, h, w, codec=self.params["cache_codec"]
+            )
             out.requests += 1
             text_key = f"{clip_phrase(start, end)} {prompt}"
             stored = stored and self.store.has(
@@ -368,6 +376,7 @@ def plan_build(
         text_tokens_exact=planner.text.exact,
         cache_dir=str(planner.cache_dir),
         keep=config["frames"]["keep"],
+        cache_codec=planner.params["cache_codec"],
         tensor_parallel_size=config["engine"]["tensor_parallel_size"],
     )
     return summary
@@ -390,7 +399,11 @@ def summarize(rows: list[RecordPlan], total: int) -> dict:
         "prompt_tokens_to_send": [r.prompt_tokens if (not r.error and not r.stored) else 0 for r in rows],
         "cache_bytes": _shared_bytes(rows),
     }
-    out: dict = {"records": total, "planned": n, "exact": exact}
+    out: dict = {
+        "records": total,
+        "planned": n,
+        "exact": exact,
+    }
     for name, values in per_record.items():
         out[name] = sum(values) * scale if not exact else sum(values)
         out[f"{name}_error"] = 0.0 if exact else _error(values, total)
@@ -475,7 +488,12 @@ def format_plan(summary: dict, rate: float | None = None, tokens_per_second: flo
         vision,
         f"expected prompt tokens: {figure('prompt_tokens')} ({text_note})",
         f"frame cache: {figure('cache_bytes', _human_bytes)} at {where} "
-        "(raw uint8 frames as stored today: vidcap.plan.cache_entry_bytes)",
+        + (
+            "(raw uint8 frames: exact)"
+            if summary.get("cache_codec", "npy") == "npy"
+            else f"(frames.cache_codec {summary['cache_codec']}: estimated from the raw frames, content decides "
+            "it; docs/cache.md)"
+        ),
         f"stored results: {figure('records_stored')} records; to send: {figure('records_to_send')} records, "
         f"{figure('requests_to_send')} requests, {figure('prompt_tokens_to_send')} prompt tokens",
         f"GPU-hours: {hours:,.2f} {hours_how}" if hours >= 1 else f"GPU-hours: {hours:.2g} {hours_how}",

@@ -82,10 +82,11 @@ def video_item(video: dict, keep: list[int] | None = None):
     time stamp (frames_indices / fps). ``do_sample_frames: False`` keeps the processor from sampling again.
     """
     meta = video["meta"]
-    frames = load_frames(video)  # memory-mapped, read-only
+    frames = load_frames(video)  # raw files memory-mapped (read-only); compact ones decoded into a new array
     indices = list(meta["frames_indices"])
     if keep is None:
-        frames = np.array(frames)  # torch wants writable arrays
+        if not frames.flags.writeable:
+            frames = np.array(frames)  # torch wants writable arrays
     else:
         frames = frames[keep]
         indices = [indices[i] for i in keep]

@@ -77,6 +77,7 @@ SETTING_ROLES = {
     "frames.image_min_pixels": FRAMES,
     "frames.image_max_pixels": FRAMES,
     "frames.keep": RUN,
+    "frames.cache_codec": FRAMES,  # h264's pixels are not the raw ones: its tag is in the frame-cache key
     "frames.decoder_threads": RUN,
     "frames.timeout": RUN,
     "frames.threads": RUN,

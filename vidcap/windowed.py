@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from vidcap import npystream
+from vidcap import frame_store
 from vidcap.config import with_defaults
 from vidcap.decode import FrameError
 from vidcap.failures import raise_if_infra
@@ -48,7 +48,14 @@ def window_requests(
             continue
         sub = {
             "digest": digest,
-            "videos": [{"path": video["path"], "frames": window["frames"], "meta": window["meta"]}],
+            "videos": [
+                {
+                    "path": video["path"],
+                    "frames": window["frames"],
+                    "meta": window["meta"],
+                    "content": window.get("content"),  # how the window's file is stored (frame_store)
+                }
+            ],
             "images": [],
             "error": None,
         }
@@ -74,7 +81,7 @@ def ensure_windows(entry: dict, frames_step: dict) -> None:
     from vidcap.long_frames import cached_long
 
     video = entry["videos"][0]
-    if all(npystream.is_complete(w["frames"]) for w in video["windows"] if "frames" in w):
+    if all(frame_store.is_intact(w["frames"], w.get("content")) for w in video["windows"] if "frames" in w):
         return
     params = with_defaults("frames", frames_step.get("frames"))
     try:

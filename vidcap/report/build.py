@@ -6,6 +6,7 @@ written here is self-contained: images are inline (SVG markup, JPEG data: URIs),
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections import Counter
@@ -75,6 +76,14 @@ def write_histograms(values: dict[str, Counter], out: dict) -> dict[str, str]:
     return histograms
 
 
+def report_disk(shard_dir: str, settings: dict) -> dict:
+    """The frame cache's and result store's sizes (the results folder holds the shard folder)."""
+    from vidcap.prune import cache_sizes
+
+    codec = with_defaults("frames", (settings.get("frames") or {})).get("cache_codec")
+    return {**cache_sizes(os.path.dirname(os.path.abspath(shard_dir))), "codec": codec}
+
+
 def build_report(
     shard_dir: str, output_path: str, files: dict, out: dict, settings: dict, log=sys.stderr
 ) -> dict:
@@ -93,7 +102,8 @@ def build_report(
     throughput = caption_throughput(files.get("caption_stats", []))
     histograms = write_histograms(dict(summary["values"], frames=frames_per_video(files["manifests"])), out)
     audit = audit_output(output_path, settings.get("audit"), keys["caption"])
-    write_text(out["summary"], summary_html(summary, settings, steps, throughput, histograms, audit))
+    disk = report_disk(shard_dir, settings)
+    write_text(out["summary"], summary_html(summary, settings, steps, throughput, histograms, audit, disk))
 
     sample = int(settings.get("gallery_sample") or defaults()["gallery_sample"])
     selected = gallery_selection(summary["records"], summary["error_indices"], sample)

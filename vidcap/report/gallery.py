@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vidcap import frame_store
 from vidcap.atomic import read_json
 from vidcap.config import with_defaults
 from vidcap.records import record_digest, record_media
@@ -91,8 +92,8 @@ def record_strip(entry: dict | None) -> tuple[str | None, str]:
         if not media or "frames" not in media:
             continue
         try:
-            array = np.load(media["frames"], mmap_mode="r")
-        except (OSError, ValueError):
+            array = frame_store.read(media["frames"], media.get("content"))
+        except (OSError, ValueError):  # CacheEntryError too
             notes.append(f"{os.path.basename(media['path'])}: frames no longer in the cache")
             continue
         arrays.append(array)
@@ -197,7 +198,7 @@ def window_timeline(entry: dict | None, windows: list[dict] | None) -> list[dict
         strip = None
         if "frames" in window:
             try:
-                array = np.load(window["frames"], mmap_mode="r")
+                array = frame_store.read(window["frames"], window.get("content"))
                 strip = jpeg_data_uri(contact_sheet([array], THUMB_HEIGHT * 3 // 4, WINDOW_THUMBS))
             except (OSError, ValueError):
                 strip = None  # gone from the cache: the text still shows

@@ -73,9 +73,10 @@ def summary_html(
     throughput: dict | None,
     histograms: dict[str, str],
     audit: dict | None = None,
+    disk: dict | None = None,
 ) -> str:
     """The build summary page: status, error reasons, lengths, histograms, the caption audit, wall time,
-    settings."""
+    disk (``disk``: vidcap.prune.cache_sizes plus the cache codec), settings."""
     model = settings.get("model", "?")
     lengths = describe_table(summary["values"])
     lengths.index = [DISTRIBUTIONS[name] for name in lengths.index]
@@ -93,6 +94,7 @@ def summary_html(
         settings=settings_rows(settings),
         audit=audit,
         audit_groups=audit_rows(audit) if audit else [],
+        disk=disk,
     )
 
 

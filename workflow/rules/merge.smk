@@ -19,5 +19,6 @@ rule merge_captions:
     params:
         settings=settings.merge_settings(config),
         frames_dir=f"{RESULTS}/frames",
+        store_dir=f"{RESULTS}/store",
     script:
         "../scripts/merge_captions.py"

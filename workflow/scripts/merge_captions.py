@@ -23,3 +23,8 @@ with job_log(snakemake.log[0], snakemake.resources.attempt) as log:
     files, size = disk_usage(snakemake.params.frames_dir)
     where = snakemake.params.frames_dir
     print(f"frame cache: {files} files, {size / 2**20:.1f} MiB in {where}", file=log)
+    store_files, store_size = disk_usage(snakemake.params.store_dir)
+    print(
+        f"result store: {store_files} files, {store_size / 2**20:.1f} MiB in {snakemake.params.store_dir}",
+        file=log,
+    )
