@@ -247,7 +247,15 @@ def test_prune_after_real_builds_keeps_what_the_output_uses(tiny_model, tiny_ser
     """Two real builds (the second with other frame settings: new cache keys, new result keys) on the shared
     tiny server: prune removes exactly the first build's cache and store entries and a killed job's spool;
     the output then needs nothing rebuilt and re-captioning sends no request (the store still has them)."""
-    from helpers import caption_stats, make_video, planned_jobs, requests_sent, run_snakemake, tiny_config
+    from helpers import (
+        SERVER_KEY_ENV,
+        caption_stats,
+        make_video,
+        planned_jobs,
+        requests_sent,
+        run_snakemake,
+        tiny_config,
+    )
     from helpers import write_records as write_input
 
     media, work = tmp_path / "media", tmp_path / "work"
@@ -255,7 +263,8 @@ def test_prune_after_real_builds_keeps_what_the_output_uses(tiny_model, tiny_ser
         make_video(media / f"v{i}.mp4", seconds=1.0, source=source)
     records = [{"video": [f"v{i}.mp4"], "conversation": [{"from": "human", "value": ""}]} for i in range(3)]
     write_input(work / "records.json", records)
-    config = tiny_config(tiny_model, media_root=str(media), engine={"backend": "server", "url": tiny_server})
+    server = {"backend": "server", "url": tiny_server, "api_key_env": SERVER_KEY_ENV}  # the server's key
+    config = tiny_config(tiny_model, media_root=str(media), engine=server)
     run_snakemake(work, config)
     results = work / "results"
     first = all_files(results / "frames" / "cache") | all_files(results / "store")
