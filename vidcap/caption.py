@@ -51,8 +51,9 @@ def caption_shard(
 ) -> dict:
     """Caption every record of a shard; write one JSONL line per record and a stats file beside it.
 
-    ``settings["store"]``: the result store's folder (default: ``<result_path>.store``). ``llm``: an engine to reuse (tests, benchmarks);
-    by default one is started on free GPU slots, and only when some request is not stored yet.
+    ``settings["store"]``: the result store's folder (default: ``<result_path>.store``). ``llm``: an
+    engine to reuse (tests, benchmarks); by default one is started on free GPU slots, and only when some
+    request is not stored yet.
     """
     started = time.monotonic()
     settings = {
@@ -114,9 +115,8 @@ def plan_records(
         if entry["digest"] != digest:
             raise RuntimeError(f"{manifest_path}: entry {slot} belongs to another record: stale manifest")
         prompt = record_prompt(record, settings["keys"], settings["prompt"])
-        if needs_frames(
-            entry, settings, identity, prompt, store
-        ):  # cache files deleted since the frames step
+        # cache files deleted since the frames step: extracted again, unless the answer is stored
+        if needs_frames(entry, settings, identity, prompt, store):
             ensure_frames(entry, settings["frames_step"])
             if windowed.is_windowed(entry):
                 windowed.ensure_windows(entry, settings["frames_step"])
