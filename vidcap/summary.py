@@ -54,12 +54,14 @@ def summarize_shard(captions_path: str, out_path: str, settings: dict, log=sys.s
     identity = None
     answers: dict[str, dict] = {}
     todo = {}  # summary key -> a record asking it (records of one video ask one summary)
+    asked = []  # each long record's summary key, in file order (32 characters each), for the write pass
     for result in iter_jsonl(captions_path):
         if needs_summary(result):
             if identity is None:  # hashing the model's files only for a shard with summaries
                 params = {k: settings.get(k) for k in SUMMARY_PARAM_KEYS}
                 identity = summary_identity(params, model_identity(settings["model"]))
             key = summary_key(identity, summary_text(settings["prompt"], result["caption_meta"]["windows"]))
+            asked.append(key)
             stored = answers.get(key) or store.get(key)
             if stored is not None:
                 answers[key] = stored
@@ -71,13 +73,12 @@ def summarize_shard(captions_path: str, out_path: str, settings: dict, log=sys.s
             if storable(answer):
                 store.put(key, answer)
     counts = {"records": 0, "summarized": 0, "summary_errors": 0, "stored": len(answers) - len(todo)}
+    keys = iter(asked)
     with atomic_open(out_path) as handle:
         for result in iter_jsonl(captions_path):  # streamed again: one line in memory at a time
             counts["records"] += 1
             if needs_summary(result):
-                key = summary_key(
-                    identity, summary_text(settings["prompt"], result["caption_meta"]["windows"])
-                )
+                key = next(keys)
                 apply_summary(result, copy.deepcopy(answers[key]))
                 result.setdefault("keys", []).append(key)
                 counts["summarized" if result["caption_meta"]["status"] != "error" else "summary_errors"] += 1
