@@ -12,10 +12,12 @@ from vidcap import settings as vsettings
 from vidcap.frames import frame_params_key
 from vidcap.records import record_prompt
 from vidcap.result_keys import (
+    ASR,
     CAPTION,
     FRAMES,
     OUTPUT,
     RUN,
+    SET,
     SETTING_ROLES,
     SUMMARY,
     caption_identity,
@@ -115,7 +117,7 @@ def test_every_setting_has_a_role():
     names = {name for name, _ in schema_settings()}
     assert names - set(SETTING_ROLES) == set(), "classify the new setting in vidcap.result_keys.SETTING_ROLES"
     assert set(SETTING_ROLES) - names == set(), "a role for a setting the schema does not have"
-    assert set(SETTING_ROLES.values()) <= {CAPTION, FRAMES, SUMMARY, OUTPUT, RUN}
+    assert set(SETTING_ROLES.values()) <= {CAPTION, FRAMES, SUMMARY, OUTPUT, RUN, ASR, SET}
 
 
 @pytest.mark.parametrize("name", [n for n, _ in schema_settings()])

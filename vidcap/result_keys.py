@@ -24,6 +24,8 @@ FRAMES = "frames"  # which frames are taken: in the frame-cache keys inside ever
 SUMMARY = "summary"  # a long video's summary only: in the summary key
 OUTPUT = "output"  # how finished results are written out or reported: no answer changes
 RUN = "run"  # where, how fast and how many at once: no answer changes
+ASR = "asr"  # the transcript step only: in the transcript key, and through the transcript in caption keys
+SET = "set"  # one caption-set entry only: in that entry's keys, never in the primary caption's
 
 _SAMPLING = ("temperature", "top_p", "repetition_penalty", "max_tokens", "top_k", "presence_penalty")
 _QUALITY = ("retries", "min_words", "repeat_ngram", "max_repeat_ngram_share", "max_compression_ratio")
@@ -98,6 +100,10 @@ SETTING_ROLES = {
     "long_video.summary_prompt": SUMMARY,
     "long_video.summary_model": SUMMARY,
     "long_video.summary_max_tokens": SUMMARY,
+    "audio.mode": ASR,  # TODO(audio): CAPTION once caption_params carries it
+    "audio.asr_model": ASR,
+    "audio.language": ASR,
+    "audio.transcript_tokens": ASR,  # TODO(audio): CAPTION once caption_params carries it
     "audit.near_duplicate_jaccard": OUTPUT,
     "audit.opening_words": OUTPUT,
     "audit.top": OUTPUT,
