@@ -79,6 +79,12 @@ def check_keys(config: dict) -> None:
 
 def _unknown_keys(config: dict, node: dict, where: str):
     known = node.get("properties", {})
+    entry = node.get("additionalProperties")
+    if isinstance(entry, dict) and entry.get("type") == "object":  # a mapping of named entries
+        for key, value in config.items():
+            if isinstance(value, dict):
+                yield from _unknown_keys(value, entry, f"{where}{key}.")
+        return
     if node.get("additionalProperties", True) is not False:
         return
     for key, value in config.items():
@@ -116,7 +122,24 @@ def load(path: str | Path | None = None, overrides: dict | None = None) -> dict:
     except jsonschema.ValidationError as exc:
         where = ".".join(str(p) for p in exc.absolute_path) or "config"
         raise ConfigError(f"invalid config value at {where}: {exc.message}") from None
+    _check_caption_set_sources(merged.get("caption_set") or {})
     return merged
+
+
+def _check_caption_set_sources(entries: dict) -> None:
+    """Each derived entry's ``from`` names ``caption`` or another entry, and no chain of them loops."""
+    for name, entry in entries.items():
+        seen = [name]
+        source = entry.get("from")
+        while source not in (None, "caption"):
+            if source not in entries:
+                raise ConfigError(
+                    f"caption_set.{name}.from: no entry '{source}'; use caption or one of: {', '.join(entries)}"
+                )
+            if source in seen:
+                raise ConfigError(f"caption_set.{name}.from: a loop ({' -> '.join([*seen, source])})")
+            seen.append(source)
+            source = entries[source].get("from")
 
 
 def build_config(configfiles: list[str] = (), overrides: list[str] = ()) -> dict:

@@ -100,6 +100,7 @@ SETTING_ROLES = {
     "long_video.summary_prompt": SUMMARY,
     "long_video.summary_model": SUMMARY,
     "long_video.summary_max_tokens": SUMMARY,
+    "caption_set": SET,  # each entry's settings reach only that entry's keys
     "audio.mode": ASR,  # TODO(audio): CAPTION once caption_params carries it
     "audio.asr_model": ASR,
     "audio.language": ASR,
