@@ -90,6 +90,7 @@ if [ "$WITH_TEST" = 1 ]; then
     command -v slurmctld >/dev/null 2>&1 || apt_pkgs+=(slurm-wlm)
     command -v munged >/dev/null 2>&1 || apt_pkgs+=(munge)
     command -v chromium >/dev/null 2>&1 || apt_pkgs+=(chromium)
+    command -v espeak-ng >/dev/null 2>&1 || apt_pkgs+=(espeak-ng)  # speech for the audio tests
 fi
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
     echo "install: apt-get install ${apt_pkgs[*]}"
