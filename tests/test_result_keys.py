@@ -36,6 +36,7 @@ CHANGED = {
     "engine.vllm_args": {"quantization": "fp8"},
     "quality.language": "en",
     "long_video.mode": "single",
+    "caption_set": {"colours": {"prompt": "Name the colours."}},
 }
 
 
@@ -140,6 +141,8 @@ def test_changing_a_setting_changes_the_keys_of_its_role(name, tmp_path):
         assert not any(changed.values()), f"{name} is {role} but changes a key: {changed}"
     if role == FRAMES:
         assert answer_key(before, tmp_path) == answer_key(after, tmp_path)  # only through the frames
+    if role == SET:  # an entry's own keys only (tests/test_caption_set_job.py)
+        assert not changed[CAPTION], f"{name} reaches the primary caption's key"
 
 
 def test_the_model_weights_are_in_the_key_not_the_folder_name():

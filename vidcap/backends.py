@@ -98,6 +98,28 @@ def media_uuids(item: Pending) -> dict:
     return uuids
 
 
+def asked(item: Pending, sampling: dict, json_schema: dict | None) -> tuple[dict, dict | None]:
+    """The sampling settings and answer schema of a request: its caption-set entry's, or the job's."""
+    if item.ask is None:
+        return sampling, json_schema
+    return item.ask.sampling, item.ask.json_schema
+
+
+class LastMedia:
+    """The last record's ``multi_modal_data``, reused while the same frames are asked again: a record's
+    caption-set requests come one after another, so its frames are read (or decoded) once, and only one
+    record's arrays are held beyond the requests in flight."""
+
+    def __init__(self):
+        self.key, self.value = None, None
+
+    def data(self, item: Pending) -> dict:
+        key = (id(item.entry), repr(item.keep))
+        if key != self.key:
+            self.key, self.value = key, media_data(item)
+        return self.value
+
+
 class OfflineBackend:
     """A vLLM engine in this process, fed request by request (``LLM.enqueue``) and stepped."""
 
@@ -111,6 +133,7 @@ class OfflineBackend:
         # a few waiting requests keep the batch full when running ones finish
         self.window = Window(math.ceil(seqs * 1.5), int(engine["in_flight_gb"] * 2**30))
         self.prepare_seconds = self.engine_seconds = 0.0
+        self.media = LastMedia()
 
     def has_room(self, item: Pending) -> bool:
         return self.window.has_room(item)
@@ -122,10 +145,10 @@ class OfflineBackend:
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
-        s = self.sampling
+        s, schema = asked(item, self.sampling, self.json_schema)
         structured = None
-        if self.json_schema is not None:
-            structured = StructuredOutputsParams(json=self.json_schema)
+        if schema is not None:
+            structured = StructuredOutputsParams(json=schema)
         return SamplingParams(
             n=self.n,  # one prefill, n decodes
             temperature=s["temperature"],
@@ -146,7 +169,7 @@ class OfflineBackend:
         # vidcap's frame cache key names the content: vLLM need not hash every frame tensor again
         request = {
             "prompt": item.text,
-            "multi_modal_data": media_data(item),
+            "multi_modal_data": self.media.data(item),
             "multi_modal_uuids": media_uuids(item),
             # the frames step sized every frame for the model: its processor must not resize them again
             "mm_processor_kwargs": NO_RESIZE,
@@ -186,6 +209,7 @@ class OfflineBackend:
 
     def close(self) -> None:
         self.watchdog.stop()
+        self.media = LastMedia()
 
     @staticmethod
     def _answer(output) -> Answer:
@@ -227,18 +251,19 @@ class ServerBackend:
         # built in the worker thread: the PNG encoding of one body runs beside the others
         images = [image_array(i) for i in item.entry["images"]]
         video = video_item(item.entry["videos"][0], item.keep[0]) if item.entry["videos"] else None
-        sampling = self.sampling
+        sampling, schema = asked(item, self.sampling, self.json_schema)
+        system_prompt = item.ask.system_prompt if item.ask else self.system_prompt
         if item.presence_penalty is not None:
             sampling = {**sampling, "presence_penalty": item.presence_penalty}
         body = self.server.chat_body(
-            self.model, self.system_prompt, item.prompt, images, video, sampling, item.seed
+            self.model, system_prompt, item.prompt, images, video, sampling, item.seed
         )
         if self.n > 1:
             body["n"] = self.n
-        if self.json_schema is not None:
+        if schema is not None:
             body["response_format"] = {
                 "type": "json_schema",
-                "json_schema": {"name": "caption", "schema": self.json_schema},
+                "json_schema": {"name": "caption", "schema": schema},
             }
         return self.server.post_chat(self.client, body, self.engine["retries"], self.engine["url"])
 

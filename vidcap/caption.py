@@ -21,7 +21,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from vidcap import windowed
+from vidcap import caption_set, engine_counters, windowed
 from vidcap.atomic import atomic_open, dumps_line, iter_jsonl, read_json, write_json
 from vidcap.backends import Answer, OfflineBackend, ServerBackend
 from vidcap.budget import geometry_for
@@ -39,7 +39,8 @@ from vidcap.store import ResultStore
 
 PROGRESS_SECONDS = 10.0
 # what a result line holds besides its answer: not stored (they name the record and the job, not the answer)
-PLACE_FIELDS = ("digest", "keys", windowed.WINDOW_KEY)
+SET_KEY = "_set"  # [record slot, entry name] in a caption-set entry's own result, dropped by the fold
+PLACE_FIELDS = ("digest", "keys", windowed.WINDOW_KEY, SET_KEY)
 # this many failed answers before any success means the engine or server, not the records, is broken
 # (e.g. a server that answers 404 to every request). Refusals at submission (a request the engine
 # validates and rejects) and "too long" are the records' own and never count.
@@ -66,9 +67,12 @@ def caption_shard(
     }
     # the workflow's is the build's (results/store); a direct call without one keeps its own beside the output
     store = ResultStore(settings.get("store") or f"{result_path}.store")
-    identity = caption_identity(caption_params_of_job(settings), model_identity(settings["model"]))
-    results, pending = plan_records(shard_path, manifest_path, settings, identity, store)
-    records = sum(1 for r in results if windowed.WINDOW_KEY not in r)  # window requests take slots after
+    model_id = model_identity(settings["model"])
+    identity = caption_identity(caption_params_of_job(settings), model_id)
+    entries = caption_set.asks(settings, model_id)  # the visual caption-set entries, each asked per record
+    results, pending = plan_records(shard_path, manifest_path, settings, identity, store, entries)
+    # window and caption-set requests take slots after the records
+    records = sum(1 for r in results if windowed.WINDOW_KEY not in r and SET_KEY not in r)
     carried = sum(1 for r in results[:records] if r["caption_meta"]["error"])
     pending, twins, stored = look_up(pending, results, store)
     stats = new_stats(records, stored)
@@ -85,11 +89,14 @@ def caption_shard(
     else:  # nothing to send: the job still says what produced its results
         stats["provenance"] = job_provenance(settings, settings["engine"], settings.get("frames"))
     fill_twins(twins, results)
+    results = caption_set.fold(results, records, entries, SET_KEY)
     results = windowed.fold(results, records)
     with atomic_open(result_path) as handle:
         for result in results:
             handle.write(dumps_line(result))
     finish_stats(stats, results, started)
+    if entries:
+        stats["set"] = set_stats(results, entries)
     write_json(Path(result_path).with_suffix(".stats.json"), stats)
     print(
         f"shard {Path(shard_path).stem}: {stats['ok']} ok, {stats['truncated']} truncated, {stats['error']} "
@@ -102,10 +109,16 @@ def caption_shard(
 
 
 def plan_records(
-    shard_path: str, manifest_path: str, settings: dict, identity: str, store: ResultStore
+    shard_path: str,
+    manifest_path: str,
+    settings: dict,
+    identity: str,
+    store: ResultStore,
+    asks: list[caption_set.Ask] = (),
 ) -> tuple[list[dict], list[Pending]]:
     """One result per shard record (an error until captioned) and the requests to look up or send,
-    each with its result-store key (``identity``: vidcap.result_keys.caption_identity)."""
+    each with its result-store key (``identity``: vidcap.result_keys.caption_identity); with caption-set
+    entries (``asks``), each record's entry requests right after its own."""
     entries = read_json(manifest_path)["records"]
     results, pending, windows = [], [], []
     for slot, record in enumerate(iter_jsonl(shard_path)):
@@ -116,7 +129,7 @@ def plan_records(
             raise RuntimeError(f"{manifest_path}: entry {slot} belongs to another record: stale manifest")
         prompt = record_prompt(record, settings["keys"], settings["prompt"])
         # cache files deleted since the frames step: extracted again, unless the answer is stored
-        if needs_frames(entry, settings, identity, prompt, store):
+        if needs_frames(entry, settings, identity, prompt, store, asks):
             ensure_frames(entry, settings["frames_step"])
             if windowed.is_windowed(entry):
                 windowed.ensure_windows(entry, settings["frames_step"])
@@ -144,15 +157,53 @@ def plan_records(
         )
     for args in windows:
         pending.extend(windowed.window_requests(*args, results, identity))
+    if asks:
+        pending = with_set_requests(pending, results, entries, settings, asks)
     return results, pending
 
 
-def needs_frames(entry: dict, settings: dict, identity: str, prompt: str, store: ResultStore) -> bool:
+def with_set_requests(
+    pending: list[Pending], results: list[dict], entries: list[dict], settings: dict, asks
+) -> list[Pending]:
+    """Every record gets a result slot per caption-set entry (after all other slots); each record that is
+    asked gets one request per entry, placed right after its own request, so a record's requests reach
+    the engine together and share its video's prefix-cache blocks and encoder output."""
+    followers: dict[int, list[Pending]] = {}
+    for slot, entry in enumerate(entries):
+        record = results[slot]
+        for ask in asks:
+            error = entry["error"]
+            if not error and windowed.is_windowed(entry):
+                error = "caption_set: not asked of windowed (long) videos yet"
+            meta = unanswered_meta(record["caption_meta"]["frames"], error)
+            results.append(
+                {"digest": record["digest"], "caption": None, "caption_meta": meta, SET_KEY: [slot, ask.name]}
+            )
+            if entry["error"] or windowed.is_windowed(entry):
+                continue
+            seed = sampling_seed(ask.sampling, content_digest(media_keys(entry), ask.prompt))
+            keep = [None] * len(entry["videos"])
+            item = Pending(len(results) - 1, record["digest"], entry, ask.prompt, seed, keep=keep, ask=ask)
+            item.key = record_key(ask.identity, ask.prompt, entry)
+            record["keys"].append(item.key)
+            followers.setdefault(slot, []).append(item)
+    ordered = []
+    for item in pending:
+        ordered.append(item)
+        if not isinstance(item, windowed.WindowPending):
+            ordered.extend(followers.get(item.slot, ()))
+    return ordered
+
+
+def needs_frames(
+    entry: dict, settings: dict, identity: str, prompt: str, store: ResultStore, asks=()
+) -> bool:
     """Whether a record's frames must be on disk: it will be sent (a stored answer needs none, so a
     pruned cache is not extracted again for it). Windowed records are checked per window later."""
     if not settings.get("frames_step") or entry["error"]:
         return False
-    return windowed.is_windowed(entry) or not store.has(record_key(identity, prompt, entry))
+    keys = [record_key(identity, prompt, entry)] + [record_key(a.identity, a.prompt, entry) for a in asks]
+    return windowed.is_windowed(entry) or not all(store.has(k) for k in keys)
 
 
 def look_up(pending: list[Pending], results: list[dict], store: ResultStore):
@@ -205,6 +256,7 @@ def new_stats(records: int, stored: int) -> dict:
         "generate_seconds": 0.0,
         "prepare_seconds": 0.0,
         "tokens_per_second": None,
+        "vllm": engine_counters.empty(),  # the engine's own counts (vidcap.engine_counters)
     }
 
 
@@ -244,6 +296,8 @@ def caption_pending(pending, results, settings, stats, store, log, llm=None, job
             backend = OfflineBackend(llm, settings["sampling"], engine, log, n, judge.schema)
             stack.callback(backend.close)
             ready = fit_to_context(llm, pending, results, settings, store)
+            counters = engine_counters.EngineCounters(llm)
+            stack.callback(lambda: stats.update(vllm=counters.read()))
         feed(backend, ready, results, stats, store, log, judge, job_progress)
         stats["prepare_seconds"] = round(backend.prepare_seconds, 3)
         stats["generate_seconds"] = round(backend.engine_seconds, 3)
@@ -277,8 +331,7 @@ def fit_to_context(
     geometry = geometry_for(settings["model"], hf_config)
     tokenizer = llm.get_tokenizer()
     template = chat_template(settings["model"], tokenizer)
-    max_model_len, max_tokens = settings["engine"]["max_model_len"], int(settings["sampling"]["max_tokens"])
-    budget = max_model_len - max_tokens  # the prompt must leave room for a whole caption
+    max_model_len = settings["engine"]["max_model_len"]
 
     @functools.lru_cache(maxsize=4096)
     def count_tokens(text: str) -> int:
@@ -291,8 +344,11 @@ def fit_to_context(
 
     ready = []
     for item in pending:
+        asked = item.ask.settings if item.ask else settings  # a caption-set entry's own, or the job's
+        max_tokens = int(asked["sampling"]["max_tokens"])
+        budget = max_model_len - max_tokens  # the prompt must leave room for a whole caption
         item.text = template(
-            settings["system_prompt"], len(item.entry["images"]), len(item.entry["videos"]), item.prompt
+            asked["system_prompt"], len(item.entry["images"]), len(item.entry["videos"]), item.prompt
         )
         if estimate(item) > budget:
             item.halve()
@@ -361,6 +417,7 @@ def settle(item: Pending, outcome, results, stats, store: ResultStore, queue: de
     """Record an answer, or a request's failure: once more with half the frames if it was too long, or
     with a new seed if every candidate was degenerate (``judge``). A refusal is that request's error,
     never the engine's: an engine that is broken raises EngineFailure from the backend instead."""
+    judge = item.ask.judge if item.ask else judge  # a caption-set entry has its own format and guard
     meta = results[item.slot]["caption_meta"]
     meta["seed"] = item.first_seed
     if isinstance(outcome, Answer):
@@ -385,6 +442,15 @@ def settle(item: Pending, outcome, results, stats, store: ResultStore, queue: de
         )
         return  # a refusal is not kept: it may pass with nothing changed, so the next build asks again
     store.put(item.key, answer_of(results[item.slot]))
+
+
+def set_stats(results: list[dict], asks) -> dict:
+    """Per caption-set entry: how many records got each status."""
+    out = {a.name: {"ok": 0, "truncated": 0, "degenerate": 0, "error": 0} for a in asks}
+    for result in results:
+        for name, meta in result["caption_meta"]["set"].items():
+            out[name][meta["status"]] += 1
+    return out
 
 
 def count_tokens(answer: Answer, stats: dict) -> None:

@@ -65,3 +65,130 @@ def _entry(name: str, given: dict) -> Entry:
         output_format=given.get("output_format"),
         output_schema=given.get("output_schema"),
     )
+
+
+# ------------------------------------------------------------------ the caption job's side (visual entries)
+# fields a record's result gets for its visual entries (merged into the output in this order)
+SET_FIELDS = ("caption_set", "caption_set_json", "caption_set_captions")
+
+
+def entry_params(entry: Entry) -> dict:
+    """What a visual entry's answers depend on, as the caption rule's params carry it: its own settings
+    with the answer schema's content (not its path), so editing the schema file reruns the caption jobs."""
+    from vidcap.structured import load_schema
+
+    output_format = entry.output_format or "text"
+    schema = None
+    if output_format == "json":
+        try:
+            schema = load_schema(entry.output_schema)
+        except (OSError, ValueError) as exc:
+            from vidcap.config import ConfigError
+
+            raise ConfigError(f"caption_set.{entry.name}.output_schema: {exc}") from None
+    return {
+        "prompt": entry.prompt,
+        "system_prompt": entry.system_prompt,
+        "max_tokens": entry.max_tokens,
+        "sampling": dict(entry.sampling),
+        "output_format": output_format,
+        "output_schema": schema,
+    }
+
+
+def visual_params(config: dict) -> dict:
+    """NAME -> :func:`entry_params` of every visual entry, in config order (derived ones are the summary
+    step's: editing them must not rerun a caption job)."""
+    return {e.name: entry_params(e) for e in visual_entries(config)}
+
+
+def effective_settings(params: dict, job: dict) -> dict:
+    """An entry's caption settings in the shape of the primary's (vidcap.settings.caption_params_of_job):
+    the job's, with the entry's prompt, system prompt, sampling overrides, max_tokens and answer format.
+    ``params``: one value of :func:`visual_params`; ``job``: the caption job's settings (defaults applied)."""
+    from vidcap.config import ConfigError
+    from vidcap.settings import CAPTION_PARAM_KEYS
+
+    sampling = {**job["sampling"], **params["sampling"]}
+    if params["max_tokens"] is not None:
+        sampling["max_tokens"] = params["max_tokens"]
+    n = job["candidates"]["n"]
+    if n > 1 and sampling["temperature"] <= 0:
+        raise ConfigError(f"a caption_set entry with temperature 0 cannot give candidates.n {n} candidates")
+    system_prompt = params["system_prompt"]
+    return {
+        **{k: job.get(k) for k in CAPTION_PARAM_KEYS},
+        "prompt": params["prompt"],
+        "system_prompt": job["system_prompt"] if system_prompt is None else system_prompt,
+        "sampling": sampling,
+        "output_format": params["output_format"],
+        "output_schema": params["output_schema"],
+    }
+
+
+@dataclass
+class Ask:
+    """What one kind of request of a caption job asks: a visual entry, with its effective settings
+    (:func:`effective_settings`), its guard (vidcap.judge.Judge) and its result-key identity."""
+
+    name: str
+    settings: dict
+    judge: object
+    identity: str
+
+    @property
+    def prompt(self) -> str:
+        return self.settings["prompt"]
+
+    @property
+    def system_prompt(self) -> str:
+        return self.settings["system_prompt"]
+
+    @property
+    def sampling(self) -> dict:
+        return self.settings["sampling"]
+
+    @property
+    def json_schema(self) -> dict | None:
+        return self.judge.schema
+
+
+def asks(job: dict, model_id: dict) -> list[Ask]:
+    """One :class:`Ask` per visual entry of a caption job's settings (``job["caption_set"]``)."""
+    from vidcap.judge import Judge
+    from vidcap.result_keys import caption_identity
+
+    out = []
+    for name, params in (job.get("caption_set") or {}).items():
+        settings = effective_settings(params, job)
+        out.append(Ask(name, settings, Judge(settings), caption_identity(settings, model_id)))
+    return out
+
+
+def fold(results: list[dict], n_records: int, entries: list[Ask], marker: str) -> list[dict]:
+    """The results with every entry's own result (slots after the records, ``marker``: [record slot, name])
+    folded into its record: ``caption_set`` (text or null per name, config order), ``caption_set_json``
+    (json entries: the object or null), ``caption_set_captions`` (candidates.keep all: the candidates or
+    null) and ``caption_meta.set`` (each entry's meta). Every record gets every name, whatever its status,
+    so all records have one shape. Records keep their slots; the entry slots are dropped."""
+    if not entries:
+        return results
+    kept, done = [], {}
+    for result in results[n_records:]:
+        if marker in result:
+            slot, name = result.pop(marker)
+            done[slot, name] = result
+        else:
+            kept.append(result)
+    records = results[:n_records]
+    json_names = [a.name for a in entries if a.judge.json]
+    listed = [a.name for a in entries if a.judge.candidates["keep"] == "all"]
+    for slot, record in enumerate(records):
+        answers = {a.name: done[slot, a.name] for a in entries}
+        record["caption_set"] = {n: a["caption"] for n, a in answers.items()}
+        if json_names:
+            record["caption_set_json"] = {n: answers[n].get("caption_json") for n in json_names}
+        if listed:
+            record["caption_set_captions"] = {n: answers[n].get("captions") for n in listed}
+        record["caption_meta"]["set"] = {n: a["caption_meta"] for n, a in answers.items()}
+    return records + kept

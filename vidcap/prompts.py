@@ -188,6 +188,9 @@ class Pending:
     presence_penalty: float | None = None  # None: the sampling section's
     rejected: list = field(default_factory=list)
     tried: list = field(default_factory=list)
+    ask: object = (
+        None  # a caption-set entry (vidcap.caption_set.Ask): its settings; None: the primary caption
+    )
 
     def __post_init__(self):
         self.first_seed = self.seed

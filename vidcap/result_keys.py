@@ -116,7 +116,8 @@ def caption_identity(params: dict, model_id: dict) -> str:
     """What every answer of a caption job depends on besides its record: ``params`` (from
     :func:`vidcap.settings.caption_params`) without the prompt and keys, which act through each record,
     and the model's identity (:func:`vidcap.provenance.model_identity`: weights hash or hub revision)."""
-    fields = {k: v for k, v in params.items() if k not in ("prompt", "keys", "model")}
+    # the caption set's entries reach only their own keys (vidcap.caption_set.asks), never this one
+    fields = {k: v for k, v in params.items() if k not in ("prompt", "keys", "model", "caption_set")}
     weights = {k: v for k, v in model_id.items() if k != "model"} or {"model": model_id.get("model")}
     return canonical_hash([KEY_VERSION, "caption", weights, fields])
 

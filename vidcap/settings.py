@@ -97,7 +97,11 @@ def summary_job(config: dict) -> dict:
 def caption_params(config: dict) -> dict:
     """What a caption depends on (a change reruns caption jobs, and changes every result-store key but
     the prompt's and keys', which act per record: vidcap.result_keys); engine sizing is left out on
-    purpose."""
+    purpose. The visual caption-set entries (``caption_set``, only when there are any) rerun the jobs too,
+    but reach only their own entries' keys (not in :data:`CAPTION_PARAM_KEYS`)."""
+    from vidcap.caption_set import visual_params
+
+    entries = visual_params(config)
     return {
         "model": config["model"],
         "prompt": config["prompt"],
@@ -107,6 +111,7 @@ def caption_params(config: dict) -> dict:
         "max_model_len": config["engine"]["max_model_len"],
         "engine_numerics": engine_numerics(config),
         **quality_params(config),
+        **({"caption_set": entries} if entries else {}),
     }
 
 
