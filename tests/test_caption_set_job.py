@@ -96,6 +96,32 @@ def test_an_entry_at_temperature_0_cannot_give_several_candidates():
         caption_set.asks(caption_job(cfg), {"model": "m"})
 
 
+def test_the_report_gallery_shows_every_entry():
+    from vidcap.report.gallery import gallery_card
+    from vidcap.report.pages import gallery_html
+
+    record = {
+        "video": ["a.mp4"],
+        "caption": "main",
+        "caption_set": {"dense": "every <detail>", "camera": None},
+        "caption_meta": {
+            "status": "ok",
+            "set": {
+                "dense": {"status": "ok", "error": None},
+                "camera": {"status": "error", "error": "too long"},
+            },
+        },
+    }
+    card = gallery_card({"index": 0, "record": record, "entry": None}, defaults("keys"))
+    assert [(e["name"], e["status"], e["caption"]) for e in card["caption_set"]] == [
+        ("dense", "ok", "every <detail>"),
+        ("camera", "error", None),
+    ]
+    assert card["caption_set"][1]["error"] == "too long"
+    html = gallery_html({"records": 1, "status": {"ok": 1}}, [card], "some/model", 48, 10)
+    assert "every &lt;detail&gt;" in html and ">camera <" in html and "too long" in html
+
+
 # ----------------------------------------------------------------------------------------- slow
 @pytest.fixture(scope="module")
 def llm(tiny_model_25):

@@ -182,7 +182,25 @@ def gallery_card(item: dict, keys: dict) -> dict:
         "error": meta.get("error"),
         "caption": caption if isinstance(caption, str) else None,
         "timeline": timeline,
+        "caption_set": caption_set_rows(record, meta),
     }
+
+
+def caption_set_rows(record: dict, meta: dict) -> list[dict]:
+    """Every caption-set entry of a record (config order): its name, status, caption or error."""
+    metas = meta.get("set") or {}
+    rows = []
+    for name, text in (record.get("caption_set") or {}).items():
+        entry = metas.get(name) or {}
+        rows.append(
+            {
+                "name": name,
+                "status": entry.get("status", "unknown"),
+                "error": entry.get("error"),
+                "caption": text if isinstance(text, str) else None,
+            }
+        )
+    return rows
 
 
 WINDOW_THUMBS = 4
