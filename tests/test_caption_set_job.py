@@ -223,3 +223,38 @@ def test_six_records_answer_a_set_of_three_and_a_fourth_entry_sends_six(llm, tin
     edited = {**entries, "tags": {**entries["tags"], "prompt": "List three tags."}}
     _, changed = run(llm, tiny_model_25, shard, tmp_path / "f.jsonl", edited, tmp_path / "store")
     assert changed["requests"] == 6
+
+
+@pytest.mark.slow
+def test_a_workflow_build_on_the_server_writes_every_entry_and_a_new_entry_sends_six(
+    tiny_model, tiny_server, tmp_path
+):
+    """The whole workflow (frames, caption jobs on the session's vllm serve, merge): the output fields, and
+    a fourth entry added to the built dataset sends one request per record."""
+    from helpers import SERVER_KEY_ENV, caption_stats, requests_sent, run_snakemake, tiny_config
+
+    for i, source in enumerate(SOURCES):
+        make_video(tmp_path / f"v{i}.mp4", seconds=1, source=source)
+    write_records(tmp_path / "records.json", [{"video": [f"v{i}.mp4"], "id": i} for i in range(6)])
+    (tmp_path / "small.schema.json").write_text(json.dumps(SMALL_SCHEMA))
+    entries = {**SET, "camera": {**SET["camera"], "output_schema": str(tmp_path / "small.schema.json")}}
+    server = {"backend": "server", "url": tiny_server, "api_key_env": SERVER_KEY_ENV}
+    config = tiny_config(tiny_model, shards=2, engine=server, caption_set=entries)
+    run_snakemake(tmp_path, config)
+    out = json.loads((tmp_path / "captions.json").read_text())
+    names = ["camera", "dense", "tags"]  # the config file's order (helpers.run_snakemake writes sorted keys)
+    for record in out:
+        assert list(record)[-4:] == ["caption", "caption_set", "caption_set_json", "caption_meta"]
+        assert list(record["caption_set"]) == names
+        assert list(record["caption_meta"]["set"]) == names
+        assert all(m["status"] in CAPTIONED for m in record["caption_meta"]["set"].values())
+    assert sum(s["requests"] for s in caption_stats(tmp_path / "results").values()) == 6 * 4
+
+    before = caption_stats(tmp_path / "results")
+    more = {**config, "caption_set": {**entries, "motion": {"prompt": "What moves?"}}}
+    run_snakemake(tmp_path, more)
+    assert requests_sent(tmp_path / "results", before) == 6
+    again = json.loads((tmp_path / "captions.json").read_text())
+    assert [r["caption"] for r in again] == [r["caption"] for r in out]
+    assert [r["caption_set"]["dense"] for r in again] == [r["caption_set"]["dense"] for r in out]
+    assert all(list(r["caption_set"]) == ["camera", "dense", "motion", "tags"] for r in again)
