@@ -96,6 +96,15 @@ def test_an_entry_at_temperature_0_cannot_give_several_candidates():
         caption_set.asks(caption_job(cfg), {"model": "m"})
 
 
+def test_provenance_names_each_entry_prompt_and_nothing_without_a_set():
+    from vidcap.provenance import run_prompts
+
+    assert "caption_set" not in run_prompts(load({}))
+    prompts = run_prompts(load({**SET, "t2v": {"prompt": "One line.", "from": "dense"}}))["caption_set"]
+    assert prompts["tags"] == {"prompt": "List five tags.", "system_prompt": "You tag videos."}
+    assert prompts["t2v"] == {"prompt": "One line.", "from": "dense"}
+
+
 def test_the_report_gallery_shows_every_entry():
     from vidcap.report.gallery import gallery_card
     from vidcap.report.pages import gallery_html

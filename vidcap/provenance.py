@@ -152,7 +152,9 @@ def job_provenance(settings: dict, engine: dict, frames: dict | None) -> dict:
         "engine": redacted_engine({k: v for k, v in engine.items() if k not in ("env", "threads")}),
         "quality": quality_settings(settings),
     }
-    return {
+    if settings.get("caption_set"):  # the visual entries' settings (absent without a set: as before)
+        caption_config["caption_set"] = settings["caption_set"]
+    result = {
         **model_identity(settings["model"]),
         "versions": software_versions(),
         "config_hash": canonical_hash(caption_config),
@@ -161,6 +163,9 @@ def job_provenance(settings: dict, engine: dict, frames: dict | None) -> dict:
         "engine": caption_config["engine"],
         "quality": caption_config["quality"],
     }
+    if settings.get("caption_set"):
+        result["caption_set"] = settings["caption_set"]
+    return result
 
 
 def quality_settings(settings: dict) -> dict:
@@ -179,6 +184,11 @@ def run_prompts(config: dict) -> dict:
     }
     if config["long_video"]["mode"] != "single":
         prompts["summary_prompt"] = config["long_video"]["summary_prompt"]
+    if config.get("caption_set"):  # each entry's instruction (and system prompt when it has its own)
+        prompts["caption_set"] = {
+            name: {k: entry[k] for k in ("prompt", "system_prompt", "from") if entry.get(k) is not None}
+            for name, entry in config["caption_set"].items()
+        }
     return prompts
 
 
