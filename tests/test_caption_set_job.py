@@ -105,6 +105,23 @@ def test_provenance_names_each_entry_prompt_and_nothing_without_a_set():
     assert prompts["t2v"] == {"prompt": "One line.", "from": "dense"}
 
 
+def test_the_audit_reads_one_entry_with_its_own_status(tmp_path):
+    from vidcap.audit import audit_output
+
+    records = [
+        {
+            "caption": f"primary {i}",
+            "caption_set": {"tags": "red, car, road" if i < 3 else None},
+            "caption_meta": {"status": "ok", "set": {"tags": {"status": "ok" if i < 3 else "error"}}},
+        }
+        for i in range(4)
+    ]
+    path = write_records(tmp_path / "out.jsonl", records)
+    audit = audit_output(path, None, "caption_set.tags")
+    assert audit["status"] == {"ok": 3, "error": 1}
+    assert audit["exact_duplicates"]["records"] == 3  # one tag line on three records
+
+
 def test_the_report_gallery_shows_every_entry():
     from vidcap.report.gallery import gallery_card
     from vidcap.report.pages import gallery_html

@@ -349,7 +349,9 @@ def _add_quality_commands(sub) -> None:
     audit.add_argument("output", help="the workflow's output file (.json or .jsonl)")
     audit.add_argument("--json", action="store_true", help="print the audit as JSON")
     audit.add_argument(
-        "--caption-key", default="caption", help="record key holding the caption (config keys.caption)"
+        "--caption-key",
+        default="caption",
+        help="record key holding the caption (config keys.caption); caption_set.NAME audits that entry",
     )
     audit.add_argument(
         "--jaccard", type=float, help="near-duplicate threshold (config audit.near_duplicate_jaccard)"

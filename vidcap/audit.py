@@ -42,11 +42,16 @@ def _hash64(text: str) -> int:
 
 
 def _captions(path, caption_key: str):
-    """(record index, caption text or None, status) for every record of an output file."""
+    """(record index, caption text or None, status) for every record of an output file; a caption_key
+    ``caption_set.NAME`` reads that caption-set entry and its own status (caption_meta.set.NAME)."""
+    head, _, entry = caption_key.partition(".")
     for index, record in iter_output(path):
         meta = record.get("caption_meta") if isinstance(record, dict) else None
-        status = (meta or {}).get("status", "missing caption_meta")
         caption = record.get(caption_key) if isinstance(record, dict) else None
+        if head == "caption_set" and entry and isinstance(record, dict):
+            caption = (record.get("caption_set") or {}).get(entry)
+            meta = ((meta or {}).get("set") or {}).get(entry) or {"status": "missing caption_meta.set"}
+        status = (meta or {}).get("status", "missing caption_meta")
         yield index, caption if isinstance(caption, str) and caption.strip() else None, status
 
 
