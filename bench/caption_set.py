@@ -1,6 +1,7 @@
 """What a caption set costs: K captions per video (the primary and K-1 set entries) against one.
 
     .venv/bin/python bench/caption_set.py [--records 8] [--frames 16] [--size 448x252] [--k 3] [--repeat 2]
+                                          [--processor-cache-gb 0]
 
 Real caption jobs (vidcap.caption.caption_shard, the path a build takes) on one engine (the tiny random
 Qwen2.5-VL on the CPU build here: its captions are gibberish, only the counts mean anything), over a
@@ -49,7 +50,7 @@ QUESTIONS = [
 ]
 
 
-def job_settings(model: Path, k: int, max_model_len: int, max_tokens: int) -> dict:
+def job_settings(model: Path, k: int, max_model_len: int, max_tokens: int, processor_cache_gb: float) -> dict:
     entries = {f"entry{i}": {"prompt": QUESTIONS[i % len(QUESTIONS)]} for i in range(k - 1)}
     config = vconfig.load(
         None,
@@ -65,6 +66,7 @@ def job_settings(model: Path, k: int, max_model_len: int, max_tokens: int) -> di
                 "dtype": "bfloat16",
                 "enforce_eager": True,
                 "cpu_kvcache_space_gb": 2,
+                "mm_processor_cache_gb": processor_cache_gb,
             },
         },
     )
@@ -104,6 +106,9 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=3, help="captions per video: the primary and k-1 entries")
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument(
+        "--processor-cache-gb", type=float, default=0.0, help="engine.mm_processor_cache_gb (default 0)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     width, height = (int(x) for x in args.size.split("x"))
@@ -117,14 +122,18 @@ def main() -> None:
     )
     shard, manifest = synthetic_shard(work, args.records, args.frames, width, height)
     max_model_len = 8192
-    settings = {k: job_settings(model, k, max_model_len, args.max_tokens) for k in (1, args.k)}
+    settings = {
+        k: job_settings(model, k, max_model_len, args.max_tokens, args.processor_cache_gb)
+        for k in (1, args.k)
+    }
     llm = start_engine(str(model), settings[1]["engine"], {"video": 1, "image": 0}, 0)
     run(llm, shard, manifest, work, settings[1], "warm-up")
     print(
         f"caption_set: tiny Qwen2.5-VL (random weights: gibberish captions), vLLM CPU build; {machine()}; "
         f"{args.records} records of {args.frames} frames of {args.size}, K={args.k} captions per video "
         f"(primary + {args.k - 1} set entries) vs K=1, {args.max_tokens} output tokens each, "
-        f"medians of {args.repeat} alternating runs; load average {os.getloadavg()[0]:.2f}"
+        f"medians of {args.repeat} alternating runs; mm_processor_cache_gb {args.processor_cache_gb:g}; "
+        f"load average {os.getloadavg()[0]:.2f}"
     )
     runs = {1: [], args.k: []}
     for i in range(args.repeat):
