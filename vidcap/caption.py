@@ -143,7 +143,7 @@ def plan_records(
             f"{manifest_path} has {len(entries)} entries for {len(results)} shard records: stale"
         )
     for args in windows:
-        pending.extend(windowed.window_requests(*args, results, identity))
+        pending.extend(windowed.window_requests(*args, results, identity, settings.get("model")))
     return results, pending
 
 
@@ -365,8 +365,7 @@ def settle(item: Pending, outcome, results, stats, store: ResultStore, queue: de
     meta["seed"] = item.first_seed
     if isinstance(outcome, Answer):
         count_tokens(outcome, stats)
-        videos = item.entry["videos"]
-        duration = float(videos[0]["meta"]["duration"]) if videos else None
+        duration = windowed.answer_duration(item)  # a window's clock: its events in the video's time
         attempt = judge.check(item.seed, outcome.texts, outcome.finish_reasons, duration)
         verdict = judge.decide(item, attempt)
         if verdict.status == "retry":

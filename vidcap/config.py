@@ -123,7 +123,22 @@ def load(path: str | Path | None = None, overrides: dict | None = None) -> dict:
         where = ".".join(str(p) for p in exc.absolute_path) or "config"
         raise ConfigError(f"invalid config value at {where}: {exc.message}") from None
     _check_caption_set_sources(merged.get("caption_set") or {})
+    check_values(merged)
     return merged
+
+
+def check_values(config: dict) -> None:
+    """Raise :class:`ConfigError` for values each valid on its own but unusable together (run on the
+    validated config, defaults filled, before any job)."""
+    long_video = config.get("long_video") or {}
+    window, least = long_video.get("window_frames"), long_video.get("min_window_frames")
+    if window is not None and least is not None and least > window:
+        # every remainder would join the previous window: windows up to twice window_frames long
+        raise ConfigError(
+            f"long_video.min_window_frames {least} is larger than long_video.window_frames {window}: "
+            "a remainder shorter than min_window_frames joins the previous window, so every window would "
+            "take the next one's frames; set min_window_frames to at most window_frames"
+        )
 
 
 def _check_caption_set_sources(entries: dict) -> None:
