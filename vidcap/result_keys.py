@@ -5,7 +5,8 @@ the prompt the record is asked (its own, with ``keys.prompt``, or the configured
 frame-cache keys, which name the file (real path, size, mtime) and the frame parameters. Nothing about
 where the record sits (shard, position, other fields) is in it, so growing, resharding or reordering a
 dataset finds every finished record again. A window's key adds its span; a summary's key is its
-settings and the exact text it is asked, which holds the window captions.
+settings and the exact text it is asked, which holds the window captions; a derived caption-set entry's
+key is its settings with the summary engine's and the text it rewrites.
 
 :data:`SETTING_ROLES` names, for every setting in the schema, how it reaches a result. A test walks the
 schema: a new setting without a role fails it, and changing any ``caption`` setting must change the key.
@@ -128,6 +129,13 @@ def summary_identity(params: dict, model_id: dict) -> str:
     return canonical_hash([KEY_VERSION, "summary", weights, fields])
 
 
+def derived_identity(params: dict, model_id: dict) -> str:
+    """As :func:`caption_identity`, for one derived caption-set entry (vidcap.derived): its resolved
+    settings and the summary engine's."""
+    weights = {k: v for k, v in model_id.items() if k != "model"} or {"model": model_id.get("model")}
+    return canonical_hash([KEY_VERSION, "derived", weights, params])
+
+
 def media_keys(entry: dict) -> list:
     """Each video's and image's frames as the cache names them (file identity and frame parameters)."""
     return [_item_key(item) for item in entry["videos"] + entry["images"]]
@@ -159,6 +167,11 @@ def window_key(identity: str, text: str, video: dict) -> str:
 
 def summary_key(identity: str, text: str) -> str:
     return canonical_hash(["summary", identity, text])[:32]
+
+
+def derived_key(identity: str, source: str) -> str:
+    """A derived entry's answer: its settings' identity and the exact text it rewrites."""
+    return canonical_hash(["derived", identity, source])[:32]
 
 
 def content_digest(media: list, prompt: str) -> str:

@@ -69,8 +69,10 @@ def window_settings(config: dict) -> dict:
 
 
 def summary_params(config: dict) -> dict:
-    """What a summary depends on (a change reruns only the summary jobs and the merge)."""
+    """What a summary and the derived caption-set entries depend on (a change reruns only the summary
+    jobs and the merge). A summary answers as a short record's caption would (candidates, output_format)."""
     lv = config["long_video"]
+    answer = quality_params(config)
     return {
         "model": lv["summary_model"] or config["model"],
         "prompt": lv["summary_prompt"],
@@ -78,7 +80,46 @@ def summary_params(config: dict) -> dict:
         "sampling": {**config["sampling"], "max_tokens": lv["summary_max_tokens"]},
         "max_model_len": config["engine"]["max_model_len"],
         "engine_numerics": engine_numerics(config),
+        "candidates": answer["candidates"],
+        "output_format": answer["output_format"],
+        "output_schema": answer["output_schema"],
+        "derived": derived_params(config),
     }
+
+
+def derived_params(config: dict) -> list[dict]:
+    """The derived caption-set entries (vidcap.derived), in dependency order, each with its settings
+    resolved over the top-level ones and its schema's content."""
+    from vidcap.caption_set import derived_entries
+    from vidcap.structured import load_schema
+
+    out = []
+    for entry in derived_entries(config):
+        schema = None
+        if entry.output_format == "json":
+            try:
+                schema = load_schema(entry.output_schema)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"caption_set.{entry.name}.output_schema: {exc}") from None
+        system = entry.system_prompt if entry.system_prompt is not None else config["system_prompt"]
+        max_tokens = entry.max_tokens or config["sampling"]["max_tokens"]
+        out.append(
+            {
+                "name": entry.name,
+                "from": entry.source,
+                "prompt": entry.prompt,
+                "system_prompt": system,
+                "sampling": {**config["sampling"], **entry.sampling, "max_tokens": max_tokens},
+                "output_format": entry.output_format or "text",
+                "output_schema": schema,
+            }
+        )
+    return out
+
+
+def needs_summary_step(config: dict) -> bool:
+    """Whether the merge reads the summary step's results: windows to summarise, or derived entries."""
+    return config["long_video"]["mode"] != "single" or bool(derived_params(config))
 
 
 def summary_job(config: dict) -> dict:
@@ -91,6 +132,10 @@ def summary_job(config: dict) -> dict:
         "engine": dict(engine),
         "served_name": served,
         "store": result_store(config),
+        # each record's own prompt reaches its summary (the caption jobs, which depend on them, rerun first)
+        "keys": config["keys"],
+        "caption_prompt": config["prompt"],
+        "caption_set_names": list(config.get("caption_set") or {}),
     }
 
 
@@ -274,8 +319,10 @@ def summary_gpus(config: dict):
     """The summary rule's gpu resource, from its input: a shard with no record to summarise only copies
     its lines and asks for no GPU (nor, in profiles/slurm, a GPU partition)."""
 
+    derived = bool(derived_params(config))  # every record has derived entries to answer
+
     def gpus(wildcards, input) -> int:
-        return caption_gpus(config) if needs_summary_engine(input.captions) else 0
+        return caption_gpus(config) if derived or needs_summary_engine(input.captions) else 0
 
     return gpus
 
