@@ -107,3 +107,41 @@ def test_derived_schema_errors_name_the_entry(tmp_path):
     )
     with pytest.raises(vconfig.ConfigError, match="caption_set.short.output_schema"):
         vsettings.derived_params(config)
+
+
+def test_entries_derived_from_a_visual_entry_or_a_derived_one_read_that_text(tmp_path):
+    config = config_with(
+        {
+            "seen": {"prompt": "What?"},
+            "again": {"prompt": "Shorter.", "from": "short"},
+            "short": {"prompt": "One sentence.", "from": "seen"},
+        }
+    )
+    settings = {**vsettings.summary_job(config), "store": str(tmp_path / "store")}
+    store = ResultStore(settings["store"])
+    derived = Derived(settings["derived"], settings, store)
+    short, again = settings["derived"]
+    from vidcap.result_keys import derived_key
+
+    answer = {"status": "ok", "error": None, "prompt_tokens": 1, "output_tokens": 1, "finish_reason": "stop"}
+    store.put(derived_key(derived.identity(short), "a cat"), {"text": "A cat.", **answer})
+    store.put(derived_key(derived.identity(again), "A cat."), {"text": "Cat.", **answer})
+    results = [
+        {
+            "caption": "c",
+            "caption_meta": {"status": "ok", "set": {"seen": {"status": "ok"}}},
+            "caption_set": {"seen": "a cat"},
+        },
+        {
+            "caption": "c",
+            "caption_meta": {"status": "ok", "set": {"seen": {"status": "error"}}},
+            "caption_set": {"seen": None},
+        },
+    ]
+    with TextEngine(settings, None) as engine:
+        derived.answer(lambda: ((False, r) for r in results), engine)
+    for i, result in enumerate(results):
+        derived.apply(result, i)
+    assert results[0]["caption_set"] == {"seen": "a cat", "again": "Cat.", "short": "A cat."}  # config order
+    assert results[1]["caption_set"] == {"seen": None, "again": None, "short": None}
+    assert list(results[1]["caption_meta"]["set"]) == ["seen", "again", "short"]
