@@ -165,6 +165,47 @@ def test_audio_mode_reaches_caption_params_only_when_not_off():
     assert vsettings.frames_settings(config, "0")["audio"] == {"mode": "native"}
 
 
+def test_plan_counts_25_audio_tokens_a_second(clips, tmp_path):
+    import yaml
+
+    from vidcap.config import build_config
+    from vidcap.plan import format_plan, plan_build
+
+    write_records(tmp_path / "records.jsonl", [{"video": [clips["tone"]]}, {"video": [clips["speech"]]}])
+    config = {
+        "input": str(tmp_path / "records.jsonl"),
+        "results": str(tmp_path / "results"),
+        "frames": FRAMES,
+    }
+    (tmp_path / "my.yaml").write_text(yaml.safe_dump(config | {"audio": {"mode": "native"}}))
+    summary = plan_build(build_config([str(tmp_path / "my.yaml")], []), progress=False)
+    # 2 s and 3 s of sound: 50 + 75 tokens, and <|audio_bos|> <|audio_eos|> around each
+    assert summary["audio_tokens"] == pytest.approx(50 + 75 + 4, abs=2)
+    assert "audio tokens:" in format_plan(summary)
+    (tmp_path / "my.yaml").write_text(yaml.safe_dump(config))
+    off = plan_build(build_config([str(tmp_path / "my.yaml")], []), progress=False)
+    assert off["audio_tokens"] == 0 and "audio tokens" not in format_plan(off)
+    assert summary["prompt_tokens"] - off["prompt_tokens"] == summary["audio_tokens"]
+
+
+def test_tiny_model_7b_has_the_published_thinker(tmp_path):
+    """``--size 7b`` (config only): Qwen2.5-Omni-7B's thinker, 8.93 B parameters counted on the meta device."""
+    import torch
+    from transformers import Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration
+
+    from vidcap.tiny_model import build_tiny_model
+
+    out = build_tiny_model(tmp_path / "omni7b", "qwen2_5_omni", "7b", config_only=True)
+    config = Qwen2_5OmniConfig.from_pretrained(out)
+    assert config.enable_audio_output is False
+    assert config.thinker_config.text_config.hidden_size == 3584
+    assert config.thinker_config.audio_config.d_model == 1280
+    assert native_audio.chunk_seconds_of(str(out)) == 300
+    with torch.device("meta"):
+        model = Qwen2_5OmniForConditionalGeneration(config)
+    assert sum(p.numel() for p in model.parameters()) / 1e9 == pytest.approx(8.93, abs=0.01)
+
+
 # ------------------------------------------------------------------------------------------------ slow
 @pytest.mark.slow
 def test_tiny_omni_captions_with_audio_and_counts_its_tokens(clips, tiny_omni, tmp_path):
