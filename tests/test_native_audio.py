@@ -149,6 +149,21 @@ def test_each_window_gets_its_own_audio_slice(tmp_path):
     assert len(keys) == 3
 
 
+def test_cache_prune_keeps_the_audio_a_manifest_names(clips, tmp_path):
+    from vidcap import prune
+
+    results = tmp_path / "results"
+    shard = write_records(tmp_path / "s.jsonl", [{"video": [clips["tone"]]}])
+    settings = frames_settings(tmp_path) | {"cache_dir": str(results / "frames" / "cache")}
+    extract_frames(str(shard), str(results / "frames" / "0000.json"), settings)
+    audio = [p for p in (results / "frames" / "cache").rglob("*.audio.*")]
+    assert len(audio) == 2  # the samples and their content record
+    stray = audio[0].parent / "0123.audio.npy"
+    stray.write_bytes(b"x")
+    plan = prune.plan_prune(results, 1, min_age=0)
+    assert plan.remove["frames"] == [stray]
+
+
 def test_audio_mode_reaches_caption_params_only_when_not_off():
     from vidcap import settings as vsettings
 
@@ -217,6 +232,7 @@ def test_tiny_omni_captions_with_audio_and_counts_its_tokens(clips, tiny_omni, t
     from vidcap.config import defaults
     from vidcap.engine import start_engine
     from vidcap.prompts import chat_template, vision_tokens
+    from vidcap.windows import clip_phrase
 
     model = str(tiny_omni)
     names = ["speech", "tone", "noise", "silent"]
@@ -267,6 +283,29 @@ def test_tiny_omni_captions_with_audio_and_counts_its_tokens(clips, tiny_omni, t
             assert heard == native_audio.audio_tokens(entry["videos"][0]["audio"]["samples"], chunk) + 2
             assert abs(heard - 2 - 25 * seconds) <= 1  # 25 tokens a second
             assert "audio" not in meta
+
+    # a long clip in windows: each window's request hears its own slice of the sound
+    long_clip = make_clip(tmp_path / "long.mp4", 12.0, "noise")
+    windows = {"mode": "windows", "window_frames": 8, "min_window_frames": 4, "shots": False}
+    shard = write_records(tmp_path / "w.jsonl", [{"video": [long_clip]}])
+    settings = frames_settings(tmp_path, long_video=windows) | {"frames": FRAMES | {"max_frames": 64}}
+    extract_frames(str(shard), str(tmp_path / "wm.json"), settings)
+    video = json.loads((tmp_path / "wm.json").read_text())["records"][0]["videos"][0]
+    caption_shard(str(shard), str(tmp_path / "wm.json"), str(tmp_path / "w.jsonl.out"), job, llm=llm)
+    result = json.loads((tmp_path / "w.jsonl.out").read_text())
+    assert len(video["windows"]) == len(result["caption_meta"]["windows"]) == 3
+    for window, done in zip(video["windows"], result["caption_meta"]["windows"]):
+        assert done["status"] in CAPTIONED, done
+        text = chat_template(model, tokenizer)(
+            "", 0, 1, f"{clip_phrase(window['start'], window['end'])} {job['prompt']}"
+        )
+        sub = {"videos": [window], "images": []}
+        heard = native_audio.request_tokens(sub, chunk)
+        assert heard == native_audio.audio_tokens(window["audio"]["samples"], chunk) + 2 > 90  # 4 s: 100 + 2
+        planned = (
+            len(tokenizer.encode(text, add_special_tokens=False)) - 1 + vision_tokens(sub, None, geometry)
+        )
+        assert done["prompt_tokens"] == planned + heard, (done["prompt_tokens"], planned, heard)
     del llm
     gc.collect()
 
