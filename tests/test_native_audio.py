@@ -149,6 +149,21 @@ def test_each_window_gets_its_own_audio_slice(tmp_path):
     assert len(keys) == 3
 
 
+def test_a_request_carries_the_audio_and_the_frames_sampling_rate(clips, tmp_path):
+    shard = write_records(tmp_path / "s.jsonl", [{"video": [clips["speech"]]}, {"video": [clips["silent"]]}])
+    extract_frames(str(shard), str(tmp_path / "m.json"), frames_settings(tmp_path))
+    speech, silent = json.loads((tmp_path / "m.json").read_text())["records"]
+    data, uuids, kwargs = native_audio.request_parts(speech)
+    samples, rate = data["audio"]
+    assert rate == audio_track.RATE and len(samples) == speech["videos"][0]["audio"]["samples"]
+    assert uuids == {"audio": [speech["videos"][0]["audio"]["key"]]}
+    # Qwen2.5-Omni's processor assumes 2 fps unless told: 6 frames of a 3 s clip (8 fps source) are 2 fps,
+    # and with half of them kept (halving) 1 fps
+    assert kwargs == {"use_audio_in_video": True, "fps": pytest.approx(2.0)}
+    assert native_audio.request_parts(speech, [[0, 2, 4]])[2]["fps"] == pytest.approx(1.0)
+    assert native_audio.request_parts(silent) == ({}, {}, {})
+
+
 def test_cache_prune_keeps_the_audio_a_manifest_names(clips, tmp_path):
     from vidcap import prune
 

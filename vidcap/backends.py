@@ -146,7 +146,7 @@ class OfflineBackend:
         t0 = time.monotonic()
         # vidcap's frame cache key names the content: vLLM need not hash every frame tensor again
         # audio.mode native: each video's own audio track, heard with it (nothing otherwise)
-        audio, audio_uuids, audio_kwargs = native_audio.request_parts(item.entry)
+        audio, audio_uuids, audio_kwargs = native_audio.request_parts(item.entry, item.keep)
         request = {
             "prompt": item.text,
             "multi_modal_data": {**media_data(item), **audio},

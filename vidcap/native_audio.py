@@ -154,9 +154,9 @@ def load(audio: dict) -> np.ndarray:
     return np.array(np.load(audio["file"], mmap_mode="r"), dtype=np.float32)
 
 
-def request_parts(entry: dict) -> tuple[dict, dict, dict]:
+def request_parts(entry: dict, keep: list | None = None) -> tuple[dict, dict, dict]:
     """(multi_modal_data, multi_modal_uuids, mm_processor_kwargs) additions for one request: nothing when
-    no audio goes with it."""
+    no audio goes with it. ``keep``: the frames kept per video (halving), for the sampling rate."""
     audios = heard(entry)
     if audios is None:
         return {}, {}, {}
@@ -164,8 +164,17 @@ def request_parts(entry: dict) -> tuple[dict, dict, dict]:
     return (
         {"audio": data[0] if len(data) == 1 else data},
         {"audio": [a["key"] for a in audios]},
-        {"use_audio_in_video": True},
+        # Qwen2.5-Omni's processor places video tokens in time from this rate (2 fps unless told; it does
+        # not read the video's metadata), and interleaves the audio with them by those times
+        {"use_audio_in_video": True, "fps": sampling_rate(entry["videos"][0], (keep or [None])[0])},
     )
+
+
+def sampling_rate(video: dict, keep: list | None = None) -> float:
+    """Frames per second the request's frames were taken at (as vidcap.prompts.video_item describes them)."""
+    meta = video["meta"]
+    sent = len(meta["frames_indices"]) if keep is None else len(keep)
+    return sent / max(int(meta["total_num_frames"]), 1) * float(meta["fps"])
 
 
 def note(entry: dict) -> str | None:
