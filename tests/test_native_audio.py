@@ -164,6 +164,14 @@ def test_a_request_carries_the_audio_and_the_frames_sampling_rate(clips, tmp_pat
     assert native_audio.request_parts(silent) == ({}, {}, {})
 
 
+def test_a_model_without_an_audio_encoder_is_refused():
+    from transformers import Qwen2_5OmniConfig, Qwen2VLConfig
+
+    with pytest.raises(ValueError, match="audio.mode native needs an audio-visual model"):
+        native_audio.check_model("Qwen/Qwen2-VL-2B-Instruct", Qwen2VLConfig())
+    native_audio.check_model("Qwen/Qwen2.5-Omni-7B", Qwen2_5OmniConfig(enable_audio_output=False))
+
+
 def test_cache_prune_keeps_the_audio_a_manifest_names(clips, tmp_path):
     from vidcap import prune
 

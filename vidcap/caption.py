@@ -287,6 +287,8 @@ def fit_to_context(
     budget = max_model_len - max_tokens  # the prompt must leave room for a whole caption
 
     native = native_audio.is_native(settings)
+    if native:
+        native_audio.check_model(settings["model"], hf_config)
     chunk = native_audio.chunk_seconds_of(settings["model"]) if native else 0
 
     @functools.lru_cache(maxsize=4096)

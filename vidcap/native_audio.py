@@ -123,6 +123,17 @@ def audio_tokens(samples: int, chunk_seconds: float = DEFAULT_CHUNK_SECONDS) -> 
     return max(0, (after_conv - 2) // 2 + 1)
 
 
+def check_model(model: str, hf_config) -> None:
+    """Refuse a model that cannot hear (no audio encoder in its config) before any request is sent."""
+    thinker = getattr(hf_config, "thinker_config", None)
+    if hf_config is not None and getattr(thinker, "audio_config", None) is None:
+        kind = getattr(hf_config, "model_type", "?")
+        raise ValueError(
+            f"audio.mode native needs an audio-visual model (a Qwen2.5-Omni thinker); {model} is {kind}: "
+            "use audio.mode transcript for it (docs/audio-native.md)"
+        )
+
+
 def chunk_seconds_of(model: str) -> float:
     """Seconds of audio the model's feature extractor reads per item (its processor's ``chunk_length``)."""
     try:
