@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         "--size",
         default="tiny",
         help="tiny (default), or a published model's dimensions: "
-        "7b for qwen2_vl and qwen2_5_vl, 8b for qwen3_vl (about 16 GB of bf16 weights, "
+        "7b for qwen2_vl, qwen2_5_vl and qwen2_5_omni (its thinker), 8b for qwen3_vl (about 16-18 GB of bf16 weights, "
         "written shard by shard)",
     )
     tiny.add_argument(
