@@ -298,15 +298,9 @@ def fit_to_context(
     def estimate(item: Pending) -> int:
         placeholders = len(item.entry["videos"]) + len(item.entry["images"])
         stamps = (lambda t: count_tokens(f"<{t:.1f} seconds>")) if geometry.tokens_per_frame_group else None
-        heard = (
-            native_audio.request_tokens(item.entry, chunk) if native else 0
-        )  # the same with half the frames
-        return (
-            count_tokens(item.text)
-            - placeholders
-            + vision_tokens(item.entry, item.keep, geometry, stamps)
-            + heard
-        )
+        seen = vision_tokens(item.entry, item.keep, geometry, stamps)
+        heard = native_audio.request_tokens(item.entry, chunk) if native else 0  # halving keeps it whole
+        return count_tokens(item.text) - placeholders + seen + heard
 
     ready = []
     for item in pending:
