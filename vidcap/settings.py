@@ -53,6 +53,8 @@ def frames_settings(config: dict, shard: str) -> dict:
         "frames": frame_params(config),
         "cache_dir": frames_cache_dir(config, shard),
         "long_video": window_settings(config),
+        # audio.mode native: the frames step caches each video's audio too (other modes: as without it)
+        **({"audio": {"mode": "native"}} if audio_mode(config) == "native" else {}),
     }
 
 
@@ -152,7 +154,20 @@ def caption_params(config: dict) -> dict:
         "max_model_len": config["engine"]["max_model_len"],
         "engine_numerics": engine_numerics(config),
         **quality_params(config),
+        **audio_params(config),
     }
+
+
+def audio_mode(config: dict) -> str:
+    """off, transcript or native; YAML reads a bare ``off`` as false, and a missing section is off."""
+    mode = (config.get("audio") or {}).get("mode")
+    return "off" if mode in (None, False, "off") else str(mode)
+
+
+def audio_params(config: dict) -> dict:
+    """The audio mode, only when it is not off: an off build's params (and result keys) are as without it."""
+    mode = audio_mode(config)
+    return {} if mode == "off" else {"audio": {"mode": mode}}
 
 
 def engine_numerics(config: dict) -> dict:
@@ -185,7 +200,8 @@ CAPTION_PARAM_KEYS = (
 
 def caption_params_of_job(job: dict) -> dict:
     """The :func:`caption_params` part of a caption job's settings (:func:`caption_job`)."""
-    return {k: job.get(k) for k in CAPTION_PARAM_KEYS}
+    params = {k: job.get(k) for k in CAPTION_PARAM_KEYS}
+    return {**params, **({"audio": job["audio"]} if job.get("audio") else {})}
 
 
 def result_store(config: dict) -> str:
