@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from helpers import CAPTIONED, write_records
 
-from vidcap import audio_track, native_audio
+from vidcap import audio_tokens, audio_track, native_audio
 from vidcap import config as vconfig
 from vidcap.budget import geometry_for
 from vidcap.frames import extract_frames
@@ -73,10 +73,12 @@ def clips(tmp_path_factory):
 
 # ------------------------------------------------------------------------------------------------ fast
 def test_audio_tokens_are_25_per_second_after_pooling():
-    assert native_audio.audio_tokens(16_000) == 25
-    assert native_audio.audio_tokens(60 * 16_000, 300) == 1500  # a minute: 1500 tokens
-    assert native_audio.audio_tokens(60 * 16_000, 30) == 750  # a 30 s feature extractor cuts it
-    assert native_audio.audio_tokens(160) == 0  # too short to be represented: a note, never a request
+    assert audio_tokens.audio_tokens(16_000) == 25
+    assert audio_tokens.audio_tokens(60 * 16_000, 300) == 1500  # a minute: 1500 tokens
+    assert audio_tokens.audio_tokens(60 * 16_000, 30) == 750  # a 30 s feature extractor cuts it
+    assert audio_tokens.audio_tokens(160) == 0  # too short to be represented: a note, never a request
+    assert audio_tokens.audio_tokens(native_audio.MIN_SAMPLES - 1) == 0
+    assert audio_tokens.audio_tokens(native_audio.MIN_SAMPLES) == 1
 
 
 def test_frames_step_caches_the_audio_of_the_sampled_span(clips, tmp_path):
@@ -168,8 +170,8 @@ def test_a_model_without_an_audio_encoder_is_refused():
     from transformers import Qwen2_5OmniConfig, Qwen2VLConfig
 
     with pytest.raises(ValueError, match="audio.mode native needs an audio-visual model"):
-        native_audio.check_model("Qwen/Qwen2-VL-2B-Instruct", Qwen2VLConfig())
-    native_audio.check_model("Qwen/Qwen2.5-Omni-7B", Qwen2_5OmniConfig(enable_audio_output=False))
+        audio_tokens.check_model("Qwen/Qwen2-VL-2B-Instruct", Qwen2VLConfig())
+    audio_tokens.check_model("Qwen/Qwen2.5-Omni-7B", Qwen2_5OmniConfig(enable_audio_output=False))
 
 
 def test_cache_prune_keeps_the_audio_a_manifest_names(clips, tmp_path):
@@ -238,7 +240,7 @@ def test_tiny_model_7b_has_the_published_thinker(tmp_path):
     assert config.enable_audio_output is False
     assert config.thinker_config.text_config.hidden_size == 3584
     assert config.thinker_config.audio_config.d_model == 1280
-    assert native_audio.chunk_seconds_of(str(out)) == 300
+    assert audio_tokens.chunk_seconds_of(str(out)) == 300
     with torch.device("meta"):
         model = Qwen2_5OmniForConditionalGeneration(config)
     assert sum(p.numel() for p in model.parameters()) / 1e9 == pytest.approx(8.93, abs=0.01)
@@ -266,11 +268,11 @@ def test_tiny_omni_captions_with_audio_and_counts_its_tokens(clips, tiny_omni, t
     # the processor's own count of audio tokens for each cached span
     processor = AutoProcessor.from_pretrained(model)
     audio_id = processor.tokenizer.convert_tokens_to_ids(processor.audio_token)
-    chunk = native_audio.chunk_seconds_of(model)
+    chunk = audio_tokens.chunk_seconds_of(model)
     for entry in entries[:3]:
         audio = entry["videos"][0]["audio"]
         ids = processor(text=processor.audio_token, audio=[native_audio.load(audio)])["input_ids"][0]
-        assert sum(1 for i in ids if i == audio_id) == native_audio.audio_tokens(audio["samples"], chunk)
+        assert sum(1 for i in ids if i == audio_id) == audio_tokens.audio_tokens(audio["samples"], chunk)
 
     engine = defaults("engine") | {"max_model_len": 4096, "dtype": "bfloat16", "enforce_eager": True}
     engine |= {"cpu_kvcache_space_gb": 1}
@@ -296,14 +298,14 @@ def test_tiny_omni_captions_with_audio_and_counts_its_tokens(clips, tiny_omni, t
         meta = result["caption_meta"]
         assert meta["status"] in CAPTIONED, (name, meta)
         assert isinstance(result["caption"], str)  # gibberish from random weights
-        heard = native_audio.request_tokens(entry, chunk)
+        heard = audio_tokens.request_tokens(entry, chunk)
         planned = text_tokens + vision_tokens(entry, None, geometry) + heard
         assert meta["prompt_tokens"] == planned, (name, meta["prompt_tokens"], planned)
         if name == "silent":
             assert meta["audio"] == "no audio" and heard == 0
         else:
             seconds = entry["videos"][0]["audio"]["samples"] / audio_track.RATE
-            assert heard == native_audio.audio_tokens(entry["videos"][0]["audio"]["samples"], chunk) + 2
+            assert heard == audio_tokens.audio_tokens(entry["videos"][0]["audio"]["samples"], chunk) + 2
             assert abs(heard - 2 - 25 * seconds) <= 1  # 25 tokens a second
             assert "audio" not in meta
 
@@ -323,8 +325,8 @@ def test_tiny_omni_captions_with_audio_and_counts_its_tokens(clips, tiny_omni, t
             "", 0, 1, f"{clip_phrase(window['start'], window['end'])} {job['prompt']}"
         )
         sub = {"videos": [window], "images": []}
-        heard = native_audio.request_tokens(sub, chunk)
-        assert heard == native_audio.audio_tokens(window["audio"]["samples"], chunk) + 2 > 90  # 4 s: 100 + 2
+        heard = audio_tokens.request_tokens(sub, chunk)
+        assert heard == audio_tokens.audio_tokens(window["audio"]["samples"], chunk) + 2 > 90  # 4 s: 100 + 2
         planned = (
             len(tokenizer.encode(text, add_special_tokens=False)) - 1 + vision_tokens(sub, None, geometry)
         )

@@ -21,7 +21,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from vidcap import native_audio, windowed
+from vidcap import audio_tokens, native_audio, windowed
 from vidcap.atomic import atomic_open, dumps_line, iter_jsonl, read_json, write_json
 from vidcap.backends import Answer, OfflineBackend, ServerBackend
 from vidcap.budget import geometry_for
@@ -147,7 +147,8 @@ def plan_records(
             f"{manifest_path} has {len(entries)} entries for {len(results)} shard records: stale"
         )
     for args in windows:
-        pending.extend(windowed.window_requests(*args, results, identity, settings.get("model")))
+        timed = settings.get("output_format") == "json"
+        pending.extend(windowed.window_requests(*args, results, identity, settings.get("model"), timed))
     return results, pending
 
 
@@ -288,8 +289,8 @@ def fit_to_context(
 
     native = native_audio.is_native(settings)
     if native:
-        native_audio.check_model(settings["model"], hf_config)
-    chunk = native_audio.chunk_seconds_of(settings["model"]) if native else 0
+        audio_tokens.check_model(settings["model"], hf_config)
+    chunk = audio_tokens.chunk_seconds_of(settings["model"]) if native else 0
 
     @functools.lru_cache(maxsize=4096)
     def count_tokens(text: str) -> int:
@@ -299,7 +300,7 @@ def fit_to_context(
         placeholders = len(item.entry["videos"]) + len(item.entry["images"])
         stamps = (lambda t: count_tokens(f"<{t:.1f} seconds>")) if geometry.tokens_per_frame_group else None
         seen = vision_tokens(item.entry, item.keep, geometry, stamps)
-        heard = native_audio.request_tokens(item.entry, chunk) if native else 0  # halving keeps it whole
+        heard = audio_tokens.request_tokens(item.entry, chunk) if native else 0  # halving keeps it whole
         return count_tokens(item.text) - placeholders + seen + heard
 
     ready = []

@@ -63,6 +63,13 @@ def defaults(section: str | None = None) -> dict:
     return values if section is None else values[section]
 
 
+def audio_mode(config: dict) -> str:
+    """off, transcript or native, from a config or a job's settings (their ``audio`` part); YAML reads a
+    bare ``off`` as false, and a missing section is off."""
+    mode = (config.get("audio") or {}).get("mode")
+    return "off" if mode in (None, False, "off") else str(mode)
+
+
 def with_defaults(section: str, given: dict | None = None) -> dict:
     """``given`` settings of one section over its schema defaults (for callers outside the workflow)."""
     return {**defaults(section), **(given or {})}

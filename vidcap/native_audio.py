@@ -20,25 +20,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 
 from vidcap import audio_track, frame_store
 from vidcap.atomic import atomic_open
+from vidcap.config import audio_mode
 
 NATIVE = "native"
 AUDIO_VERSION = 1  # bump when the cached samples for the same span would change
-HOP = 160  # Whisper's feature extractor: samples per mel frame (10 ms at 16 kHz)
-DEFAULT_CHUNK_SECONDS = 30  # WhisperFeatureExtractor's default chunk_length, if the model's is unknown
-MARKERS = 2  # <|audio_bos|> and <|audio_eos|> around a video's interleaved audio
+MIN_SAMPLES = 321  # fewer make no audio token (vidcap.audio_tokens.audio_tokens: 3 mel frames)
 
 
 def is_native(settings: dict) -> bool:
     """Whether a config, or a frames or caption job's settings (their ``audio`` part), says native."""
-    from vidcap.settings import audio_mode
-
     return audio_mode(settings) == NATIVE
 
 
@@ -79,7 +75,7 @@ def cached_audio(source: str, frames_file: str, start: float, end: float) -> dic
         samples = audio_track.decode(source, start, end)
     except audio_track.AudioProblem as exc:
         return {"note": exc.note if isinstance(exc, audio_track.NoAudio) else f"{exc.note}: {exc}"}
-    if audio_tokens(len(samples)) == 0:
+    if len(samples) < MIN_SAMPLES:
         return {"note": f"no audio from {start:.2f} s to {end:.2f} s"}
     with atomic_open(path, "wb", durable=False) as handle:
         np.save(handle, samples.astype("<f4", copy=False))
@@ -112,38 +108,6 @@ def attach_all(entries: list[dict], sources: dict[str, str]) -> None:
 
 
 # ------------------------------------------------------------------------------------------- requests
-def audio_tokens(samples: int, chunk_seconds: float = DEFAULT_CHUNK_SECONDS) -> int:
-    """Audio tokens of ``samples`` 16 kHz samples, as Qwen2.5-Omni's processor counts them: mel frames
-    (one per 160 samples, cut at ``chunk_seconds``), halved by the encoder's stride-2 convolution, then by
-    its 2x average pooling."""
-    frames = math.ceil(min(samples, int(chunk_seconds * audio_track.RATE)) / HOP)
-    if frames <= 0:
-        return 0
-    after_conv = (frames - 1) // 2 + 1
-    return max(0, (after_conv - 2) // 2 + 1)
-
-
-def check_model(model: str, hf_config) -> None:
-    """Refuse a model that cannot hear (no audio encoder in its config) before any request is sent."""
-    thinker = getattr(hf_config, "thinker_config", None)
-    if hf_config is not None and getattr(thinker, "audio_config", None) is None:
-        kind = getattr(hf_config, "model_type", "?")
-        raise ValueError(
-            f"audio.mode native needs an audio-visual model (a Qwen2.5-Omni thinker); {model} is {kind}: "
-            "use audio.mode transcript for it (docs/audio-native.md)"
-        )
-
-
-def chunk_seconds_of(model: str) -> float:
-    """Seconds of audio the model's feature extractor reads per item (its processor's ``chunk_length``)."""
-    try:
-        from transformers import AutoFeatureExtractor
-
-        return float(AutoFeatureExtractor.from_pretrained(model).chunk_length)
-    except Exception:  # noqa: BLE001 -- no local processor: Whisper's default
-        return DEFAULT_CHUNK_SECONDS
-
-
 def heard(entry: dict) -> list[dict] | None:
     """The audio records of every video of a request's entry, or None: audio goes with the videos only when
     each of them has some (vLLM's use_audio_in_video pairs one audio with every video)."""
@@ -151,14 +115,6 @@ def heard(entry: dict) -> list[dict] | None:
     if not audios or not all("file" in a for a in audios):
         return None
     return audios
-
-
-def request_tokens(entry: dict, chunk_seconds: float) -> int:
-    """Prompt tokens the audio adds to a request (0 when none is sent)."""
-    audios = heard(entry)
-    if audios is None:
-        return 0
-    return sum(audio_tokens(a["samples"], chunk_seconds) + MARKERS for a in audios)
 
 
 def load(audio: dict) -> np.ndarray:

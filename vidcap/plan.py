@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vidcap import budget, decode, native_audio, record_budget, sizing, windows
+from vidcap import audio_tokens, budget, decode, native_audio, record_budget, sizing, windows
 from vidcap.config import with_defaults
 from vidcap.frames import cache_key
 from vidcap.media_paths import escapes_root
@@ -161,7 +161,7 @@ class Planner:
         self.geometry = budget.geometry_for(config["model"])
         self.text = TextTokens(config["model"], config["system_prompt"])
         native = native_audio.is_native(config)
-        self.audio_chunk = native_audio.chunk_seconds_of(config["model"]) if native else None
+        self.audio_chunk = audio_tokens.chunk_seconds_of(config["model"]) if native else None
         self.probes: dict[str, dict | str] = {}
         self.keys_memo: dict = {}
         self.probe_seconds = 0.0
@@ -285,9 +285,9 @@ class Planner:
         video's, or the window's), counted as if the video has an audio track: an upper bound."""
         if self.audio_chunk is None:
             return
-        tokens = native_audio.audio_tokens(round(seconds * native_audio.audio_track.RATE), self.audio_chunk)
-        out.audio_tokens += tokens + native_audio.MARKERS
-        out.prompt_tokens += tokens + native_audio.MARKERS
+        tokens = audio_tokens.audio_tokens(round(seconds * native_audio.audio_track.RATE), self.audio_chunk)
+        out.audio_tokens += tokens + audio_tokens.MARKERS
+        out.prompt_tokens += tokens + audio_tokens.MARKERS
 
     def _windowed(self, info: dict) -> bool:
         mode = self.long_video["mode"]

@@ -167,10 +167,15 @@ def record_key(identity: str, prompt: str, entry: dict) -> str:
     return canonical_hash(["record", identity, prompt, media_keys(entry)])[:32]
 
 
-def window_key(identity: str, text: str, video: dict) -> str:
-    """A window's request: its own frames (``video``: path, frames, meta) and its prompt with the span."""
+def window_key(identity: str, text: str, video: dict, clock=None) -> str:
+    """A window's request: its own frames (``video``: path, frames, meta) and its prompt with the span;
+    for JSON answers also the clock its event times are read in (:class:`vidcap.structured.Clock`), which
+    is applied before the answer is stored."""
     heard = _heard(video)
-    return canonical_hash(["window", identity, text, heard[0] if len(heard) == 1 else heard])[:32]
+    parts = ["window", identity, text, heard[0] if len(heard) == 1 else heard]
+    if clock is not None:
+        parts.append([clock.low, clock.high, clock.shift])
+    return canonical_hash(parts)[:32]
 
 
 def summary_key(identity: str, text: str) -> str:

@@ -11,7 +11,7 @@ import json
 import os
 
 from vidcap import budget
-from vidcap.config import FRAMES_RUN_ONLY, ConfigError, with_defaults
+from vidcap.config import FRAMES_RUN_ONLY, ConfigError, audio_mode, with_defaults
 
 
 def media_root(config: dict) -> str:
@@ -156,12 +156,6 @@ def caption_params(config: dict) -> dict:
         **quality_params(config),
         **audio_params(config),
     }
-
-
-def audio_mode(config: dict) -> str:
-    """off, transcript or native; YAML reads a bare ``off`` as false, and a missing section is off."""
-    mode = (config.get("audio") or {}).get("mode")
-    return "off" if mode in (None, False, "off") else str(mode)
 
 
 def audio_params(config: dict) -> dict:

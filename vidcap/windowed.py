@@ -65,12 +65,21 @@ def is_windowed(entry: dict) -> bool:
 
 
 def window_requests(
-    slot, digest, entry, prompt, seed, results: list[dict], identity: str, model: str | None = None
+    slot,
+    digest,
+    entry,
+    prompt,
+    seed,
+    results: list[dict],
+    identity: str,
+    model: str | None = None,
+    timed: bool = False,
 ) -> list[WindowPending]:
     """One request per decodable window, with its result-store key (``identity``: the caption settings'
     hash); each gets a result slot appended to ``results``, and the record's own result lists every
     window (those that could not be decoded as errors already) and every window's key. ``model``: the
-    captioning model, whose family decides the windows' clocks (:func:`window_clock`)."""
+    captioning model, whose family decides the windows' clocks (:func:`window_clock`); ``timed``: the answers
+    hold event times (output_format json), so the clock is part of each window's key."""
     video = entry["videos"][0]
     results[slot]["caption_meta"]["windows"] = [window_result(w, None) for w in video["windows"]]
     pending = []
@@ -107,7 +116,7 @@ def window_requests(
         )
         clock = window_clock(window, times_absolute(model))
         item = WindowPending(len(results) - 1, digest, sub, text, seed, keep=[None], window=w, clock=clock)
-        item.key = window_key(identity, text, sub["videos"][0])
+        item.key = window_key(identity, text, sub["videos"][0], clock if timed else None)
         results[slot]["keys"].append(item.key)
         pending.append(item)
     return pending
