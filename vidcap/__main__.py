@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
         "tiny for tests, or a real model's architecture for GPU speed measurements",
     )
     tiny.add_argument("dir")
-    tiny.add_argument("--arch", choices=["qwen2_vl", "qwen2_5_vl", "qwen3_vl"], default="qwen2_vl")
+    tiny.add_argument("--arch", choices=["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "whisper"], default="qwen2_vl")
     tiny.add_argument(
         "--size",
         default="tiny",

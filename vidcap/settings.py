@@ -107,7 +107,46 @@ def caption_params(config: dict) -> dict:
         "max_model_len": config["engine"]["max_model_len"],
         "engine_numerics": engine_numerics(config),
         **quality_params(config),
+        **audio_caption_params(config),
     }
+
+
+def audio_mode(config: dict) -> str:
+    """off, transcript or native (YAML's bare ``off`` is false)."""
+    mode = with_defaults("audio", config.get("audio"))["mode"]
+    return mode or "off"
+
+
+def audio_caption_params(config: dict) -> dict:
+    """The audio settings a caption depends on, only when there are any: with mode off the caption rule's
+    params (and so what Snakemake reruns) stay as they were. They reach the result keys through the
+    prompt, which holds the transcript."""
+    if audio_mode(config) != "transcript":
+        return {}
+    audio = with_defaults("audio", config.get("audio"))
+    return {"audio": {"mode": "transcript", "transcript_tokens": audio["transcript_tokens"]}}
+
+
+def transcripts_path(config: dict, shard: str) -> str:
+    return f"{config['results'].rstrip('/')}/transcripts/{shard}.jsonl"
+
+
+def asr_params(config: dict) -> dict:
+    """What a transcript depends on (a change reruns transcribe jobs); no caption setting is here, so an
+    edited caption prompt transcribes nothing again."""
+    audio = with_defaults("audio", config.get("audio"))
+    return {
+        "asr_model": audio["asr_model"],
+        "language": audio["language"],
+        "media_root": media_root(config),
+        "keys": {"video": config["keys"]["video"]},
+    }
+
+
+def asr_job(config: dict) -> dict:
+    """Everything a transcribe job needs: its params, the engine section (sized for Whisper in the job)
+    and the result store."""
+    return {**asr_params(config), "engine": dict(config["engine"]), "store": result_store(config)}
 
 
 def engine_numerics(config: dict) -> dict:
@@ -182,6 +221,8 @@ def caption_job(config: dict, shard: str | None = None) -> dict:
     }
     if shard is not None:
         job["frames_step"] = frames_settings(config, shard)
+        if audio_mode(config) == "transcript":
+            job["transcripts"] = transcripts_path(config, shard)
     return job
 
 

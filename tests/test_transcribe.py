@@ -1,0 +1,144 @@
+"""audio.mode transcript: Whisper segments the caption prompt hears, and the workflow around them.
+
+The slow test runs the real workflow on the CPU build of vLLM with two tiny random-weight models built
+here (Qwen2-VL captions, Whisper transcripts): the captions AND the transcripts are gibberish by design
+(their text is never checked, only structure, times, notes, caching and bytes). The speech is real,
+synthesised with espeak-ng and muxed under a lavfi video; the music is two ffmpeg sine tones.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import (
+    CAPTIONED,
+    REPO,
+    jobs_run,
+    make_music_clip,
+    make_speech_clip,
+    make_video,
+    run_snakemake,
+    tiny_config,
+    write_records,
+)
+
+from vidcap import settings, transcribe
+from vidcap.config import with_defaults
+from vidcap.transcript_prompt import Transcripts
+
+RATE = 16_000
+
+
+def tone(seconds: float, db: float = -12.0) -> np.ndarray:
+    t = np.arange(int(seconds * RATE)) / RATE
+    return (10 ** (db / 20) * np.sqrt(2) * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+
+
+def test_spans_follow_the_loud_stretches_and_merge_short_pauses():
+    silence = lambda s: np.zeros(int(s * RATE), np.float32)  # noqa: E731
+    samples = np.concatenate([silence(1), tone(2), silence(0.3), tone(1), silence(2), tone(1), silence(1)])
+    spans = transcribe.speech_spans(samples)
+    assert len(spans) == 2  # the 0.3 s pause is inside the first span, the 2 s one splits
+    (a0, b0), (a1, b1) = spans
+    assert a0 == pytest.approx(1.0, abs=0.05) and b0 == pytest.approx(4.3, abs=0.05)
+    assert a1 == pytest.approx(6.3, abs=0.05) and b1 == pytest.approx(7.3, abs=0.05)
+
+
+def test_a_steady_track_is_one_span_cut_to_30_seconds_and_silence_is_none():
+    spans = transcribe.speech_spans(tone(70))
+    assert [b - a for a, b in spans] == pytest.approx([30, 30, 10], abs=0.05)
+    assert transcribe.speech_spans(np.zeros(RATE * 5, np.float32)) == []
+    assert transcribe.speech_spans(tone(5, db=-70)) == []  # below the floor: silence
+    assert transcribe.inside([(0.0, 2.01), (2.0, 2.3)], 2.0) == [(0.0, 2.0)]
+
+
+def test_audio_off_leaves_the_caption_params_and_job_as_they_were():
+    base = {**with_defaults(None, {"input": "in.json", "model": "m"})}
+    off = {**base, "audio": {"mode": False, "transcript_tokens": 9}}
+    assert settings.caption_params(off) == settings.caption_params(base)
+    assert "transcripts" not in settings.caption_job(off, "000")
+    on = {**base, "audio": {"mode": "transcript", "transcript_tokens": 9}}
+    assert settings.caption_params(on)["audio"] == {"mode": "transcript", "transcript_tokens": 9}
+    assert settings.caption_job(on, "000")["transcripts"].endswith("/transcripts/000.jsonl")
+    # the transcribe rule's params hold no caption setting: an edited prompt transcribes nothing again
+    edited = {**on, "prompt": "something else", "model": "other", "sampling": {}}
+    assert settings.asr_params(edited) == settings.asr_params(on)
+
+
+def test_the_transcript_fits_the_token_budget_and_a_cut_is_said(tmp_path, tiny_whisper):
+    segments = [
+        {"start": float(i), "end": i + 0.9, "text": "the dog is walking in the street"} for i in range(40)
+    ]
+    path = write_records(tmp_path / "t.jsonl", [{"digest": "d", "transcript": segments, "note": None}])
+    whole = Transcripts(str(path), str(tiny_whisper), 100_000)
+    prompt = whole.prompt(0, "d", "Describe.")
+    assert prompt.startswith("Describe.\n\nSpeech heard") and "[39.0-39.9] the dog" in prompt
+    cut = Transcripts(str(path), str(tiny_whisper), 120)
+    text = cut.prompt(0, "d", "Describe.")
+    block = text.split("\n\n", 1)[1]
+    assert cut.tokens(block) <= 120 and "later segments left out" in block
+    result = {"caption_meta": {}}
+    cut.annotate(0, result)
+    assert result["transcript"] == segments and result["caption_meta"]["audio"].startswith(
+        "transcript cut to"
+    )
+    with pytest.raises(RuntimeError, match="stale"):
+        cut.prompt(0, "other digest", "Describe.")
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper(tmp_path_factory):
+    """A tiny random-weight Whisper (gibberish transcripts), built by the CLI."""
+    out = tmp_path_factory.mktemp("tiny-whisper")
+    cmd = [sys.executable, "-m", "vidcap", "tiny-model", str(out), "--arch", "whisper"]
+    subprocess.run(cmd, check=True, capture_output=True, cwd=REPO)
+    return out
+
+
+@pytest.mark.slow
+def test_transcript_mode_captions_every_clip_and_an_edited_prompt_reruns_captions_only(
+    tiny_model, tiny_whisper, tmp_path
+):
+    """Speech, music and a clip without audio in one shard: all captioned (gibberish), the clips with audio
+    have segments inside their duration, the silent one says "no audio"; the prompt edit reruns the caption
+    job only (no frames, no ASR), and the original prompt again gives the first build's bytes."""
+    media = tmp_path / "media"
+    media.mkdir()
+    make_speech_clip(media / "speech.mp4", "The quick brown fox jumps over the lazy dog. It sits down.")
+    make_music_clip(media / "music.mp4", seconds=2.0)
+    make_video(media / "silent.mp4", seconds=2.0)
+    names = ["speech.mp4", "music.mp4", "silent.mp4"]
+    write_records(tmp_path / "records.json", [{"video": name} for name in names])
+    config = tiny_config(tiny_model, shards=1, audio={"mode": "transcript", "asr_model": str(tiny_whisper)})
+    first = run_snakemake(tmp_path, config)
+    assert jobs_run(first.stdout + first.stderr)["transcribe_shard"] == 1
+    out = json.loads((tmp_path / "captions.json").read_text())
+    by_name = {r["video"]: r for r in out}
+    for record in by_name.values():
+        assert record["caption_meta"]["status"] in CAPTIONED, record
+        assert "transcript" in record
+    durations = {name: transcribe.duration(str(media / name)) for name in names}
+    for name in ("speech.mp4", "music.mp4"):
+        segments = by_name[name]["transcript"]
+        assert segments, name
+        assert all(0 <= s["start"] < s["end"] <= durations[name] for s in segments), segments
+        assert "audio" not in by_name[name]["caption_meta"]
+    speech = by_name["speech.mp4"]["transcript"][0]
+    assert speech["start"] == pytest.approx(0.5, abs=0.1)  # the espeak speech starts after 0.5 s of silence
+    assert by_name["silent.mp4"]["transcript"] is None
+    assert by_name["silent.mp4"]["caption_meta"]["audio"] == "no audio"
+    first_bytes = (tmp_path / "captions.json").read_bytes()
+
+    edited = run_snakemake(tmp_path, {**config, "prompt": "Say what happens."})
+    jobs = jobs_run(edited.stdout + edited.stderr)
+    assert jobs["caption_shard"] == 1
+    assert jobs["transcribe_shard"] == 0 and jobs["extract_frames"] == 0
+
+    shutil.rmtree(tmp_path / "results" / "transcripts")  # ASR again, answered from the result store
+    again = run_snakemake(tmp_path, config)
+    assert jobs_run(again.stdout + again.stderr)["transcribe_shard"] == 1
+    assert "0 to transcribe" in (tmp_path / "results/logs/transcribe_shard/000.log").read_text()
+    assert (tmp_path / "captions.json").read_bytes() == first_bytes
