@@ -112,7 +112,12 @@ def test_transcript_mode_captions_every_clip_and_an_edited_prompt_reruns_caption
     make_video(media / "silent.mp4", seconds=2.0)
     names = ["speech.mp4", "music.mp4", "silent.mp4"]
     write_records(tmp_path / "records.json", [{"video": name} for name in names])
-    config = tiny_config(tiny_model, shards=1, audio={"mode": "transcript", "asr_model": str(tiny_whisper)})
+    config = tiny_config(
+        tiny_model,
+        shards=1,
+        media_root=str(media),
+        audio={"mode": "transcript", "asr_model": str(tiny_whisper)},
+    )
     first = run_snakemake(tmp_path, config)
     assert jobs_run(first.stdout + first.stderr)["transcribe_shard"] == 1
     out = json.loads((tmp_path / "captions.json").read_text())
@@ -129,6 +134,12 @@ def test_transcript_mode_captions_every_clip_and_an_edited_prompt_reruns_caption
     speech = by_name["speech.mp4"]["transcript"][0]
     assert speech["start"] == pytest.approx(0.5, abs=0.1)  # the espeak speech starts after 0.5 s of silence
     assert by_name["silent.mp4"]["transcript"] is None
+    # the transcript is in the prompt: music and silent clips have the same 4 frames, not the same prompt
+    assert by_name["music.mp4"]["caption_meta"]["frames"] == by_name["silent.mp4"]["caption_meta"]["frames"]
+    assert (
+        by_name["music.mp4"]["caption_meta"]["prompt_tokens"]
+        > by_name["silent.mp4"]["caption_meta"]["prompt_tokens"]
+    )
     assert by_name["silent.mp4"]["caption_meta"]["audio"] == "no audio"
     first_bytes = (tmp_path / "captions.json").read_bytes()
 
@@ -140,5 +151,5 @@ def test_transcript_mode_captions_every_clip_and_an_edited_prompt_reruns_caption
     shutil.rmtree(tmp_path / "results" / "transcripts")  # ASR again, answered from the result store
     again = run_snakemake(tmp_path, config)
     assert jobs_run(again.stdout + again.stderr)["transcribe_shard"] == 1
-    assert "0 to transcribe" in (tmp_path / "results/logs/transcribe_shard/000.log").read_text()
+    assert "0 to transcribe" in (tmp_path / "results/logs/transcribe_shard/0000.log").read_text()
     assert (tmp_path / "captions.json").read_bytes() == first_bytes
