@@ -153,3 +153,32 @@ def test_transcript_mode_captions_every_clip_and_an_edited_prompt_reruns_caption
     assert jobs_run(again.stdout + again.stderr)["transcribe_shard"] == 1
     assert "0 to transcribe" in (tmp_path / "results/logs/transcribe_shard/0000.log").read_text()
     assert (tmp_path / "captions.json").read_bytes() == first_bytes
+
+
+def test_a_window_hears_only_its_span_and_the_summary_hears_each_window(tmp_path, tiny_whisper):
+    from vidcap.summary import summary_text
+
+    segments = [
+        {"start": 1.0, "end": 4.0, "text": "first words"},
+        {"start": 9.0, "end": 12.0, "text": "across the cut"},
+        {"start": 15.0, "end": 16.0, "text": "last words"},
+    ]
+    path = write_records(tmp_path / "t.jsonl", [{"digest": "d", "transcript": segments, "note": None}])
+    transcripts = Transcripts(str(path), str(tiny_whisper), 1000)
+    heard = transcripts.for_window(0, "d")
+    first, second = heard(0.0, 10.0), heard(10.0, 20.0)
+    assert "[1.0-4.0] first words" in first and "[9.0-10.0] across the cut" in first
+    assert "last words" not in first and "first words" not in second
+    assert "[10.0-12.0] across the cut" in second and "[15.0-16.0] last words" in second
+    assert heard(5.0, 8.0) == ""  # no speech in the span: the window's prompt is as without audio
+    windows = [
+        {"start": 0.0, "end": 10.0, "caption": "a", "status": "ok"},
+        {"start": 10.0, "end": 20.0, "caption": "b", "status": "ok"},
+    ]
+    result = {"caption_meta": {"windows": windows}}
+    transcripts.annotate(0, result)
+    assert [w["speech"] for w in windows] == ["first words across the cut", "across the cut last words"]
+    text = summary_text("Summarise.", windows)
+    assert "From 0.0 s to 10.0 s: a (speech: first words across the cut)" in text
+    plain = [{k: v for k, v in w.items() if k != "speech"} for w in windows]
+    assert "speech" not in summary_text("Summarise.", plain)  # audio off: the summary text as before

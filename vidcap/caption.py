@@ -155,7 +155,8 @@ def plan_records(
             f"{manifest_path} has {len(entries)} entries for {len(results)} shard records: stale"
         )
     for args in windows:
-        pending.extend(windowed.window_requests(*args, results, identity))
+        heard = transcripts.for_window(*args[:2]) if transcripts is not None else None
+        pending.extend(windowed.window_requests(*args, results, identity, heard))
     return results, pending
 
 

@@ -42,6 +42,7 @@ def summary_text(prompt: str, windows: list[dict]) -> str:
         if window["caption"] is not None and window["status"] != "error":
             lines.append(
                 f"From {window['start']:.1f} s to {window['end']:.1f} s: {window['caption'].strip()}"
+                + (f" (speech: {window['speech']})" if window.get("speech") else "")  # audio.mode transcript
             )
     return "\n".join(lines)
 

@@ -20,6 +20,15 @@ def segment_line(segment: dict) -> str:
     return f"[{segment['start']:.1f}-{segment['end']:.1f}] {segment['text']}"
 
 
+def within(segments: list[dict], start: float, end: float) -> list[dict]:
+    """The segments overlapping [start, end), their times cut to it (a window hears only its own span)."""
+    return [
+        {**s, "start": max(s["start"], start), "end": min(s["end"], end)}
+        for s in segments
+        if s["start"] < end and s["end"] > start
+    ]
+
+
 class Transcripts:
     """A shard's transcript lines (vidcap.transcribe), one per record in shard order."""
 
@@ -57,6 +66,19 @@ class Transcripts:
             self.notes[slot] = f"transcript cut to {used} of {len(segments)} segments ({self.budget} tokens)"
         return f"{prompt}\n\n{block}" if block else prompt
 
+    def for_window(self, slot: int, digest: str):
+        """(start, end) -> the text after a window's prompt: the segments inside its span (cut to it)."""
+        segments = self.line(slot, digest)["transcript"] or []
+
+        def heard(start: float, end: float) -> str:
+            inside = within(segments, start, end)
+            block, used = self.fit(inside) if inside else ("", 0)
+            if used < len(inside):
+                self.notes[slot] = f"a window's transcript cut to {used} of {len(inside)} segments"
+            return f"\n\n{block}" if block else ""
+
+        return heard
+
     def fit(self, segments: list[dict]) -> tuple[str, int]:
         """The block of the first segments that fit the budget, and how many that is."""
         lines = [HEADER]
@@ -73,6 +95,12 @@ class Transcripts:
         """The record's output fields: ``transcript`` (segments or null) and why there is none or it was cut."""
         line = self.lines[slot]
         result["transcript"] = line["transcript"]
+        for window in result["caption_meta"].get("windows") or ():  # what the summary hears of each window
+            speech = " ".join(
+                s["text"] for s in within(line["transcript"] or [], window["start"], window["end"])
+            )
+            if speech.strip():
+                window["speech"] = speech.strip()
         note = line.get("note") or self.notes.get(slot)
         if note:
             result["caption_meta"]["audio"] = note

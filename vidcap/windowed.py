@@ -35,11 +35,12 @@ def is_windowed(entry: dict) -> bool:
 
 
 def window_requests(
-    slot, digest, entry, prompt, seed, results: list[dict], identity: str
+    slot, digest, entry, prompt, seed, results: list[dict], identity: str, heard=None
 ) -> list[WindowPending]:
     """One request per decodable window, with its result-store key (``identity``: the caption settings'
     hash); each gets a result slot appended to ``results``, and the record's own result lists every
-    window (those that could not be decoded as errors already) and every window's key."""
+    window (those that could not be decoded as errors already) and every window's key. ``heard``:
+    (start, end) -> text put after a window's prompt (audio.mode transcript: its speech)."""
     video = entry["videos"][0]
     results[slot]["caption_meta"]["windows"] = [window_result(w, None) for w in video["windows"]]
     pending = []
@@ -60,6 +61,8 @@ def window_requests(
             "error": None,
         }
         text = f"{clip_phrase(window['start'], window['end'])} {prompt}"
+        if heard is not None:
+            text += heard(window["start"], window["end"])
         results.append(
             {
                 "digest": digest,
