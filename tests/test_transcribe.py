@@ -182,3 +182,27 @@ def test_a_window_hears_only_its_span_and_the_summary_hears_each_window(tmp_path
     assert "From 0.0 s to 10.0 s: a (speech: first words across the cut)" in text
     plain = [{k: v for k, v in w.items() if k != "speech"} for w in windows]
     assert "speech" not in summary_text("Summarise.", plain)  # audio off: the summary text as before
+
+
+def test_the_gallery_shows_the_transcript_or_its_note_and_nothing_with_audio_off():
+    from vidcap.report.gallery import gallery_card
+    from vidcap.report.pages import gallery_html
+
+    keys = with_defaults("keys", {})
+    segment = {"start": 0.5, "end": 4.2, "text": "fox <jumps>"}
+    records = [
+        {"video": "a.mp4", "caption": "c", "transcript": [segment], "caption_meta": {"status": "ok"}},
+        {
+            "video": "b.mp4",
+            "caption": "c",
+            "transcript": None,
+            "caption_meta": {"status": "ok", "audio": "no audio"},
+        },
+        {"video": "c.mp4", "caption": "c", "caption_meta": {"status": "ok"}},  # audio off
+    ]
+    cards = [gallery_card({"record": r, "entry": None, "index": i}, keys) for i, r in enumerate(records)]
+    summary = {"records": 3, "status": {"ok": 3}}
+    html = gallery_html(summary, cards, "some/model", 3, 10)
+    assert "[0.5-4.2 s] fox &lt;jumps&gt;" in html and "(no audio)" in html
+    assert html.count('<p class="transcript">') == 2
+    assert "transcript" not in gallery_card({"record": records[2], "entry": None, "index": 2}, keys)
