@@ -131,6 +131,9 @@ def test_transcript_mode_captions_every_clip_and_an_edited_prompt_reruns_caption
         assert segments, name
         assert all(0 <= s["start"] < s["end"] <= durations[name] for s in segments), segments
         assert "audio" not in by_name[name]["caption_meta"]
+    assert all(
+        s["text"] for name in ("speech.mp4", "music.mp4") for s in by_name[name]["transcript"]
+    )  # gibberish
     speech = by_name["speech.mp4"]["transcript"][0]
     assert speech["start"] == pytest.approx(0.5, abs=0.1)  # the espeak speech starts after 0.5 s of silence
     assert by_name["silent.mp4"]["transcript"] is None
@@ -206,3 +209,23 @@ def test_the_gallery_shows_the_transcript_or_its_note_and_nothing_with_audio_off
     assert "[0.5-4.2 s] fox &lt;jumps&gt;" in html and "(no audio)" in html
     assert html.count('<p class="transcript">') == 2
     assert "transcript" not in gallery_card({"record": records[2], "entry": None, "index": 2}, keys)
+
+
+def test_no_audio_and_undecodable_audio_are_notes_and_start_no_engine(tmp_path):
+    """Only the undecodable note is left out of the store (a later build tries the file again)."""
+    from test_audio_track import test_a_corrupt_audio_stream_is_undecodable as make_broken
+
+    make_broken(tmp_path)  # leaves tmp_path/broken.mkv, whose audio ffmpeg cannot decode
+    make_video(tmp_path / "silent.mp4", seconds=1.0)
+    shard = write_records(tmp_path / "s.jsonl", [{"video": "silent.mp4"}, {"video": "broken.mkv"}])
+    job = {"language": None, "keys": {"video": "video"}, "media_root": str(tmp_path)}
+    job.update(store=str(tmp_path / "store"), engine=with_defaults("engine", {}))
+    (tmp_path / "asr").mkdir()
+    job["asr_model"] = str(tmp_path / "asr")  # hashed for the key; never loaded, as no engine starts
+    stats = transcribe.transcribe_shard(str(shard), str(tmp_path / "out.jsonl"), job)
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [line["transcript"] for line in lines] == [None, None]
+    assert lines[0]["note"] == "no audio" and lines[1]["note"].startswith("audio undecodable: ")
+    assert "devices" not in stats  # no GPU slot taken, no engine started
+    again = transcribe.transcribe_shard(str(shard), str(tmp_path / "out.jsonl"), job)
+    assert again["stored"] == 1 and again["files"] == 2

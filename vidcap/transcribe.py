@@ -130,13 +130,7 @@ def transcribe_shard(shard_path: str, result_path: str, settings: dict, log=sys.
     )
     if missing:
         with contextlib.ExitStack() as stack:
-            if llm is None:  # a GPU slot of this node, locked as caption jobs lock theirs (vidcap.gpus)
-                from vidcap.gpus import device_slots
-
-                timeout = settings["engine"]["gpu_wait_timeout"]
-                stats["devices"] = stack.enter_context(device_slots(1, timeout=timeout, log=log))
-            asr = WhisperAsr(settings, log, llm)
-            stack.callback(asr.close)
+            asr = WhisperAsr(settings, log, stack, stats, llm)
             for path in missing:
                 found[path] = transcribe_file(path, asr, settings, stats)
                 if found[path].pop("keep", True):
@@ -174,10 +168,26 @@ def transcribe_file(path: str, asr, settings: dict, stats: dict) -> dict:
 class WhisperAsr:
     """vLLM's Whisper (encoder-decoder: the audio goes to the encoder, the task tokens to the decoder)."""
 
-    def __init__(self, settings: dict, log, llm=None):
-        self.log, self.own = log, llm is None
-        self.llm = llm if llm is not None else start_whisper(settings, log)
-        self.tokenizer = self.llm.get_tokenizer()
+    def __init__(self, settings: dict, log, stack: contextlib.ExitStack, stats: dict, llm=None):
+        self.settings, self.log, self.stack, self.stats, self._llm = settings, log, stack, stats, llm
+
+    @property
+    def llm(self):
+        """The engine, started on first use: a shard whose new files have no audio starts none."""
+        if self._llm is None:
+            from vidcap.engine import stop_engine
+            from vidcap.gpus import device_slots
+
+            # a GPU slot of this node, locked as caption jobs lock theirs (vidcap.gpus)
+            timeout = self.settings["engine"]["gpu_wait_timeout"]
+            self.stats["devices"] = self.stack.enter_context(device_slots(1, timeout=timeout, log=self.log))
+            self._llm = start_whisper(self.settings, self.log)
+            self.stack.callback(stop_engine, self._llm, self.log)  # before the slot is freed (LIFO)
+        return self._llm
+
+    @property
+    def tokenizer(self):
+        return self.llm.get_tokenizer()
 
     def _prompt(self, samples: np.ndarray, decoder: str) -> dict:
         audio = {"audio": (samples, audio_track.RATE)}
@@ -201,12 +211,6 @@ class WhisperAsr:
         params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, skip_special_tokens=True)
         outs = self.llm.generate([self._prompt(p, decoder) for p in pieces], params, use_tqdm=False)
         return [" ".join(o.outputs[0].text.split()) for o in outs]
-
-    def close(self) -> None:
-        if self.own:
-            from vidcap.engine import stop_engine
-
-            stop_engine(self.llm, self.log)
 
 
 def whisper_engine(settings: dict) -> tuple[dict, int]:
