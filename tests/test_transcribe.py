@@ -229,3 +229,16 @@ def test_no_audio_and_undecodable_audio_are_notes_and_start_no_engine(tmp_path):
     assert "devices" not in stats  # no GPU slot taken, no engine started
     again = transcribe.transcribe_shard(str(shard), str(tmp_path / "out.jsonl"), job)
     assert again["stored"] == 1 and again["files"] == 2
+
+
+def test_the_transcript_key_follows_the_asr_settings_and_the_file(tmp_path, tiny_whisper):
+    clip = make_video(tmp_path / "a.mp4", seconds=1.0)
+    base = {"asr_model": str(tiny_whisper), "language": None}
+    identity = transcribe.asr_identity(base)
+    assert transcribe.asr_identity({**base, "language": "en"}) != identity
+    assert transcribe.asr_identity({**base, "asr_model": "openai/whisper-small"}) != identity
+    key = transcribe.file_key(identity, str(clip))
+    (tmp_path / "link.mp4").symlink_to(clip)
+    assert transcribe.file_key(identity, str(tmp_path / "link.mp4")) == key  # the real file, not its name
+    make_video(clip, seconds=2.0)  # replaced: new size and mtime
+    assert transcribe.file_key(identity, str(clip)) != key

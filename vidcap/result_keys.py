@@ -101,10 +101,12 @@ SETTING_ROLES = {
     "long_video.summary_model": SUMMARY,
     "long_video.summary_max_tokens": SUMMARY,
     "caption_set": SET,  # each entry's settings reach only that entry's keys
-    "audio.mode": ASR,  # TODO(audio): CAPTION once caption_params carries it
+    # mode and transcript_tokens reach caption keys through the prompt text, which holds the transcript
+    # (vidcap.transcript_prompt); the caption rule's params carry them only when mode is transcript
+    "audio.mode": ASR,
     "audio.asr_model": ASR,
     "audio.language": ASR,
-    "audio.transcript_tokens": ASR,  # TODO(audio): CAPTION once caption_params carries it
+    "audio.transcript_tokens": ASR,
     "audit.near_duplicate_jaccard": OUTPUT,
     "audit.opening_words": OUTPUT,
     "audit.top": OUTPUT,
