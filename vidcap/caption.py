@@ -21,7 +21,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from vidcap import windowed
+from vidcap import native_audio, windowed
 from vidcap.atomic import atomic_open, dumps_line, iter_jsonl, read_json, write_json
 from vidcap.backends import Answer, OfflineBackend, ServerBackend
 from vidcap.budget import geometry_for
@@ -132,6 +132,8 @@ def plan_records(
             ensure_frames(entry, settings["frames_step"])
             if windowed.is_windowed(entry):
                 windowed.ensure_windows(entry, settings["frames_step"])
+            if native_audio.is_native(settings):
+                native_audio.ensure(entry)
         frames = sum(len(v["meta"].get("frames_indices", ())) for v in entry["videos"] if "meta" in v)
         results.append(
             {
@@ -141,6 +143,8 @@ def plan_records(
                 "keys": [],
             }
         )
+        if native_audio.is_native(settings) and not entry["error"] and native_audio.note(entry):
+            results[slot]["caption_meta"]["audio"] = native_audio.note(entry)  # captioned from frames alone
         if not entry["error"]:
             seed = sampling_seed(settings["sampling"], content_digest(media_keys(entry), prompt))
             if windowed.is_windowed(entry):  # one request per window, in result slots after the records
@@ -271,6 +275,8 @@ def start_logged(settings: dict, pending: list[Pending], stats: dict, log):
         "video": max(len(p.entry["videos"]) for p in pending),
         "image": max(len(p.entry["images"]) for p in pending),
     }
+    if native_audio.is_native(settings):  # each video's own audio track goes with it
+        limits["audio"] = limits["video"]
     t0 = time.monotonic()
     llm = start_engine(model, engine, limits, int(settings["sampling"]["seed"] or 0))
     stats["engine_seconds"] = round(time.monotonic() - t0, 3)
@@ -293,6 +299,11 @@ def fit_to_context(
     max_model_len, max_tokens = settings["engine"]["max_model_len"], int(settings["sampling"]["max_tokens"])
     budget = max_model_len - max_tokens  # the prompt must leave room for a whole caption
 
+    native = native_audio.is_native(settings)
+    if native:
+        native_audio.check_model(settings["model"], hf_config)
+    chunk = native_audio.chunk_seconds_of(settings["model"]) if native else 0
+
     @functools.lru_cache(maxsize=4096)
     def count_tokens(text: str) -> int:
         return len(tokenizer.encode(text, add_special_tokens=False))
@@ -300,7 +311,9 @@ def fit_to_context(
     def estimate(item: Pending) -> int:
         placeholders = len(item.entry["videos"]) + len(item.entry["images"])
         stamps = (lambda t: count_tokens(f"<{t:.1f} seconds>")) if geometry.tokens_per_frame_group else None
-        return count_tokens(item.text) - placeholders + vision_tokens(item.entry, item.keep, geometry, stamps)
+        seen = vision_tokens(item.entry, item.keep, geometry, stamps)
+        heard = native_audio.request_tokens(item.entry, chunk) if native else 0  # halving keeps it whole
+        return count_tokens(item.text) - placeholders + seen + heard
 
     ready = []
     for item in pending:

@@ -101,11 +101,10 @@ SETTING_ROLES = {
     "long_video.summary_model": SUMMARY,
     "long_video.summary_max_tokens": SUMMARY,
     "caption_set": SET,  # each entry's settings reach only that entry's keys
-    # mode and transcript_tokens reach caption keys through the prompt text, which holds the transcript
-    # (vidcap.transcript_prompt); the caption rule's params carry them only when mode is transcript
-    "audio.mode": ASR,
+    "audio.mode": CAPTION,  # in caption_params unless off: native sends the audio, transcript its text
     "audio.asr_model": ASR,
     "audio.language": ASR,
+    # in caption_params with mode transcript only, and through the transcript in the prompt (vidcap.transcript_prompt)
     "audio.transcript_tokens": ASR,
     "audit.near_duplicate_jaccard": OUTPUT,
     "audit.opening_words": OUTPUT,
@@ -139,10 +138,17 @@ def _item_key(item: dict | None):
     if not item:
         return None
     if "windows" in item:
-        return [[w["start"], w["end"], _stem(w.get("frames"))] for w in item["windows"]]
+        return [[w["start"], w["end"], *_heard(w)] for w in item["windows"]]
     if "error" in item:
         return ["error", item["error"]]
-    return _stem(item.get("frames"))
+    stem = _heard(item)
+    return stem[0] if len(stem) == 1 else stem
+
+
+def _heard(item: dict) -> list:
+    """An item's frame-cache key, and with audio.mode native its audio's key or note (vidcap.native_audio)."""
+    audio = item.get("audio")
+    return [_stem(item.get("frames"))] + ([audio.get("key") or audio.get("note")] if audio else [])
 
 
 def _stem(frames: str | None) -> str | None:
@@ -156,7 +162,8 @@ def record_key(identity: str, prompt: str, entry: dict) -> str:
 
 def window_key(identity: str, text: str, video: dict) -> str:
     """A window's request: its own frames (``video``: path, frames, meta) and its prompt with the span."""
-    return canonical_hash(["window", identity, text, _stem(video.get("frames"))])[:32]
+    heard = _heard(video)
+    return canonical_hash(["window", identity, text, heard[0] if len(heard) == 1 else heard])[:32]
 
 
 def summary_key(identity: str, text: str) -> str:

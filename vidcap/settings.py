@@ -53,6 +53,8 @@ def frames_settings(config: dict, shard: str) -> dict:
         "frames": frame_params(config),
         "cache_dir": frames_cache_dir(config, shard),
         "long_video": window_settings(config),
+        # audio.mode native: the frames step caches each video's audio too (other modes: as without it)
+        **({"audio": {"mode": "native"}} if audio_mode(config) == "native" else {}),
     }
 
 
@@ -107,24 +109,25 @@ def caption_params(config: dict) -> dict:
         "max_model_len": config["engine"]["max_model_len"],
         "engine_numerics": engine_numerics(config),
         **quality_params(config),
-        **audio_caption_params(config),
+        **audio_params(config),
     }
 
 
 def audio_mode(config: dict) -> str:
-    """off, transcript or native (YAML's bare ``off`` is false)."""
-    mode = with_defaults("audio", config.get("audio"))["mode"]
-    return mode or "off"
+    """off, transcript or native; YAML reads a bare ``off`` as false, and a missing section is off."""
+    mode = (config.get("audio") or {}).get("mode")
+    return "off" if mode in (None, False, "off") else str(mode)
 
 
-def audio_caption_params(config: dict) -> dict:
-    """The audio settings a caption depends on, only when there are any: with mode off the caption rule's
-    params (and so what Snakemake reruns) stay as they were. They reach the result keys through the
-    prompt, which holds the transcript."""
-    if audio_mode(config) != "transcript":
+def audio_params(config: dict) -> dict:
+    """The audio mode, only when it is not off: an off build's params (and result keys) are as without it."""
+    mode = audio_mode(config)
+    if mode == "off":
         return {}
-    audio = with_defaults("audio", config.get("audio"))
-    return {"audio": {"mode": "transcript", "transcript_tokens": audio["transcript_tokens"]}}
+    if mode != "transcript":
+        return {"audio": {"mode": mode}}
+    tokens = with_defaults("audio", config.get("audio"))["transcript_tokens"]  # it shapes the prompt
+    return {"audio": {"mode": mode, "transcript_tokens": tokens}}
 
 
 def transcripts_path(config: dict, shard: str) -> str:
@@ -179,7 +182,8 @@ CAPTION_PARAM_KEYS = (
 
 def caption_params_of_job(job: dict) -> dict:
     """The :func:`caption_params` part of a caption job's settings (:func:`caption_job`)."""
-    return {k: job.get(k) for k in CAPTION_PARAM_KEYS}
+    params = {k: job.get(k) for k in CAPTION_PARAM_KEYS}
+    return {**params, **({"audio": job["audio"]} if job.get("audio") else {})}
 
 
 def result_store(config: dict) -> str:

@@ -55,6 +55,7 @@ def window_requests(
                     "frames": window["frames"],
                     "meta": window["meta"],
                     "content": window.get("content"),  # how the window's file is stored (frame_store)
+                    **({"audio": window["audio"]} if "audio" in window else {}),  # audio.mode native
                 }
             ],
             "images": [],
