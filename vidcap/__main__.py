@@ -23,7 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     tiny.add_argument("dir")
     tiny.add_argument(
-        "--arch", choices=["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen2_5_omni"], default="qwen2_vl"
+        "--arch",
+        choices=["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen2_5_omni", "whisper"],
+        default="qwen2_vl",
     )
     tiny.add_argument(
         "--size",

@@ -36,6 +36,7 @@ from vidcap.records import record_digest, record_prompt
 from vidcap.result_keys import caption_identity, content_digest, media_keys, record_key
 from vidcap.settings import caption_params_of_job
 from vidcap.store import ResultStore
+from vidcap.transcript_prompt import Transcripts
 
 PROGRESS_SECONDS = 10.0
 # what a result line holds besides its answer: not stored (they name the record and the job, not the answer)
@@ -67,7 +68,8 @@ def caption_shard(
     # the workflow's is the build's (results/store); a direct call without one keeps its own beside the output
     store = ResultStore(settings.get("store") or f"{result_path}.store")
     identity = caption_identity(caption_params_of_job(settings), model_identity(settings["model"]))
-    results, pending = plan_records(shard_path, manifest_path, settings, identity, store)
+    transcripts = Transcripts.of_job(settings)  # audio.mode transcript only
+    results, pending = plan_records(shard_path, manifest_path, settings, identity, store, transcripts)
     records = sum(1 for r in results if windowed.WINDOW_KEY not in r)  # window requests take slots after
     carried = sum(1 for r in results[:records] if r["caption_meta"]["error"])
     pending, twins, stored = look_up(pending, results, store)
@@ -86,6 +88,8 @@ def caption_shard(
         stats["provenance"] = job_provenance(settings, settings["engine"], settings.get("frames"))
     fill_twins(twins, results)
     results = windowed.fold(results, records)
+    for slot in range(records) if transcripts else ():
+        transcripts.annotate(slot, results[slot])
     with atomic_open(result_path) as handle:
         for result in results:
             handle.write(dumps_line(result))
@@ -102,10 +106,16 @@ def caption_shard(
 
 
 def plan_records(
-    shard_path: str, manifest_path: str, settings: dict, identity: str, store: ResultStore
+    shard_path: str,
+    manifest_path: str,
+    settings: dict,
+    identity: str,
+    store: ResultStore,
+    transcripts: Transcripts | None = None,
 ) -> tuple[list[dict], list[Pending]]:
     """One result per shard record (an error until captioned) and the requests to look up or send,
-    each with its result-store key (``identity``: vidcap.result_keys.caption_identity)."""
+    each with its result-store key (``identity``: vidcap.result_keys.caption_identity); ``transcripts``
+    adds each record's speech to its prompt."""
     entries = read_json(manifest_path)["records"]
     results, pending, windows = [], [], []
     for slot, record in enumerate(iter_jsonl(shard_path)):
@@ -115,6 +125,8 @@ def plan_records(
         if entry["digest"] != digest:
             raise RuntimeError(f"{manifest_path}: entry {slot} belongs to another record: stale manifest")
         prompt = record_prompt(record, settings["keys"], settings["prompt"])
+        if transcripts is not None and not windowed.is_windowed(entry):
+            prompt = transcripts.prompt(slot, digest, prompt)
         # cache files deleted since the frames step: extracted again, unless the answer is stored
         if needs_frames(entry, settings, identity, prompt, store):
             ensure_frames(entry, settings["frames_step"])
@@ -148,7 +160,10 @@ def plan_records(
         )
     for args in windows:
         timed = settings.get("output_format") == "json"
-        pending.extend(windowed.window_requests(*args, results, identity, settings.get("model"), timed))
+        heard = transcripts.for_window(*args[:2]) if transcripts is not None else None
+        pending.extend(
+            windowed.window_requests(*args, results, identity, settings.get("model"), timed, heard)
+        )
     return results, pending
 
 

@@ -105,7 +105,8 @@ SETTING_ROLES = {
     "audio.mode": CAPTION,  # in caption_params unless off: native sends the audio, transcript its text
     "audio.asr_model": ASR,
     "audio.language": ASR,
-    "audio.transcript_tokens": ASR,  # TODO(audio): CAPTION once caption_params carries it
+    # in caption_params with mode transcript only, and through the transcript in the prompt (vidcap.transcript_prompt)
+    "audio.transcript_tokens": ASR,
     "audit.near_duplicate_jaccard": OUTPUT,
     "audit.opening_words": OUTPUT,
     "audit.top": OUTPUT,

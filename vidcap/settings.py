@@ -161,7 +161,34 @@ def caption_params(config: dict) -> dict:
 def audio_params(config: dict) -> dict:
     """The audio mode, only when it is not off: an off build's params (and result keys) are as without it."""
     mode = audio_mode(config)
-    return {} if mode == "off" else {"audio": {"mode": mode}}
+    if mode == "off":
+        return {}
+    if mode != "transcript":
+        return {"audio": {"mode": mode}}
+    tokens = with_defaults("audio", config.get("audio"))["transcript_tokens"]  # it shapes the prompt
+    return {"audio": {"mode": mode, "transcript_tokens": tokens}}
+
+
+def transcripts_path(config: dict, shard: str) -> str:
+    return f"{config['results'].rstrip('/')}/transcripts/{shard}.jsonl"
+
+
+def asr_params(config: dict) -> dict:
+    """What a transcript depends on (a change reruns transcribe jobs); no caption setting is here, so an
+    edited caption prompt transcribes nothing again."""
+    audio = with_defaults("audio", config.get("audio"))
+    return {
+        "asr_model": audio["asr_model"],
+        "language": audio["language"],
+        "media_root": media_root(config),
+        "keys": {"video": config["keys"]["video"]},
+    }
+
+
+def asr_job(config: dict) -> dict:
+    """Everything a transcribe job needs: its params, the engine section (sized for Whisper in the job)
+    and the result store."""
+    return {**asr_params(config), "engine": dict(config["engine"]), "store": result_store(config)}
 
 
 def engine_numerics(config: dict) -> dict:
@@ -237,6 +264,8 @@ def caption_job(config: dict, shard: str | None = None) -> dict:
     }
     if shard is not None:
         job["frames_step"] = frames_settings(config, shard)
+        if audio_mode(config) == "transcript":
+            job["transcripts"] = transcripts_path(config, shard)
     return job
 
 

@@ -61,7 +61,8 @@ def summary_text(prompt: str, windows: list[dict], question: str | None = None) 
             answer = window["caption"].strip()
             if window.get("caption_json") is not None:
                 answer = json.dumps(window["caption_json"], ensure_ascii=False, separators=(", ", ": "))
-            lines.append(f"From {window['start']:.1f} s to {window['end']:.1f} s: {answer}")
+            speech = f" (speech: {window['speech']})" if window.get("speech") else ""  # audio.mode transcript
+            lines.append(f"From {window['start']:.1f} s to {window['end']:.1f} s: {answer}{speech}")
     if question is not None:
         lines += ["", question_phrase(question)]
     return "\n".join(lines)

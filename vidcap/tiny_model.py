@@ -176,12 +176,10 @@ WORDS = ("a the video shows person man woman dog cat car street room kitchen wal
 # fmt: on
 
 
-def _train_tokenizer(named_tokens: dict | None = None):
-    """The tiny byte-level BPE tokenizer; ``named_tokens`` ({"audio_token": "<|AUDIO|>", ...}) adds a model's
-    own special tokens, named as its processor looks them up."""
+def bpe_state() -> dict:
+    """A byte-level BPE (vocab 480) trained on a synthetic caption corpus: its vocab and merges."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import Qwen2Tokenizer
 
     generator = torch.Generator().manual_seed(0)
     corpus = [
@@ -198,7 +196,15 @@ def _train_tokenizer(named_tokens: dict | None = None):
         show_progress=False,
     )
     bpe.train_from_iterator(corpus, trainer)
-    state = json.loads(bpe.to_str())["model"]
+    return json.loads(bpe.to_str())["model"]
+
+
+def _train_tokenizer(named_tokens: dict | None = None):
+    """The tiny byte-level BPE tokenizer; ``named_tokens`` ({"audio_token": "<|AUDIO|>", ...}) adds a model's
+    own special tokens, named as its processor looks them up."""
+    from transformers import Qwen2Tokenizer
+
+    state = bpe_state()
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in state["merges"]]
     tokenizer = Qwen2Tokenizer(
         vocab=state["vocab"],
@@ -285,6 +291,12 @@ def build_tiny_model(
     """
     import torch
 
+    if arch == "whisper":  # the transcript step's ASR model (vidcap.tiny_whisper)
+        from vidcap.tiny_whisper import build_tiny_whisper
+
+        if size != "tiny" or config_only:
+            raise ValueError("whisper has only the tiny size")
+        return build_tiny_whisper(out_dir)
     spec = _spec(arch, size)
     torch.manual_seed(0)
     out_dir = Path(out_dir)

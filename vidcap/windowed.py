@@ -74,12 +74,14 @@ def window_requests(
     identity: str,
     model: str | None = None,
     timed: bool = False,
+    heard=None,
 ) -> list[WindowPending]:
     """One request per decodable window, with its result-store key (``identity``: the caption settings'
     hash); each gets a result slot appended to ``results``, and the record's own result lists every
     window (those that could not be decoded as errors already) and every window's key. ``model``: the
     captioning model, whose family decides the windows' clocks (:func:`window_clock`); ``timed``: the answers
-    hold event times (output_format json), so the clock is part of each window's key."""
+    hold event times (output_format json), so the clock is part of each window's key. ``heard``:
+    (start, end) -> text put after a window's prompt (audio.mode transcript: its speech)."""
     video = entry["videos"][0]
     results[slot]["caption_meta"]["windows"] = [window_result(w, None) for w in video["windows"]]
     pending = []
@@ -106,6 +108,8 @@ def window_requests(
             if len(video["windows"]) == 1
             else f"{clip_phrase(window['start'], window['end'])} {prompt}"
         )
+        if heard is not None:
+            text += heard(window["start"], window["end"])
         results.append(
             {
                 "digest": digest,

@@ -182,7 +182,17 @@ def gallery_card(item: dict, keys: dict) -> dict:
         "error": meta.get("error"),
         "caption": caption if isinstance(caption, str) else None,
         "timeline": timeline,
+        **heard(record, meta),
     }
+
+
+def heard(record: dict, meta: dict) -> dict:
+    """audio.mode transcript: the record's segments as lines, or why there are none (nothing otherwise)."""
+    if "transcript" not in record:
+        return {}
+    segments = record["transcript"] or []
+    lines = [f"[{s['start']:.1f}-{s['end']:.1f} s] {s['text']}" for s in segments]
+    return {"transcript": "\n".join(lines), "audio_note": meta.get("audio")}
 
 
 WINDOW_THUMBS = 4

@@ -169,3 +169,10 @@ def staging(**functions):
     while the DAG is built, and pay for no input function per job.
     """
     return functions if object_storage.is_url(settings.media_root(config)) else {}
+
+
+def transcripts_of_shard():
+    """The caption job's transcript input: only with audio.mode transcript (else no ASR job runs at all)."""
+    if settings.audio_mode(config) != "transcript":
+        return {}
+    return {"transcripts": f"{RESULTS}/transcripts/{{shard}}.jsonl"}
