@@ -283,3 +283,30 @@ def requests_sent(results: str | os.PathLike, before: dict[str, dict]) -> int:
 
 def caption_stats(results: str | os.PathLike) -> dict[str, dict]:
     return {p.name: json.loads(p.read_text()) for p in Path(results, "captions").glob("*.stats.json")}
+
+
+def make_speech_clip(path: str | os.PathLike, text: str, pad: float = 0.5, size: str = "64x48") -> Path:
+    """A lavfi video with real synthesised speech under it: espeak-ng says ``text`` after ``pad`` seconds of
+    silence, and the clip runs ``pad`` seconds past the speech (argument lists, no shell)."""
+    path = Path(path)
+    wav = path.with_suffix(".speech.wav")
+    subprocess.run(["espeak-ng", "-w", str(wav), "--", text], check=True, capture_output=True)
+    speech = f"adelay={int(pad * 1000)}:all=1,apad=pad_dur={pad}"
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=8"]
+    cmd += ["-i", str(wav), "-filter_complex", f"[1:a]{speech}[a]", "-map", "0:v", "-map", "[a]"]
+    cmd += ["-shortest", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "8", "-c:a", "aac", str(path)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    wav.unlink()
+    return path
+
+
+def make_music_clip(path: str | os.PathLike, seconds: float = 2.0, size: str = "64x48") -> Path:
+    """A lavfi video over a two-tone chord (ffmpeg's sine sources mixed): sound that is not speech."""
+    path = Path(path)
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc=size={size}:rate=8"]
+    for hz in (262, 392):
+        cmd += ["-f", "lavfi", "-i", f"sine=frequency={hz}:sample_rate=16000:duration={seconds}"]
+    cmd += ["-filter_complex", "[1:a][2:a]amix=inputs=2[a]", "-map", "0:v", "-map", "[a]", "-t", str(seconds)]
+    cmd += ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "8", "-c:a", "aac", str(path)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return path

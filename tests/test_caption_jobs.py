@@ -151,10 +151,12 @@ def test_peak_memory_is_flat_in_the_shard_size(tiny_model, tmp_path):
 def test_killed_job_and_dead_engine_resume_to_identical_bytes(tiny_model, tmp_path):
     """kill -9 of a job after some records, then a job whose engine core is killed (the job must fail and
     write nothing), then a rerun: it sends only the missing records, and the file equals a clean build's."""
-    # one sequence at a time and longer captions: records finish one by one, with time to kill between
-    config = job_config(tiny_model, engine={"max_num_seqs": 1}, sampling={"max_tokens": 64})
+    # one sequence at a time and longer captions: records finish one by one, with time to kill between (the
+    # engine-core layout generates ~14x slower on 2 CPU cores: 12 records of 32 tokens keep its part short)
+    config = job_config(tiny_model, engine={"max_num_seqs": 1}, sampling={"max_tokens": 32})
     settings = vsettings.caption_job(config)
-    shard, manifest = build_shard(tmp_path, 24, config)
+    n = 12
+    shard, manifest = build_shard(tmp_path, n, config)
     out, log = tmp_path / "out.jsonl", tmp_path / "job.log"
 
     job = start_job(shard, manifest, out, settings, log)  # engine in-process (CPU default)
@@ -163,7 +165,7 @@ def test_killed_job_and_dead_engine_resume_to_identical_bytes(tiny_model, tmp_pa
     job.wait()
     first = stored_results(out)
 
-    # engine core in its own process, as on GPUs: killing it is an engine failure, not 24 record errors
+    # engine core in its own process, as on GPUs: killing it is an engine failure, not 12 record errors
     job = start_job(shard, manifest, out, settings, log, env={"VLLM_ENABLE_V1_MULTIPROCESSING": "1"})
     wait_for(lambda: engine_cores(job.pid), 300, job)
     wait_for(lambda: stored_results(out) >= first + 2, 300, job)
@@ -174,11 +176,18 @@ def test_killed_job_and_dead_engine_resume_to_identical_bytes(tiny_model, tmp_pa
     done = stored_results(out)
     assert done >= first + 2
 
-    stats, _ = run_job(shard, manifest, out, settings, log)
-    assert stats["stored"] == done and stats["requests"] == 24 - done
-    assert stored_results(out) == 24  # the store outlives the job: a rebuild sends nothing
-    clean = tmp_path / "clean.jsonl"
-    run_job(shard, manifest, clean, settings, tmp_path / "clean.log")
+    # the resume in the GPU layout too (its engine core is a process of its own), the clean build in-process:
+    # the same bytes whichever layout answered
+    resume_log = tmp_path / "resume.log"
+    stats, _ = run_job(
+        shard, manifest, out, settings, resume_log, env={"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+    )
+    assert "(EngineCore pid=" in resume_log.read_text()
+    assert stats["stored"] == done and stats["requests"] == n - done
+    assert stored_results(out) == n  # the store outlives the job: a rebuild sends nothing
+    clean, clean_log = tmp_path / "clean.jsonl", tmp_path / "clean.log"
+    run_job(shard, manifest, clean, settings, clean_log)
+    assert "(EngineCore pid=" not in clean_log.read_text()
     assert out.read_bytes() == clean.read_bytes()
 
 

@@ -1,4 +1,9 @@
-"""kill -9 in the middle of a build, then rerun: the output equals an uninterrupted build's."""
+"""kill -9 in the middle of a build, then rerun: the output equals an uninterrupted build's.
+
+The subject is Snakemake's recovery (the lock, half-done jobs, rerun-incomplete), not the engine: caption jobs
+use the session's ``vllm serve`` (engine.backend server), so the three builds start no engine of their own.
+A job killed with its in-process engine is tests/test_caption_jobs.py's; scancel of one, tests/test_slurm.py's.
+"""
 
 import os
 import signal
@@ -8,7 +13,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO, SNAKEMAKE, make_video, run_snakemake, tiny_config, write_records
+from helpers import (
+    REPO,
+    SERVER_KEY_ENV,
+    SNAKEMAKE,
+    make_video,
+    run_snakemake,
+    tiny_config,
+    write_records,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -59,10 +72,11 @@ def caption_running(work: Path) -> bool:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, tiny_model):
+def reference(tmp_path_factory, tiny_model, tiny_server):
     work = tmp_path_factory.mktemp("reference")
     setup_project(work)
-    config = tiny_config(tiny_model, shards=2)
+    server = {"backend": "server", "url": tiny_server, "api_key_env": SERVER_KEY_ENV}
+    config = tiny_config(tiny_model, shards=2, engine=server)
     run_snakemake(work, config)
     return config, (work / "captions.json").read_bytes()
 

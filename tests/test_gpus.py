@@ -371,6 +371,27 @@ def test_a_job_without_a_slot_lock_gets_a_cache_of_its_own(monkeypatch):
         assert Path(os.environ["VLLM_CACHE_ROOT"]) != first
 
 
+def test_model_infos_are_shared_by_private_caches(monkeypatch, tmp_path):
+    """vLLM's model-class facts outlive a job's own cache folder (else every engine start inspects the model
+    class again, ~8 s); removing the folder leaves them, and a slot's folder shares them too."""
+    from vidcap.gpus import device_slots
+
+    for name in CACHE_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home-cache"))
+    shared = tmp_path / "home-cache" / "vllm" / "modelinfos"
+    monkeypatch.setenv("VIDCAP_GPU_IDS", "")
+    with device_slots(1):
+        own = Path(os.environ["VLLM_CACHE_ROOT"])
+        (own / "modelinfos" / "model.json").write_text("{}")  # as vLLM writes one
+    assert not own.exists() and (shared / "model.json").read_text() == "{}"
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.setenv("VIDCAP_GPU_IDS", "0")
+    monkeypatch.setenv("VIDCAP_GPU_LOCK_DIR", str(tmp_path / "locks"))
+    with device_slots(1, timeout=0):
+        assert (Path(os.environ["VLLM_CACHE_ROOT"]) / "modelinfos" / "model.json").exists()
+
+
 def test_a_cache_the_user_set_is_kept(monkeypatch, tmp_path):
     from vidcap.gpus import device_slots
 

@@ -36,7 +36,8 @@ CHANGED = {
     "engine.vllm_args": {"quantization": "fp8"},
     "quality.language": "en",
     "long_video.mode": "single",
-    "caption_set": {"colours": {"prompt": "Name the colours."}},
+    # a derived entry: in the summary step's params, never in a caption or summary key
+    "caption_set": {"short": {"prompt": "Rewrite it in one sentence.", "from": "caption"}},
 }
 
 

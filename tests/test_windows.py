@@ -299,3 +299,107 @@ def test_an_unreachable_summary_server_fails_the_job_and_writes_nothing(tmp_path
     with pytest.raises(EngineFailure, match="server unreachable"):
         summarize_shard(str(captions), str(tmp_path / "out.jsonl"), settings)
     assert not (tmp_path / "out.jsonl").exists()
+
+
+# ------------------------------------------------------------------ windowed records as short records are
+def test_min_window_frames_above_window_frames_is_a_config_error_naming_both_keys():
+    with pytest.raises(
+        vconfig.ConfigError, match=r"long_video.min_window_frames 40 .*long_video.window_frames 30"
+    ):
+        vconfig.load(
+            overrides={
+                "input": "r.json",
+                "model": "m",
+                "long_video": {"window_frames": 30, "min_window_frames": 40},
+            }
+        )
+    vconfig.load(
+        overrides={
+            "input": "r.json",
+            "model": "m",
+            "long_video": {"window_frames": 30, "min_window_frames": 30},
+        }
+    )
+
+
+def one_window_entry():
+    window = {"start": 0.0, "end": 20.0, "frames": "w0.npy", "meta": {"frames_indices": [0, 1, 2, 3]}}
+    return {
+        "digest": "d",
+        "videos": [{"path": "v.mp4", "meta": {}, "windows": [window]}],
+        "images": [],
+        "error": None,
+    }
+
+
+def test_a_one_window_video_is_not_told_it_is_a_clip_and_keeps_every_answer_field():
+    record = {"digest": "d", "caption": None, "caption_meta": {"status": "error", "error": None}, "keys": []}
+    results = [record]
+    (item,) = window_requests(0, "d", one_window_entry(), "Describe.", None, results, "identity")
+    assert item.prompt == "Describe."  # the whole video: no "clip from 0.0 s to 20.0 s of a longer video"
+    results[1].update(caption="s", captions=["s", "t"], caption_json={"summary": "s", "events": []})
+    results[1]["caption_meta"].update(status="ok", prompt_tokens=10, output_tokens=3, finish_reason="stop")
+    (out,) = fold(results, 1)
+    assert (out["caption"], out["captions"], out["caption_json"]) == (
+        "s",
+        ["s", "t"],
+        {"summary": "s", "events": []},
+    )
+    assert out["caption_meta"]["windows"][0]["caption_json"] == {"summary": "s", "events": []}
+
+
+def test_window_event_times_end_in_the_video_clock_per_model_family(tmp_path):
+    from vidcap.structured import check_events
+    from vidcap.windowed import times_absolute, window_clock
+
+    window = {"start": 60.0, "end": 120.0}
+    # Qwen3-VL reads absolute frame times: its events lie in the window's span of the video
+    events = [{"start": 70.0, "end": 80.0}, {"start": 10.0, "end": 130.0}]
+    notes = check_events(events, window_clock(window, absolute=True))
+    assert events == [{"start": 70.0, "end": 80.0}, {"start": 60.0, "end": 120.0}]
+    assert notes[0] == "event 1: 10-130 s clamped to 60-120 s"
+    # Qwen2/2.5-VL see the window from 0 s: clamped to its length, then moved to the video's time
+    events = [{"start": 10.0, "end": 20.0}, {"start": 50.0, "end": 75.0}]
+    notes = check_events(events, window_clock(window, absolute=False))
+    assert events == [{"start": 70.0, "end": 80.0}, {"start": 110.0, "end": 120.0}]
+    assert notes == ["event 1: 50-75 s clamped to 50-60 s"]
+    for model_type, absolute in (("qwen3_vl", True), ("qwen2_5_vl", False), ("qwen2_vl", False)):
+        folder = tmp_path / model_type
+        folder.mkdir()
+        config = {"model_type": model_type, "vision_config": {"patch_size": 16 if absolute else 14}}
+        (folder / "config.json").write_text(json.dumps(config))
+        assert times_absolute(str(folder)) is absolute
+    entry = one_window_entry()
+    (item,) = window_requests(
+        0, "d", entry, "Describe.", None, [{"caption_meta": {}, "keys": []}], "i", str(tmp_path / "qwen3_vl")
+    )
+    assert item.clock == window_clock(entry["videos"][0]["windows"][0], absolute=True)
+
+
+def test_the_summary_asks_a_records_own_question_and_reads_window_objects(tmp_path):
+    windows = [
+        {
+            "start": 60.0,
+            "end": 90.0,
+            "caption": "b",
+            "status": "ok",
+            "caption_json": {"summary": "b", "events": []},
+        },
+        {"start": 0.0, "end": 60.0, "caption": "a", "status": "ok"},
+    ]
+    assert summary_text("Sum up.", windows, "How many cars?").splitlines() == [
+        "Sum up.",
+        "",
+        "From 0.0 s to 60.0 s: a",
+        'From 60.0 s to 90.0 s: {"summary": "b", "events": []}',
+        "",
+        "Each clip above was asked: How many cars?",
+        "Answer this for the whole video, without mentioning clips.",
+    ]
+    from vidcap.summary import record_questions
+
+    shard = write_records(tmp_path / "s.jsonl", [{"q": "How many cars?"}, {"q": "Describe."}, {}])
+    settings = {"keys": {"prompt": "q"}, "caption_prompt": "Describe."}
+    assert list(record_questions(str(shard), settings)) == ["How many cars?", None, None]
+    questions = record_questions(str(shard), {"caption_prompt": "Describe."})  # no keys.prompt: none
+    assert [next(questions) for _ in range(3)] == [None, None, None]

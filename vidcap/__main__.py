@@ -22,12 +22,16 @@ def main(argv: list[str] | None = None) -> int:
         "tiny for tests, or a real model's architecture for GPU speed measurements",
     )
     tiny.add_argument("dir")
-    tiny.add_argument("--arch", choices=["qwen2_vl", "qwen2_5_vl", "qwen3_vl"], default="qwen2_vl")
+    tiny.add_argument(
+        "--arch",
+        choices=["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen2_5_omni", "whisper"],
+        default="qwen2_vl",
+    )
     tiny.add_argument(
         "--size",
         default="tiny",
         help="tiny (default), or a published model's dimensions: "
-        "7b for qwen2_vl and qwen2_5_vl, 8b for qwen3_vl (about 16 GB of bf16 weights, "
+        "7b for qwen2_vl, qwen2_5_vl and qwen2_5_omni (its thinker), 8b for qwen3_vl (about 16-18 GB of bf16 weights, "
         "written shard by shard)",
     )
     tiny.add_argument(

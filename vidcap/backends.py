@@ -15,6 +15,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
+from vidcap import native_audio
 from vidcap.engine import EngineFailure, EngineWatchdog, is_engine_failure
 from vidcap.prompts import Pending, frame_bytes, image_array, video_item
 from vidcap.provenance import canonical_hash
@@ -167,12 +168,14 @@ class OfflineBackend:
     def submit(self, item: Pending) -> None:
         t0 = time.monotonic()
         # vidcap's frame cache key names the content: vLLM need not hash every frame tensor again
+        # audio.mode native: each video's own audio track, heard with it (nothing otherwise)
+        audio, audio_uuids, audio_kwargs = native_audio.request_parts(item.entry, item.keep)
         request = {
             "prompt": item.text,
-            "multi_modal_data": self.media.data(item),
-            "multi_modal_uuids": media_uuids(item),
+            "multi_modal_data": {**self.media.data(item), **audio},
+            "multi_modal_uuids": {**media_uuids(item), **audio_uuids},
             # the frames step sized every frame for the model: its processor must not resize them again
-            "mm_processor_kwargs": NO_RESIZE,
+            "mm_processor_kwargs": {**NO_RESIZE, **audio_kwargs},
         }
         t1 = time.monotonic()
         self.prepare_seconds += t1 - t0
@@ -270,6 +273,8 @@ class ServerBackend:
     def unsupported(self, item: Pending) -> str | None:
         if len(item.entry["videos"]) > 1:  # media_io_kwargs carry one video's metadata per request
             return "server backend: one video per record at most"
+        if native_audio.heard(item.entry):
+            return "server backend: audio.mode native needs the offline backend"
         return None
 
     def submit(self, item: Pending) -> None:

@@ -181,6 +181,7 @@ def geometry_for(model: str, hf_config=None) -> VisionGeometry:
     """The model's patch geometry: from a loaded Hugging Face config (e.g. the engine's), else a local
     checkpoint's config.json, else guessed from the model id (Qwen3 names: 32 pixels, others 28)."""
     if hf_config is not None:
+        hf_config = getattr(hf_config, "thinker_config", hf_config)  # Qwen2.5-Omni: the thinker's vision
         vision = hf_config.vision_config
         fields = {
             k: getattr(vision, k, None) for k in ("patch_size", "spatial_merge_size", "temporal_patch_size")
@@ -197,7 +198,8 @@ def geometry_for(model: str, hf_config=None) -> VisionGeometry:
             )
         with open(config_path, encoding="utf-8") as handle:
             config = json.load(handle)
-        fields, model_type = config.get("vision_config", {}), str(config.get("model_type", ""))
+        model_type = str(config.get("model_type", ""))
+        fields = config.get("thinker_config", config).get("vision_config", {})
     if not fields.get("patch_size"):
         return VisionGeometry()
     factor = int(fields["patch_size"]) * int(fields.get("spatial_merge_size") or 2)

@@ -21,7 +21,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from vidcap import caption_set, engine_counters, windowed
+from vidcap import audio_tokens, caption_set, engine_counters, native_audio, windowed
 from vidcap.atomic import atomic_open, dumps_line, iter_jsonl, read_json, write_json
 from vidcap.backends import Answer, OfflineBackend, ServerBackend
 from vidcap.budget import geometry_for
@@ -36,6 +36,7 @@ from vidcap.records import record_digest, record_prompt
 from vidcap.result_keys import caption_identity, content_digest, media_keys, record_key
 from vidcap.settings import caption_params_of_job
 from vidcap.store import ResultStore
+from vidcap.transcript_prompt import Transcripts
 
 PROGRESS_SECONDS = 10.0
 # what a result line holds besides its answer: not stored (they name the record and the job, not the answer)
@@ -70,7 +71,10 @@ def caption_shard(
     model_id = model_identity(settings["model"])
     identity = caption_identity(caption_params_of_job(settings), model_id)
     entries = caption_set.asks(settings, model_id)  # the visual caption-set entries, each asked per record
-    results, pending = plan_records(shard_path, manifest_path, settings, identity, store, entries)
+    transcripts = Transcripts.of_job(settings)  # audio.mode transcript only
+    results, pending = plan_records(
+        shard_path, manifest_path, settings, identity, store, transcripts, entries
+    )
     # window and caption-set requests take slots after the records
     records = sum(1 for r in results if windowed.WINDOW_KEY not in r and SET_KEY not in r)
     carried = sum(1 for r in results[:records] if r["caption_meta"]["error"])
@@ -91,6 +95,8 @@ def caption_shard(
     fill_twins(twins, results)
     results = caption_set.fold(results, records, entries, SET_KEY)
     results = windowed.fold(results, records)
+    for slot in range(records) if transcripts else ():
+        transcripts.annotate(slot, results[slot])
     with atomic_open(result_path) as handle:
         for result in results:
             handle.write(dumps_line(result))
@@ -114,11 +120,13 @@ def plan_records(
     settings: dict,
     identity: str,
     store: ResultStore,
+    transcripts: Transcripts | None = None,
     asks: list[caption_set.Ask] = (),
 ) -> tuple[list[dict], list[Pending]]:
     """One result per shard record (an error until captioned) and the requests to look up or send,
-    each with its result-store key (``identity``: vidcap.result_keys.caption_identity); with caption-set
-    entries (``asks``), each record's entry requests right after its own."""
+    each with its result-store key (``identity``: vidcap.result_keys.caption_identity); ``transcripts``
+    adds each record's speech to its prompt; with caption-set entries (``asks``), each record's entry
+    requests come right after its own."""
     entries = read_json(manifest_path)["records"]
     results, pending, windows = [], [], []
     for slot, record in enumerate(iter_jsonl(shard_path)):
@@ -128,11 +136,15 @@ def plan_records(
         if entry["digest"] != digest:
             raise RuntimeError(f"{manifest_path}: entry {slot} belongs to another record: stale manifest")
         prompt = record_prompt(record, settings["keys"], settings["prompt"])
+        if transcripts is not None and not windowed.is_windowed(entry):
+            prompt = transcripts.prompt(slot, digest, prompt)
         # cache files deleted since the frames step: extracted again, unless the answer is stored
         if needs_frames(entry, settings, identity, prompt, store, asks):
             ensure_frames(entry, settings["frames_step"])
             if windowed.is_windowed(entry):
                 windowed.ensure_windows(entry, settings["frames_step"])
+            if native_audio.is_native(settings):
+                native_audio.ensure(entry)
         frames = sum(len(v["meta"].get("frames_indices", ())) for v in entry["videos"] if "meta" in v)
         results.append(
             {
@@ -142,6 +154,8 @@ def plan_records(
                 "keys": [],
             }
         )
+        if native_audio.is_native(settings) and not entry["error"] and native_audio.note(entry):
+            results[slot]["caption_meta"]["audio"] = native_audio.note(entry)  # captioned from frames alone
         if not entry["error"]:
             seed = sampling_seed(settings["sampling"], content_digest(media_keys(entry), prompt))
             if windowed.is_windowed(entry):  # one request per window, in result slots after the records
@@ -156,7 +170,11 @@ def plan_records(
             f"{manifest_path} has {len(entries)} entries for {len(results)} shard records: stale"
         )
     for args in windows:
-        pending.extend(windowed.window_requests(*args, results, identity))
+        timed = settings.get("output_format") == "json"
+        heard = transcripts.for_window(*args[:2]) if transcripts is not None else None
+        pending.extend(
+            windowed.window_requests(*args, results, identity, settings.get("model"), timed, heard)
+        )
     if asks:
         pending = with_set_requests(pending, results, entries, settings, asks)
     return results, pending
@@ -312,6 +330,8 @@ def start_logged(settings: dict, pending: list[Pending], stats: dict, log):
         "video": max(len(p.entry["videos"]) for p in pending),
         "image": max(len(p.entry["images"]) for p in pending),
     }
+    if native_audio.is_native(settings):  # each video's own audio track goes with it
+        limits["audio"] = limits["video"]
     t0 = time.monotonic()
     llm = start_engine(model, engine, limits, int(settings["sampling"]["seed"] or 0))
     stats["engine_seconds"] = round(time.monotonic() - t0, 3)
@@ -333,6 +353,11 @@ def fit_to_context(
     template = chat_template(settings["model"], tokenizer)
     max_model_len = settings["engine"]["max_model_len"]
 
+    native = native_audio.is_native(settings)
+    if native:
+        audio_tokens.check_model(settings["model"], hf_config)
+    chunk = audio_tokens.chunk_seconds_of(settings["model"]) if native else 0
+
     @functools.lru_cache(maxsize=4096)
     def count_tokens(text: str) -> int:
         return len(tokenizer.encode(text, add_special_tokens=False))
@@ -340,7 +365,9 @@ def fit_to_context(
     def estimate(item: Pending) -> int:
         placeholders = len(item.entry["videos"]) + len(item.entry["images"])
         stamps = (lambda t: count_tokens(f"<{t:.1f} seconds>")) if geometry.tokens_per_frame_group else None
-        return count_tokens(item.text) - placeholders + vision_tokens(item.entry, item.keep, geometry, stamps)
+        seen = vision_tokens(item.entry, item.keep, geometry, stamps)
+        heard = audio_tokens.request_tokens(item.entry, chunk) if native else 0  # halving keeps it whole
+        return count_tokens(item.text) - placeholders + seen + heard
 
     ready = []
     for item in pending:
@@ -422,8 +449,7 @@ def settle(item: Pending, outcome, results, stats, store: ResultStore, queue: de
     meta["seed"] = item.first_seed
     if isinstance(outcome, Answer):
         count_tokens(outcome, stats)
-        videos = item.entry["videos"]
-        duration = float(videos[0]["meta"]["duration"]) if videos else None
+        duration = windowed.answer_duration(item)  # a window's clock: its events in the video's time
         attempt = judge.check(item.seed, outcome.texts, outcome.finish_reasons, duration)
         verdict = judge.decide(item, attempt)
         if verdict.status == "retry":

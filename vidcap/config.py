@@ -31,8 +31,11 @@ class ConfigError(ValueError):
 
 @functools.lru_cache(maxsize=1)
 def _schema() -> dict:
+    # libyaml's loader when PyYAML has it: the pure-Python one takes 0.2 s for the schema, paid by every
+    # snakemake invocation and every job
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     with open(SCHEMA_PATH, encoding="utf-8") as handle:
-        return yaml.safe_load(handle)
+        return yaml.load(handle, Loader=loader)  # noqa: S506 - a safe loader
 
 
 def schema() -> dict:
@@ -58,6 +61,13 @@ def defaults(section: str | None = None) -> dict:
     """Every default of the schema as a nested dict, or one top-level section's (``"frames"``)."""
     values = _defaults_of(_schema())
     return values if section is None else values[section]
+
+
+def audio_mode(config: dict) -> str:
+    """off, transcript or native, from a config or a job's settings (their ``audio`` part); YAML reads a
+    bare ``off`` as false, and a missing section is off."""
+    mode = (config.get("audio") or {}).get("mode")
+    return "off" if mode in (None, False, "off") else str(mode)
 
 
 def with_defaults(section: str, given: dict | None = None) -> dict:
@@ -123,7 +133,22 @@ def load(path: str | Path | None = None, overrides: dict | None = None) -> dict:
         where = ".".join(str(p) for p in exc.absolute_path) or "config"
         raise ConfigError(f"invalid config value at {where}: {exc.message}") from None
     _check_caption_set_sources(merged.get("caption_set") or {})
+    check_values(merged)
     return merged
+
+
+def check_values(config: dict) -> None:
+    """Raise :class:`ConfigError` for values each valid on its own but unusable together (run on the
+    validated config, defaults filled, before any job)."""
+    long_video = config.get("long_video") or {}
+    window, least = long_video.get("window_frames"), long_video.get("min_window_frames")
+    if window is not None and least is not None and least > window:
+        # every remainder would join the previous window: windows up to twice window_frames long
+        raise ConfigError(
+            f"long_video.min_window_frames {least} is larger than long_video.window_frames {window}: "
+            "a remainder shorter than min_window_frames joins the previous window, so every window would "
+            "take the next one's frames; set min_window_frames to at most window_frames"
+        )
 
 
 def _check_caption_set_sources(entries: dict) -> None:

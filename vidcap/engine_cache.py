@@ -7,6 +7,11 @@ vllm#38962). A GPU slot is held by one job at a time, so a cache folder per slot
 warm: the next job on that GPU finds what the previous one compiled. Where no slot lock is taken (a
 Slurm job given exactly its GPUs; no GPUs) the folder is the job's own and removed when it ends.
 A variable the user set (in the environment or ``engine.env``) is left alone: sharing is then theirs.
+
+One part of vLLM's folder is shared all the same: ``modelinfos``, what vLLM learnt about a model class
+(small JSON files keyed by the hash of the model's source, each written whole and renamed). They are no
+compile artefact, and without them vLLM imports the model class again in a subprocess at every engine
+start: about 8 s on 2 CPU cores, paid by every job whose folder is its own.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ def private_caches(root: Path | None = None):
         path = folder / CACHE_VARS[name]
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.environ[name] = str(path)
+    if "VLLM_CACHE_ROOT" in unset:
+        _share_model_infos(folder / CACHE_VARS["VLLM_CACHE_ROOT"])
     try:
         yield folder
     finally:
@@ -48,3 +55,15 @@ def private_caches(root: Path | None = None):
             os.environ.pop(name, None)
         if own:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _share_model_infos(vllm_root: Path) -> None:
+    """Link ``vllm_root/modelinfos`` to the user's own (vLLM's default place, which vLLM fills itself)."""
+    shared = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vllm" / "modelinfos"
+    link = vllm_root / "modelinfos"
+    try:
+        shared.mkdir(parents=True, exist_ok=True)
+        if not link.is_symlink() and not link.exists():
+            link.symlink_to(shared, target_is_directory=True)
+    except OSError:
+        pass  # e.g. a read-only home: vLLM inspects the model class itself, as before

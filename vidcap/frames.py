@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vidcap import budget, decode, frame_store, record_budget
+from vidcap import budget, decode, frame_store, native_audio, record_budget
 from vidcap.atomic import atomic_open, iter_jsonl, read_json, write_json
 from vidcap.budget import FRAME_FACTOR
 from vidcap.config import FRAMES_RUN_ONLY, defaults, with_defaults
@@ -554,6 +554,8 @@ def extract_frames(
         for job, result in pool.map(run, jobs):
             for slot, field, i in wanted[job]:
                 entries[slot][field][i] = result
+    if native_audio.is_native(settings):  # each video's (or window's) audio beside its frames
+        native_audio.attach_all(entries, staged)
     for entry in entries:
         failed = [m for m in entry["videos"] + entry["images"] if "error" in m]
         if failed and entry["error"] is None:

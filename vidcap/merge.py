@@ -17,8 +17,9 @@ from vidcap.config import with_defaults
 from vidcap.records import RecordWriter, record_digest, record_prompt, with_prompt
 from vidcap.shards import iter_sharded_records, raise_open_file_limit, shard_ids
 
-# candidates.keep: all writes every candidate; output_format: json the answer's object; caption_set its entries
-EXTRA_FIELDS = ("captions", "caption_json", *SET_FIELDS)
+# candidates.keep: all writes every candidate; output_format: json the answer's object; caption_set its
+# entries (vidcap.caption_set.SET_FIELDS); audio.mode: transcript the speech segments
+EXTRA_FIELDS = ("captions", "caption_json", *SET_FIELDS, "transcript")
 
 
 class StaleResultError(RuntimeError):

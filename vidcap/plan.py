@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vidcap import budget, decode, record_budget, sizing, windows
+from vidcap import audio_tokens, budget, decode, native_audio, record_budget, sizing, windows
 from vidcap.config import with_defaults
 from vidcap.frames import cache_key
 from vidcap.media_paths import escapes_root
@@ -64,6 +64,7 @@ class RecordPlan:
     images: int = 0
     seconds: float = 0.0
     vision_tokens: int = 0
+    audio_tokens: int = 0  # audio.mode native: each video's sound, as if every video had some
     prompt_tokens: int = 0
     requests: int = 0  # sent to the engine if not stored: 1, or one per window
     stored: bool = False
@@ -159,6 +160,8 @@ class Planner:
         )
         self.geometry = budget.geometry_for(config["model"])
         self.text = TextTokens(config["model"], config["system_prompt"])
+        native = native_audio.is_native(config)
+        self.audio_chunk = audio_tokens.chunk_seconds_of(config["model"]) if native else None
         self.probes: dict[str, dict | str] = {}
         self.keys_memo: dict = {}
         self.probe_seconds = 0.0
@@ -269,12 +272,22 @@ class Planner:
             )
             out.vision_tokens += plan["vision_tokens"]
             out.prompt_tokens += self.geometry.tokens(plan["n_frames"], plan["height"], plan["width"])
+            self._hear(out, info["duration"])
             key = self.key("video", path, params)
             out.entries[key] = cache_entry_bytes(
                 "video", plan["n_frames"], plan["height"], plan["width"], codec=self.params["cache_codec"]
             )
             items.append({"frames": f"{key}.npy"})
         return items
+
+    def _hear(self, out: RecordPlan, seconds: float) -> None:
+        """audio.mode native: the audio tokens of ``seconds`` of sound (the frames' span is nearly the
+        video's, or the window's), counted as if the video has an audio track: an upper bound."""
+        if self.audio_chunk is None:
+            return
+        tokens = audio_tokens.audio_tokens(round(seconds * native_audio.audio_track.RATE), self.audio_chunk)
+        out.audio_tokens += tokens + audio_tokens.MARKERS
+        out.prompt_tokens += tokens + audio_tokens.MARKERS
 
     def _windowed(self, info: dict) -> bool:
         mode = self.long_video["mode"]
@@ -315,6 +328,7 @@ class Planner:
             n, h, w = len(meta["frames_indices"]), meta["height"], meta["width"]
             out.vision_tokens += budget.vision_tokens(n, h, w, self.geometry.factor)
             out.prompt_tokens += self.geometry.tokens(n, h, w)
+            self._hear(out, end - start)
             text = self.text(0, 1, f"{clip_phrase(start, end)} {prompt}")
             out.prompt_tokens += self.config["frames"]["prompt_tokens"] if text is None else text
             out.entries[f"{key}-w{i:03d}"] = cache_entry_bytes(
@@ -330,7 +344,7 @@ class Planner:
 
 
 # ------------------------------------------------------------------------------------------ totals
-SUMMED = ("videos", "images", "seconds", "vision_tokens", "prompt_tokens", "requests")
+SUMMED = ("videos", "images", "seconds", "vision_tokens", "audio_tokens", "prompt_tokens", "requests")
 
 
 def plan_build(
@@ -498,6 +512,11 @@ def format_plan(summary: dict, rate: float | None = None, tokens_per_second: flo
         f"{figure('requests_to_send')} requests, {figure('prompt_tokens_to_send')} prompt tokens",
         f"GPU-hours: {hours:,.2f} {hours_how}" if hours >= 1 else f"GPU-hours: {hours:.2g} {hours_how}",
     ]
+    if summary.get("audio_tokens"):
+        lines.append(
+            f"audio tokens: {figure('audio_tokens')} (audio.mode native, 25 a second: counted as if every video "
+            "had sound, and answers with audio are not looked up: upper bounds; docs/audio-native.md)"
+        )
     if summary["records_errors"]:
         lines.append(
             f"errors before any GPU work: {figure('records_errors')} records, e.g. {summary['errors_example']}"

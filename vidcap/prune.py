@@ -69,8 +69,10 @@ def referenced_frames(results: Path, shards: list[str]) -> set[str]:
 
 
 def _frame_files(item: dict) -> list[str]:
-    files = [item["frames"]] if item.get("frames") else []
-    return files + [w["frames"] for w in item.get("windows") or [] if w.get("frames")]
+    parts = [item] + list(item.get("windows") or [])
+    files = [p["frames"] for p in parts if p.get("frames")]
+    # audio.mode native: each part's cached audio (KEY.audio.npy and its KEY.audio.json) is in use too
+    return files + [p["audio"]["file"] for p in parts if (p.get("audio") or {}).get("file")]
 
 
 def referenced_store_keys(results: Path, shards: list[str]) -> set[str]:

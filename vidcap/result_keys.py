@@ -5,7 +5,8 @@ the prompt the record is asked (its own, with ``keys.prompt``, or the configured
 frame-cache keys, which name the file (real path, size, mtime) and the frame parameters. Nothing about
 where the record sits (shard, position, other fields) is in it, so growing, resharding or reordering a
 dataset finds every finished record again. A window's key adds its span; a summary's key is its
-settings and the exact text it is asked, which holds the window captions.
+settings and the exact text it is asked, which holds the window captions; a derived caption-set entry's
+key is its settings with the summary engine's and the text it rewrites.
 
 :data:`SETTING_ROLES` names, for every setting in the schema, how it reaches a result. A test walks the
 schema: a new setting without a role fails it, and changing any ``caption`` setting must change the key.
@@ -101,10 +102,11 @@ SETTING_ROLES = {
     "long_video.summary_model": SUMMARY,
     "long_video.summary_max_tokens": SUMMARY,
     "caption_set": SET,  # each entry's settings reach only that entry's keys
-    "audio.mode": ASR,  # TODO(audio): CAPTION once caption_params carries it
+    "audio.mode": CAPTION,  # in caption_params unless off: native sends the audio, transcript its text
     "audio.asr_model": ASR,
     "audio.language": ASR,
-    "audio.transcript_tokens": ASR,  # TODO(audio): CAPTION once caption_params carries it
+    # in caption_params with mode transcript only, and through the transcript in the prompt (vidcap.transcript_prompt)
+    "audio.transcript_tokens": ASR,
     "audit.near_duplicate_jaccard": OUTPUT,
     "audit.opening_words": OUTPUT,
     "audit.top": OUTPUT,
@@ -129,6 +131,13 @@ def summary_identity(params: dict, model_id: dict) -> str:
     return canonical_hash([KEY_VERSION, "summary", weights, fields])
 
 
+def derived_identity(params: dict, model_id: dict) -> str:
+    """As :func:`caption_identity`, for one derived caption-set entry (vidcap.derived): its resolved
+    settings and the summary engine's."""
+    weights = {k: v for k, v in model_id.items() if k != "model"} or {"model": model_id.get("model")}
+    return canonical_hash([KEY_VERSION, "derived", weights, params])
+
+
 def media_keys(entry: dict) -> list:
     """Each video's and image's frames as the cache names them (file identity and frame parameters)."""
     return [_item_key(item) for item in entry["videos"] + entry["images"]]
@@ -138,10 +147,17 @@ def _item_key(item: dict | None):
     if not item:
         return None
     if "windows" in item:
-        return [[w["start"], w["end"], _stem(w.get("frames"))] for w in item["windows"]]
+        return [[w["start"], w["end"], *_heard(w)] for w in item["windows"]]
     if "error" in item:
         return ["error", item["error"]]
-    return _stem(item.get("frames"))
+    stem = _heard(item)
+    return stem[0] if len(stem) == 1 else stem
+
+
+def _heard(item: dict) -> list:
+    """An item's frame-cache key, and with audio.mode native its audio's key or note (vidcap.native_audio)."""
+    audio = item.get("audio")
+    return [_stem(item.get("frames"))] + ([audio.get("key") or audio.get("note")] if audio else [])
 
 
 def _stem(frames: str | None) -> str | None:
@@ -153,13 +169,24 @@ def record_key(identity: str, prompt: str, entry: dict) -> str:
     return canonical_hash(["record", identity, prompt, media_keys(entry)])[:32]
 
 
-def window_key(identity: str, text: str, video: dict) -> str:
-    """A window's request: its own frames (``video``: path, frames, meta) and its prompt with the span."""
-    return canonical_hash(["window", identity, text, _stem(video.get("frames"))])[:32]
+def window_key(identity: str, text: str, video: dict, clock=None) -> str:
+    """A window's request: its own frames (``video``: path, frames, meta) and its prompt with the span;
+    for JSON answers also the clock its event times are read in (:class:`vidcap.structured.Clock`), which
+    is applied before the answer is stored."""
+    heard = _heard(video)
+    parts = ["window", identity, text, heard[0] if len(heard) == 1 else heard]
+    if clock is not None:
+        parts.append([clock.low, clock.high, clock.shift])
+    return canonical_hash(parts)[:32]
 
 
 def summary_key(identity: str, text: str) -> str:
     return canonical_hash(["summary", identity, text])[:32]
+
+
+def derived_key(identity: str, source: str) -> str:
+    """A derived entry's answer: its settings' identity and the exact text it rewrites."""
+    return canonical_hash(["derived", identity, source])[:32]
 
 
 def content_digest(media: list, prompt: str) -> str:

@@ -11,7 +11,7 @@ import json
 import os
 
 from vidcap import budget
-from vidcap.config import FRAMES_RUN_ONLY, ConfigError, with_defaults
+from vidcap.config import FRAMES_RUN_ONLY, ConfigError, audio_mode, with_defaults
 
 
 def media_root(config: dict) -> str:
@@ -53,6 +53,8 @@ def frames_settings(config: dict, shard: str) -> dict:
         "frames": frame_params(config),
         "cache_dir": frames_cache_dir(config, shard),
         "long_video": window_settings(config),
+        # audio.mode native: the frames step caches each video's audio too (other modes: as without it)
+        **({"audio": {"mode": "native"}} if audio_mode(config) == "native" else {}),
     }
 
 
@@ -69,8 +71,10 @@ def window_settings(config: dict) -> dict:
 
 
 def summary_params(config: dict) -> dict:
-    """What a summary depends on (a change reruns only the summary jobs and the merge)."""
+    """What a summary and the derived caption-set entries depend on (a change reruns only the summary
+    jobs and the merge). A summary answers as a short record's caption would (candidates, output_format)."""
     lv = config["long_video"]
+    answer = quality_params(config)
     return {
         "model": lv["summary_model"] or config["model"],
         "prompt": lv["summary_prompt"],
@@ -78,7 +82,46 @@ def summary_params(config: dict) -> dict:
         "sampling": {**config["sampling"], "max_tokens": lv["summary_max_tokens"]},
         "max_model_len": config["engine"]["max_model_len"],
         "engine_numerics": engine_numerics(config),
+        "candidates": answer["candidates"],
+        "output_format": answer["output_format"],
+        "output_schema": answer["output_schema"],
+        "derived": derived_params(config),
     }
+
+
+def derived_params(config: dict) -> list[dict]:
+    """The derived caption-set entries (vidcap.derived), in dependency order, each with its settings
+    resolved over the top-level ones and its schema's content."""
+    from vidcap.caption_set import derived_entries
+    from vidcap.structured import load_schema
+
+    out = []
+    for entry in derived_entries(config):
+        schema = None
+        if entry.output_format == "json":
+            try:
+                schema = load_schema(entry.output_schema)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"caption_set.{entry.name}.output_schema: {exc}") from None
+        system = entry.system_prompt if entry.system_prompt is not None else config["system_prompt"]
+        max_tokens = entry.max_tokens or config["sampling"]["max_tokens"]
+        out.append(
+            {
+                "name": entry.name,
+                "from": entry.source,
+                "prompt": entry.prompt,
+                "system_prompt": system,
+                "sampling": {**config["sampling"], **entry.sampling, "max_tokens": max_tokens},
+                "output_format": entry.output_format or "text",
+                "output_schema": schema,
+            }
+        )
+    return out
+
+
+def needs_summary_step(config: dict) -> bool:
+    """Whether the merge reads the summary step's results: windows to summarise, or derived entries."""
+    return config["long_video"]["mode"] != "single" or bool(derived_params(config))
 
 
 def summary_job(config: dict) -> dict:
@@ -91,6 +134,10 @@ def summary_job(config: dict) -> dict:
         "engine": dict(engine),
         "served_name": served,
         "store": result_store(config),
+        # each record's own prompt reaches its summary (the caption jobs, which depend on them, rerun first)
+        "keys": config["keys"],
+        "caption_prompt": config["prompt"],
+        "caption_set_names": list(config.get("caption_set") or {}),
     }
 
 
@@ -111,8 +158,42 @@ def caption_params(config: dict) -> dict:
         "max_model_len": config["engine"]["max_model_len"],
         "engine_numerics": engine_numerics(config),
         **quality_params(config),
+        **audio_params(config),
         **({"caption_set": entries} if entries else {}),
     }
+
+
+def audio_params(config: dict) -> dict:
+    """The audio mode, only when it is not off: an off build's params (and result keys) are as without it."""
+    mode = audio_mode(config)
+    if mode == "off":
+        return {}
+    if mode != "transcript":
+        return {"audio": {"mode": mode}}
+    tokens = with_defaults("audio", config.get("audio"))["transcript_tokens"]  # it shapes the prompt
+    return {"audio": {"mode": mode, "transcript_tokens": tokens}}
+
+
+def transcripts_path(config: dict, shard: str) -> str:
+    return f"{config['results'].rstrip('/')}/transcripts/{shard}.jsonl"
+
+
+def asr_params(config: dict) -> dict:
+    """What a transcript depends on (a change reruns transcribe jobs); no caption setting is here, so an
+    edited caption prompt transcribes nothing again."""
+    audio = with_defaults("audio", config.get("audio"))
+    return {
+        "asr_model": audio["asr_model"],
+        "language": audio["language"],
+        "media_root": media_root(config),
+        "keys": {"video": config["keys"]["video"]},
+    }
+
+
+def asr_job(config: dict) -> dict:
+    """Everything a transcribe job needs: its params, the engine section (sized for Whisper in the job)
+    and the result store."""
+    return {**asr_params(config), "engine": dict(config["engine"]), "store": result_store(config)}
 
 
 def engine_numerics(config: dict) -> dict:
@@ -145,7 +226,8 @@ CAPTION_PARAM_KEYS = (
 
 def caption_params_of_job(job: dict) -> dict:
     """The :func:`caption_params` part of a caption job's settings (:func:`caption_job`)."""
-    return {k: job.get(k) for k in CAPTION_PARAM_KEYS}
+    params = {k: job.get(k) for k in CAPTION_PARAM_KEYS}
+    return {**params, **({"audio": job["audio"]} if job.get("audio") else {})}
 
 
 def result_store(config: dict) -> str:
@@ -187,6 +269,8 @@ def caption_job(config: dict, shard: str | None = None) -> dict:
     }
     if shard is not None:
         job["frames_step"] = frames_settings(config, shard)
+        if audio_mode(config) == "transcript":
+            job["transcripts"] = transcripts_path(config, shard)
     return job
 
 
@@ -279,8 +363,10 @@ def summary_gpus(config: dict):
     """The summary rule's gpu resource, from its input: a shard with no record to summarise only copies
     its lines and asks for no GPU (nor, in profiles/slurm, a GPU partition)."""
 
+    derived = bool(derived_params(config))  # every record has derived entries to answer
+
     def gpus(wildcards, input) -> int:
-        return caption_gpus(config) if needs_summary_engine(input.captions) else 0
+        return caption_gpus(config) if derived or needs_summary_engine(input.captions) else 0
 
     return gpus
 

@@ -9,6 +9,7 @@ video and in order (they are clamped and each change noted, never dropped silent
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -29,6 +30,22 @@ def load_schema(path: str | dict | None) -> dict:
     return schema
 
 
+@dataclass(frozen=True)
+class Clock:
+    """Where an answer's event times may lie (``low``..``high`` seconds, ``high`` None: unbounded), and
+    ``shift``: what is added to them afterwards to make them times in the whole video (a window answered
+    in its own clock, from 0 s)."""
+
+    low: float = 0.0
+    high: float | None = None
+    shift: float = 0.0
+
+
+def clock_of(duration) -> Clock:
+    """A :class:`Clock` as it is, or the clock of a whole video of ``duration`` seconds (None: unknown)."""
+    return duration if isinstance(duration, Clock) else Clock(0.0, duration)
+
+
 @lru_cache(maxsize=8)
 def _validator(schema_text: str):
     import jsonschema
@@ -38,9 +55,12 @@ def _validator(schema_text: str):
 
 
 def parse_answer(
-    text: str, schema: dict, duration: float | None
+    text: str, schema: dict, duration: float | Clock | None
 ) -> tuple[dict | None, str | None, list[str]]:
     """(object, None, notes) for a valid answer, or (None, reason, []) for one that is not.
+
+    ``duration``: the video's length in seconds, or a window's :class:`Clock`; event times end up
+    within it, in the whole video's time.
 
     ``strict=False``: the grammar lets control characters into strings (random weights emit them); they are
     escaped again when the object is written, so the output file is valid JSON either way.
@@ -84,21 +104,26 @@ def fit_bounds(value, schema: dict, where: str, notes: list[str]):
     return value
 
 
-def check_events(events, duration: float | None) -> list[str]:
-    """Clamp event times into [0, duration] with start <= end, in place; one note per change or overlap."""
+def check_events(events, duration: float | Clock | None) -> list[str]:
+    """Clamp event times into [0, duration] (a :class:`Clock`: into [low, high], then shifted) with
+    start <= end, in place; one note per change or overlap."""
     if not isinstance(events, list):
         return []
+    clock = clock_of(duration)
     notes = []
     for i, event in enumerate(events):
         if not isinstance(event, dict) or not {"start", "end"} <= event.keys():
             continue
         start, end = float(event["start"]), float(event["end"])
-        high = duration if duration is not None else max(start, end, 0.0)
-        fixed_start, fixed_end = min(max(start, 0.0), high), min(max(end, 0.0), high)
+        high = clock.high if clock.high is not None else max(start, end, clock.low)
+        fixed_start, fixed_end = min(max(start, clock.low), high), min(max(end, clock.low), high)
         if fixed_end < fixed_start:
             fixed_start, fixed_end = fixed_end, fixed_start
         if (fixed_start, fixed_end) != (start, end):
             notes.append(f"event {i}: {start:g}-{end:g} s clamped to {fixed_start:g}-{fixed_end:g} s")
+            event["start"], event["end"] = fixed_start, fixed_end
+        if clock.shift:
+            fixed_start, fixed_end = round(fixed_start + clock.shift, 6), round(fixed_end + clock.shift, 6)
             event["start"], event["end"] = fixed_start, fixed_end
         if i and isinstance(events[i - 1], dict) and fixed_start < float(events[i - 1].get("end", 0.0)):
             notes.append(f"event {i} overlaps event {i - 1}")

@@ -3,7 +3,10 @@
 Reads a shard's caption results and writes the same lines, in the same order, with every record of
 two or more windows given ``caption`` = a text-only answer of the summary model (the captioning
 model, used as a text model, unless long_video.summary_model names another) and
-``caption_meta.summary`` = its status and tokens. Other records pass through unchanged. Each summary
+``caption_meta.summary`` = its status and tokens. The summary answers as a short record's caption would
+(``candidates``: ``captions``; ``output_format: json``: ``caption_json``), and a record asked its own
+prompt (keys.prompt) has it asked of the whole video. Other records pass through unchanged, and then
+derived caption-set entries (vidcap.derived) are applied to every record's final caption. Each summary
 is kept in the result store (vidcap.store) under its settings and the exact text it is asked, which
 holds the window captions, so a shard without new summaries to write starts no engine, and two records
 of the same video share one request. A record whose summary fails (its prompt too long, a request
@@ -13,21 +16,34 @@ retries the job.
 
 from __future__ import annotations
 
-import contextlib
 import copy
+import json
 import sys
 import time
 
+from vidcap import derived
 from vidcap.atomic import atomic_open, dumps_line, iter_jsonl
 from vidcap.config import with_defaults
-from vidcap.engine import EngineFailure, start_engine, stop_engine
-from vidcap.prompts import chat_template, sampling_seed
+from vidcap.prompts import sampling_seed
 from vidcap.provenance import model_identity
-from vidcap.redact import redact_url
+from vidcap.records import record_prompt
 from vidcap.result_keys import content_digest, summary_identity, summary_key
 from vidcap.store import ResultStore, storable
+from vidcap.structured import load_schema
+from vidcap.text_requests import TextEngine, TextRequest, read_answer
 
-SUMMARY_PARAM_KEYS = ("model", "prompt", "system_prompt", "sampling", "max_model_len", "engine_numerics")
+# what a summary's answer depends on (its key's identity); derived entries and the job's engine are not
+SUMMARY_PARAM_KEYS = (
+    "model",
+    "prompt",
+    "system_prompt",
+    "sampling",
+    "max_model_len",
+    "engine_numerics",
+    "candidates",
+    "output_format",
+    "output_schema",
+)
 
 
 def needs_summary(result: dict) -> bool:
@@ -35,202 +51,142 @@ def needs_summary(result: dict) -> bool:
     return meta["status"] != "error" and len(meta.get("windows") or ()) >= 2
 
 
-def summary_text(prompt: str, windows: list[dict]) -> str:
-    """The summary instruction, then each captioned window as "From a s to b s: caption", in time order."""
+def summary_text(prompt: str, windows: list[dict], question: str | None = None) -> str:
+    """The summary instruction, then each captioned window as "From a s to b s: answer", in time order
+    (a JSON answer as its object, events in the video's time); with a record's own ``question``, a last
+    paragraph asks it of the whole video."""
     lines = [prompt, ""]
     for window in sorted(windows, key=lambda w: w["start"]):
         if window["caption"] is not None and window["status"] != "error":
-            lines.append(
-                f"From {window['start']:.1f} s to {window['end']:.1f} s: {window['caption'].strip()}"
-            )
+            answer = window["caption"].strip()
+            if window.get("caption_json") is not None:
+                answer = json.dumps(window["caption_json"], ensure_ascii=False, separators=(", ", ": "))
+            speech = f" (speech: {window['speech']})" if window.get("speech") else ""  # audio.mode transcript
+            lines.append(f"From {window['start']:.1f} s to {window['end']:.1f} s: {answer}{speech}")
+    if question is not None:
+        lines += ["", question_phrase(question)]
     return "\n".join(lines)
 
 
-def summarize_shard(captions_path: str, out_path: str, settings: dict, log=sys.stderr, llm=None) -> dict:
-    """Write ``out_path``: the caption results with summaries; returns counts of what was done."""
+def question_phrase(question: str) -> str:
+    """How a record's own prompt (keys.prompt) reaches its summary: every window was asked it."""
+    return (
+        f"Each clip above was asked: {question}\nAnswer this for the whole video, without mentioning clips."
+    )
+
+
+def record_questions(shard_path: str | None, settings: dict):
+    """Per shard record, in order, its own prompt when keys.prompt gives it one other than the configured
+    prompt, else None; all None without a shard file (direct calls)."""
+    keys = with_defaults("keys", settings.get("keys"))
+    if shard_path is None or not keys.get("prompt"):
+        while True:
+            yield None
+    default = settings.get("caption_prompt")
+    for record in iter_jsonl(shard_path):
+        prompt = record_prompt(record, keys, default)
+        yield None if prompt == default else prompt
+
+
+def video_duration(result: dict) -> float:
+    return max(w["end"] for w in result["caption_meta"]["windows"])
+
+
+def summarize_shard(
+    captions_path: str, out_path: str, settings: dict, log=sys.stderr, llm=None, shard_path: str | None = None
+) -> dict:
+    """Write ``out_path``: the caption results with summaries and derived caption-set entries; returns
+    counts of what was done. ``shard_path``: the shard's records, for their own prompts (keys.prompt)."""
     started = time.monotonic()
-    settings = {**settings, "sampling": with_defaults("sampling", settings.get("sampling"))}
+    settings = {
+        **settings,
+        "sampling": with_defaults("sampling", settings.get("sampling")),
+        "candidates": with_defaults("candidates", settings.get("candidates")),
+    }
+    schema = load_schema(settings.get("output_schema")) if settings.get("output_format") == "json" else None
     store = ResultStore(settings.get("store") or f"{out_path}.store")
     identity = None
     answers: dict[str, dict] = {}
-    todo = {}  # summary key -> a record asking it (records of one video ask one summary)
+    todo: dict[str, TextRequest] = {}  # summary key -> its request (records of one video ask one summary)
+    durations: dict[str, float] = {}
     asked = []  # each long record's summary key, in file order (32 characters each), for the write pass
-    for result in iter_jsonl(captions_path):
+    for result, question in zip(iter_jsonl(captions_path), record_questions(shard_path, settings)):
         if needs_summary(result):
             if identity is None:  # hashing the model's files only for a shard with summaries
                 params = {k: settings.get(k) for k in SUMMARY_PARAM_KEYS}
                 identity = summary_identity(params, model_identity(settings["model"]))
-            key = summary_key(identity, summary_text(settings["prompt"], result["caption_meta"]["windows"]))
+            text = summary_text(settings["prompt"], result["caption_meta"]["windows"], question)
+            key = summary_key(identity, text)
             asked.append(key)
             stored = answers.get(key) or store.get(key)
             if stored is not None:
                 answers[key] = stored
-            else:
-                todo[key] = result
-    if todo:
-        for key, answer in summarize(todo, settings, log, llm).items():
-            answers[key] = answer
-            if storable(answer):
-                store.put(key, answer)
+            elif key not in todo:
+                todo[key] = summary_request(text, settings, schema)
+                durations[key] = video_duration(result)
+    with TextEngine(settings, log, llm) as engine:
+        for key, answer in engine.answer(todo).items():
+            keep = settings["candidates"]["keep"]
+            answers[key] = read_answer(answer, keep, schema, durations[key])
+            if storable(answers[key]):
+                store.put(key, answers[key])
+        entries = derived.Derived(settings.get("derived") or [], settings, store)
+        if entries:  # each derived entry applied to the records' final captions (a long video's summary)
+            entries.answer(lambda: summarized(captions_path, asked, answers), engine)
     counts = {"records": 0, "summarized": 0, "summary_errors": 0, "stored": len(answers) - len(todo)}
-    keys = iter(asked)
     with atomic_open(out_path) as handle:
-        for result in iter_jsonl(captions_path):  # streamed again: one line in memory at a time
+        for long, result in summarized(captions_path, asked, answers):  # one line in memory at a time
             counts["records"] += 1
-            if needs_summary(result):
-                key = next(keys)
-                apply_summary(result, copy.deepcopy(answers[key]))
-                result.setdefault("keys", []).append(key)
+            if long:
                 counts["summarized" if result["caption_meta"]["status"] != "error" else "summary_errors"] += 1
+            if entries:
+                entries.apply(result, counts["records"] - 1)
             handle.write(dumps_line(result))
     print(
         f"{counts['records']} records, {counts['summarized']} summarised ({counts['stored']} distinct "
-        f"summaries from the result store, {len(todo)} asked), {counts['summary_errors']} summary errors, "
-        f"{time.monotonic() - started:.1f} s",
+        f"summaries from the result store, {len(todo)} asked), {counts['summary_errors']} summary errors"
+        f"{entries.report() if entries else ''}, {time.monotonic() - started:.1f} s",
         file=log,
         flush=True,
     )
+    if entries:
+        counts["derived"] = entries.counts
     return counts
 
 
+def summary_request(text: str, settings: dict, schema: dict | None) -> TextRequest:
+    s = settings["sampling"]
+    return TextRequest(
+        settings["system_prompt"],
+        text,
+        s,
+        sampling_seed(s, content_digest([], text)),  # not the record's place or backend
+        n=int(settings["candidates"]["n"]),
+        schema=schema,
+    )
+
+
+def summarized(captions_path: str, asked: list[str], answers: dict):
+    """(whether it has a summary, the result) per caption result, in file order, each long record's summary
+    (``asked``: their keys in file order; ``answers``: by key) applied."""
+    keys = iter(asked)
+    for result in iter_jsonl(captions_path):
+        long = needs_summary(result)
+        if long:
+            key = next(keys)
+            apply_summary(result, copy.deepcopy(answers[key]))
+            result.setdefault("keys", []).append(key)
+        yield long, result
+
+
 def apply_summary(result: dict, answer: dict) -> None:
+    """The summary's answer as the record's: ``caption`` and, as a short record has them, ``captions``
+    (keep: all) and ``caption_json`` (output_format json); its status and tokens in caption_meta.summary."""
     meta = result["caption_meta"]
+    result["caption"] = answer.pop("text", None)
+    for field, name in (("captions", "captions"), ("caption_json", "json")):
+        if name in answer:
+            result[field] = answer.pop(name)
     meta["summary"] = answer
-    result["caption"] = answer.get("text")
     meta["status"], meta["finish_reason"] = answer["status"], answer["finish_reason"]
     meta["error"] = None if answer["status"] != "error" else f"summary: {answer['error']}"
-    answer.pop("text", None)
-
-
-def summarize(todo: dict[str, dict], settings: dict, log, llm=None) -> dict[str, dict]:
-    """{summary key: {text, status, error, prompt_tokens, output_tokens, finish_reason}} for ``todo``
-    ({summary key: a caption result asking it}).
-
-    Text prompts are small (a few hundred tokens per window caption), so the shard's summaries go to
-    the engine as one ``generate`` call.
-    """
-    from vidcap.gpus import device_slots
-
-    engine = with_defaults("engine", settings.get("engine"))
-    if engine["backend"] == "server":
-        return via_server(todo, settings, engine)
-    with contextlib.ExitStack() as stack:
-        if llm is None:
-            stack.enter_context(
-                device_slots(engine["tensor_parallel_size"], timeout=engine["gpu_wait_timeout"], log=log)
-            )
-            t0 = time.monotonic()
-            llm = start_engine(
-                settings["model"], engine, {"video": 0, "image": 0}, int(settings["sampling"]["seed"] or 0)
-            )
-            stack.callback(stop_engine, llm, log)  # before the slot is freed (LIFO): memory first
-            print(
-                f"engine up in {time.monotonic() - t0:.1f} s ({settings['model']}, text only)",
-                file=log,
-                flush=True,
-            )
-        return generate(llm, todo, settings)
-
-
-def generate(llm, todo: dict[str, dict], settings: dict) -> dict[str, dict]:
-    from vllm import SamplingParams
-
-    tokenizer = llm.get_tokenizer()
-    template = chat_template(settings["model"], tokenizer)
-    s = settings["sampling"]
-    room = settings["max_model_len"] - int(s["max_tokens"])
-    answers, prompts, params, keys = {}, [], [], []
-    for key, result in todo.items():
-        question = summary_text(settings["prompt"], result["caption_meta"]["windows"])
-        text = template(settings["system_prompt"], 0, 0, question)
-        tokens = len(tokenizer.encode(text, add_special_tokens=False))
-        if tokens > room:
-            answers[key] = failed(
-                f"too long: {tokens} prompt tokens exceed max_model_len - max_tokens {room}"
-            )
-            continue
-        prompts.append(text)
-        keys.append(key)
-        params.append(
-            SamplingParams(
-                temperature=s["temperature"],
-                top_p=s["top_p"],
-                top_k=s["top_k"] or 0,
-                presence_penalty=s["presence_penalty"],
-                repetition_penalty=s["repetition_penalty"],
-                min_tokens=min(s["min_tokens"], s["max_tokens"]),
-                max_tokens=s["max_tokens"],
-                seed=sampling_seed(s, content_digest([], question)),  # not the record's place or backend
-            )
-        )
-    if prompts:
-        try:
-            outputs = llm.generate(prompts, params, use_tqdm=False)
-        except Exception as exc:  # the prompts were checked for length: a failure here is the engine's
-            raise EngineFailure(f"summary engine failed: {type(exc).__name__}: {exc}") from exc
-        for key, output in zip(keys, outputs):
-            completion = output.outputs[0]
-            answers[key] = {
-                "text": completion.text,
-                "status": "truncated" if completion.finish_reason == "length" else "ok",
-                "error": None,
-                "prompt_tokens": len(output.prompt_token_ids),
-                "output_tokens": len(completion.token_ids),
-                "finish_reason": completion.finish_reason,
-            }
-    return answers
-
-
-def via_server(todo: dict[str, dict], settings: dict, engine: dict) -> dict[str, dict]:
-    """The summaries through an OpenAI-compatible ``vllm serve`` (engine.backend server) of the summary model:
-    ``served_name`` (summary_model, else engine.served_model, else model). A request the server refuses
-    (4xx: e.g. too long) is that record's error; an unreachable or failing server (5xx, or a refused API key)
-    fails the job."""
-    from vidcap import server
-
-    if not server.server_ready(engine["url"], timeout=min(30.0, engine["request_timeout"])):
-        raise EngineFailure(f"server unreachable at {redact_url(engine['url'])} (no answer on /health)")
-    s = settings["sampling"]
-    bodies = []
-    for result in todo.values():
-        text = summary_text(settings["prompt"], result["caption_meta"]["windows"])
-        body = server.chat_body(
-            settings["served_name"],
-            settings["system_prompt"],
-            text,
-            [],
-            None,
-            s,
-            sampling_seed(s, content_digest([], text)),
-        )
-        body.pop("mm_processor_kwargs")  # a text prompt: nothing to resize
-        bodies.append(body)
-    replies = server.run_bodies(engine, bodies)
-    answers = {}
-    for key, reply in zip(todo, replies):
-        if isinstance(reply, server.ServerError):
-            if server.engine_level(reply.status):
-                raise EngineFailure(str(reply))
-            answers[key] = failed(str(reply))
-            continue
-        choice, usage = reply["choices"][0], reply.get("usage") or {}
-        answers[key] = {
-            "text": choice["message"]["content"],
-            "status": "truncated" if choice["finish_reason"] == "length" else "ok",
-            "error": None,
-            "prompt_tokens": usage.get("prompt_tokens"),
-            "output_tokens": usage.get("completion_tokens"),
-            "finish_reason": choice["finish_reason"],
-        }
-    return answers
-
-
-def failed(reason: str) -> dict:
-    return {
-        "text": None,
-        "status": "error",
-        "error": reason,
-        "prompt_tokens": None,
-        "output_tokens": None,
-        "finish_reason": None,
-    }

@@ -49,7 +49,31 @@ CHAT_TEMPLATE = (
 # frames the tiny processor accepts unchanged: 56x56 .. 112x112, so vision tokens stay few
 _F = QWEN2_PATCH_FACTOR
 TINY_MIN_PIXELS, TINY_MAX_PIXELS = _F * _F * 4, _F * _F * 16
-ARCHS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+ARCHS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen2_5_omni")
+# Qwen2.5-Omni's own placeholder tokens, named as its processor looks them up on the tokenizer
+OMNI_TOKENS = {
+    "audio_token": "<|AUDIO|>",
+    "audio_bos_token": "<|audio_bos|>",
+    "audio_eos_token": "<|audio_eos|>",
+    "image_token": "<|IMAGE|>",
+    "video_token": "<|VIDEO|>",
+    "vision_bos_token": "<|vision_bos|>",
+    "vision_eos_token": "<|vision_eos|>",
+}
+# Qwen2.5-Omni's chat template for the media vidcap sends (a video with its own audio track: the processor
+# expands <|VIDEO|> into 2-second chunks of video then audio tokens between <|audio_bos|> and <|audio_eos|>)
+OMNI_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content %}<|vision_bos|><|IMAGE|><|vision_eos|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}<|vision_bos|><|VIDEO|><|vision_eos|>"
+    "{% elif content['type'] == 'audio' or 'audio' in content %}<|audio_bos|><|AUDIO|><|audio_eos|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 # Dimensions from the published config.json (and preprocessor configs) of each checkpoint. The
 # tokenizer stays the tiny one: its token ids sit below the real vocab_size, and the embedding and
@@ -94,6 +118,20 @@ PUBLISHED = {
                    "video": {"shortest_edge": 4096, "longest_edge": 25165824}},
     },
 }
+# Qwen2.5-Omni-7B's thinker: transformers' Qwen2_5Omni*Config defaults, documented as that checkpoint's; its
+# feature extractor (Whisper's, 128 mel bins) reads up to chunk_length seconds of audio per item
+PUBLISHED[("qwen2_5_omni", "7b")] = {
+    "source": "Qwen/Qwen2.5-Omni-7B",
+    "text": {**_QWEN2_TEXT_7B, "max_position_embeddings": 32768},
+    "vision": {"depth": 32, "hidden_size": 1280, "out_hidden_size": 3584, "intermediate_size": 3420,
+               "num_heads": 16, "hidden_act": "silu", "patch_size": 14, "spatial_merge_size": 2,
+               "temporal_patch_size": 2, "window_size": 112, "fullatt_block_indexes": [7, 15, 23, 31]},
+    "audio": {"num_mel_bins": 128, "encoder_layers": 32, "encoder_attention_heads": 20,
+              "encoder_ffn_dim": 5120, "d_model": 1280, "output_dim": 3584, "max_source_positions": 1500,
+              "n_window": 100},
+    "pixels": {"min_pixels": 3136, "max_pixels": 12845056},
+    "chunk_length": 300,
+}
 TINY_TEXT = {
     "vocab_size": 512, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
     "num_attention_heads": 2, "num_key_value_heads": 1,  # head_dim 64, which vLLM's CPU attention supports
@@ -110,6 +148,15 @@ TINY = {
                    "num_heads": 2,
                    "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
                    "fullatt_block_indexes": [1]},
+    },
+    "qwen2_5_omni": {
+        "vision": {"depth": 2, "hidden_size": 64, "out_hidden_size": 128, "intermediate_size": 128,
+                   "num_heads": 2,
+                   "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
+                   "fullatt_block_indexes": [1]},
+        "audio": {"num_mel_bins": 128, "encoder_layers": 2, "encoder_attention_heads": 2, "encoder_ffn_dim": 128,
+                  "d_model": 64, "output_dim": 128, "max_source_positions": 1500, "n_window": 100},
+        "chunk_length": 300,
     },
     "qwen3_vl": {
         "text": {"head_dim": 64,
@@ -129,10 +176,10 @@ WORDS = ("a the video shows person man woman dog cat car street room kitchen wal
 # fmt: on
 
 
-def _train_tokenizer():
+def bpe_state() -> dict:
+    """A byte-level BPE (vocab 480) trained on a synthetic caption corpus: its vocab and merges."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import Qwen2Tokenizer
 
     generator = torch.Generator().manual_seed(0)
     corpus = [
@@ -149,7 +196,15 @@ def _train_tokenizer():
         show_progress=False,
     )
     bpe.train_from_iterator(corpus, trainer)
-    state = json.loads(bpe.to_str())["model"]
+    return json.loads(bpe.to_str())["model"]
+
+
+def _train_tokenizer(named_tokens: dict | None = None):
+    """The tiny byte-level BPE tokenizer; ``named_tokens`` ({"audio_token": "<|AUDIO|>", ...}) adds a model's
+    own special tokens, named as its processor looks them up."""
+    from transformers import Qwen2Tokenizer
+
+    state = bpe_state()
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in state["merges"]]
     tokenizer = Qwen2Tokenizer(
         vocab=state["vocab"],
@@ -157,8 +212,10 @@ def _train_tokenizer():
         errors="replace",
         extra_special_tokens=None,
         model_max_length=65536,
+        **(named_tokens or {}),
     )
-    tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})
+    extra = [t for t in (named_tokens or {}).values() if t not in SPECIAL_TOKENS]
+    tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:] + extra})
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
@@ -177,6 +234,7 @@ def _spec(arch: str, size: str) -> dict:
             "text": {**TINY_TEXT, **tiny.get("text", {})},
             "vision": tiny["vision"],
             "pixels": tiny.get("pixels", {"min_pixels": TINY_MIN_PIXELS, "max_pixels": TINY_MAX_PIXELS}),
+            **{k: tiny[k] for k in ("audio", "chunk_length") if k in tiny},
         }
     if (arch, size) not in PUBLISHED:
         raise ValueError(f"no size {size!r} for {arch}: choose one of {', '.join(sizes(arch))}")
@@ -190,13 +248,28 @@ def _classes(arch: str):
         "qwen2_vl": (t.Qwen2VLConfig, t.Qwen2VLForConditionalGeneration, t.Qwen2VLProcessor),
         "qwen2_5_vl": (t.Qwen2_5_VLConfig, t.Qwen2_5_VLForConditionalGeneration, t.Qwen2_5_VLProcessor),
         "qwen3_vl": (t.Qwen3VLConfig, t.Qwen3VLForConditionalGeneration, t.Qwen3VLProcessor),
+        # the whole model class with enable_audio_output false holds the thinker only ("thinker.*" weights)
+        "qwen2_5_omni": (t.Qwen2_5OmniConfig, t.Qwen2_5OmniForConditionalGeneration, t.Qwen2_5OmniProcessor),
     }[arch]
 
 
-def _processor(arch: str, pixels: dict, tokenizer):
+def _processor(arch: str, pixels: dict, tokenizer, chunk_length: int = 30):
     from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
     processor_class = _classes(arch)[2]
+    if arch == "qwen2_5_omni":
+        from transformers import WhisperFeatureExtractor
+
+        audio = WhisperFeatureExtractor(
+            feature_size=128, chunk_length=chunk_length, return_attention_mask=True
+        )
+        return processor_class(
+            image_processor=Qwen2VLImageProcessor(**pixels),
+            video_processor=Qwen2VLVideoProcessor(**pixels),
+            feature_extractor=audio,
+            tokenizer=tokenizer,
+            chat_template=OMNI_CHAT_TEMPLATE,
+        )
     if arch == "qwen3_vl":
         from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
@@ -218,28 +291,38 @@ def build_tiny_model(
     """
     import torch
 
+    if arch == "whisper":  # the transcript step's ASR model (vidcap.tiny_whisper)
+        from vidcap.tiny_whisper import build_tiny_whisper
+
+        if size != "tiny" or config_only:
+            raise ValueError("whisper has only the tiny size")
+        return build_tiny_whisper(out_dir)
     spec = _spec(arch, size)
     torch.manual_seed(0)
     out_dir = Path(out_dir)
-    tokenizer = _train_tokenizer()
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    omni = arch == "qwen2_5_omni"
+    tokenizer = _train_tokenizer(OMNI_TOKENS if omni else None)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS + list(OMNI_TOKENS.values())}
     config_class, model_class, _ = _classes(arch)
-    processor = _processor(arch, spec["pixels"], tokenizer)
+    processor = _processor(arch, spec["pixels"], tokenizer, spec.get("chunk_length", 30))
     text = dict(
         spec["text"],
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
     )
-    config = config_class(
-        text_config=text,
-        vision_config=spec["vision"],
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
-    )
+    if omni:
+        config = _omni_config(spec, text, ids)
+    else:
+        config = config_class(
+            text_config=text,
+            vision_config=spec["vision"],
+            image_token_id=ids["<|image_pad|>"],
+            video_token_id=ids["<|video_pad|>"],
+            vision_start_token_id=ids["<|vision_start|>"],
+            vision_end_token_id=ids["<|vision_end|>"],
+            tie_word_embeddings=False,
+        )
     if size == "tiny":
         model = model_class(config).eval()
         model.generation_config.eos_token_id = ids["<|im_end|>"]
@@ -268,6 +351,34 @@ def build_tiny_model(
         f"{' (config only, no weights)' if config_only else ''}. Its captions are gibberish.\n"
     )
     return out_dir
+
+
+def _omni_config(spec: dict, text: dict, ids: dict):
+    """A Qwen2.5-Omni config whose thinker is ``spec`` (audio output off: no talker, no token2wav weights)."""
+    from transformers import Qwen2_5OmniConfig
+
+    tokens = {
+        "audio_token_index": ids["<|AUDIO|>"],
+        "image_token_index": ids["<|IMAGE|>"],
+        "video_token_index": ids["<|VIDEO|>"],
+        "audio_start_token_id": ids["<|audio_bos|>"],
+        "audio_end_token_id": ids["<|audio_eos|>"],
+        "vision_start_token_id": ids["<|vision_bos|>"],
+        "vision_end_token_id": ids["<|vision_eos|>"],
+    }
+    thinker = {
+        "text_config": text,
+        "vision_config": spec["vision"],
+        "audio_config": spec["audio"],
+        "user_token_id": ids["<|im_start|>"],
+        "tie_word_embeddings": False,
+        **tokens,
+    }
+    # the (unused) talker's token ids within its own vocabulary, so its config validates
+    talker = {**tokens, "vocab_size": max(tokens.values()) + 1}
+    config = Qwen2_5OmniConfig(thinker_config=thinker, talker_config=talker, enable_audio_output=False)
+    config.architectures = ["Qwen2_5OmniForConditionalGeneration"]
+    return config
 
 
 def _random_tensor(name: str, shape, dtype, generator):

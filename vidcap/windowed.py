@@ -10,6 +10,7 @@ summary job (vidcap.summary), status ``ok`` unless every window failed.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,14 +21,43 @@ from vidcap.decode import FrameError
 from vidcap.failures import raise_if_infra
 from vidcap.prompts import Pending, unanswered_meta
 from vidcap.result_keys import window_key
+from vidcap.structured import Clock
 from vidcap.windows import clip_phrase
 
 WINDOW_KEY = "_window"  # [record slot, window number] in a window's own result, dropped by fold
+# a request's answer fields (candidates.keep all: captions; output_format json: caption_json)
+ANSWER_FIELDS = ("caption", "captions", "caption_json")
 
 
 @dataclass
 class WindowPending(Pending):
     window: int = 0
+    clock: Clock | None = None  # where its JSON event times lie (answer_duration)
+
+
+@functools.lru_cache(maxsize=8)
+def times_absolute(model: str | None) -> bool:
+    """Whether the model reads frame times from frames_indices / fps (Qwen3-VL's ``<t seconds>`` stamps):
+    then a window's frames carry their true times in the video. Qwen2-VL has no time input and
+    Qwen2.5-VL's temporal positions start at 0 for every video, so they see a window in its own clock."""
+    from vidcap.budget import geometry_for
+
+    return bool(model) and geometry_for(model).tokens_per_frame_group > 0
+
+
+def window_clock(window: dict, absolute: bool) -> Clock:
+    """A window's event times: within its span in the video's time (``absolute``), else within 0..its
+    length, shifted by its start afterwards; either way the answer's events are times in the whole video."""
+    start, end = float(window["start"]), float(window["end"])
+    return Clock(start, end) if absolute else Clock(0.0, end - start, shift=start)
+
+
+def answer_duration(item: Pending):
+    """What a request's JSON event times are checked against: a window's clock, or the video's length."""
+    if isinstance(item, WindowPending) and item.clock is not None:
+        return item.clock
+    videos = item.entry["videos"]
+    return float(videos[0]["meta"]["duration"]) if videos else None
 
 
 def is_windowed(entry: dict) -> bool:
@@ -35,11 +65,23 @@ def is_windowed(entry: dict) -> bool:
 
 
 def window_requests(
-    slot, digest, entry, prompt, seed, results: list[dict], identity: str
+    slot,
+    digest,
+    entry,
+    prompt,
+    seed,
+    results: list[dict],
+    identity: str,
+    model: str | None = None,
+    timed: bool = False,
+    heard=None,
 ) -> list[WindowPending]:
     """One request per decodable window, with its result-store key (``identity``: the caption settings'
     hash); each gets a result slot appended to ``results``, and the record's own result lists every
-    window (those that could not be decoded as errors already) and every window's key."""
+    window (those that could not be decoded as errors already) and every window's key. ``model``: the
+    captioning model, whose family decides the windows' clocks (:func:`window_clock`); ``timed``: the answers
+    hold event times (output_format json), so the clock is part of each window's key. ``heard``:
+    (start, end) -> text put after a window's prompt (audio.mode transcript: its speech)."""
     video = entry["videos"][0]
     results[slot]["caption_meta"]["windows"] = [window_result(w, None) for w in video["windows"]]
     pending = []
@@ -54,12 +96,20 @@ def window_requests(
                     "frames": window["frames"],
                     "meta": window["meta"],
                     "content": window.get("content"),  # how the window's file is stored (frame_store)
+                    **({"audio": window["audio"]} if "audio" in window else {}),  # audio.mode native
                 }
             ],
             "images": [],
             "error": None,
         }
-        text = f"{clip_phrase(window['start'], window['end'])} {prompt}"
+        # a video of one window is the whole video: no "clip of a longer video" to place it in
+        text = (
+            prompt
+            if len(video["windows"]) == 1
+            else f"{clip_phrase(window['start'], window['end'])} {prompt}"
+        )
+        if heard is not None:
+            text += heard(window["start"], window["end"])
         results.append(
             {
                 "digest": digest,
@@ -68,8 +118,9 @@ def window_requests(
                 WINDOW_KEY: [slot, w],
             }
         )
-        item = WindowPending(len(results) - 1, digest, sub, text, seed, keep=[None], window=w)
-        item.key = window_key(identity, text, sub["videos"][0])
+        clock = window_clock(window, times_absolute(model))
+        item = WindowPending(len(results) - 1, digest, sub, text, seed, keep=[None], window=w, clock=clock)
+        item.key = window_key(identity, text, sub["videos"][0], clock if timed else None)
         results[slot]["keys"].append(item.key)
         pending.append(item)
     return pending
@@ -124,8 +175,8 @@ def fold_record(result: dict, sent: list[dict]) -> None:
     )
     if all(w["status"] == "error" for w in windows):
         meta.update(status="error", error=f"every window failed, e.g. {windows[0]['error']}")
-    elif len(windows) == 1:
-        result["caption"] = windows[0]["caption"]
+    elif len(windows) == 1:  # the window's answer is the record's, with every field a short record has
+        result.update({k: v for k, v in sent[0].items() if k in ANSWER_FIELDS})
         meta.update(status=windows[0]["status"], error=None, finish_reason=metas[0]["finish_reason"])
     else:  # the summary job writes caption and status
         meta.update(status="ok", error=None, summary=None)
@@ -147,10 +198,12 @@ def window_result(window: dict | None, done: dict | None = None, listed: dict | 
             "attempts": 0,
         }
     meta = done["caption_meta"]
+    structured = {"caption_json": done["caption_json"]} if "caption_json" in done else {}
     return {
         **listed,
         "frames": meta["frames"],
         "caption": done["caption"],
+        **structured,  # the window's object: what the summary of a JSON answer reads
         "status": meta["status"],
         "error": meta["error"],
         "prompt_tokens": meta["prompt_tokens"],

@@ -183,6 +183,7 @@ def gallery_card(item: dict, keys: dict) -> dict:
         "caption": caption if isinstance(caption, str) else None,
         "timeline": timeline,
         "caption_set": caption_set_rows(record, meta),
+        **heard(record, meta),
     }
 
 
@@ -201,6 +202,15 @@ def caption_set_rows(record: dict, meta: dict) -> list[dict]:
             }
         )
     return rows
+
+
+def heard(record: dict, meta: dict) -> dict:
+    """audio.mode transcript: the record's segments as lines, or why there are none (nothing otherwise)."""
+    if "transcript" not in record:
+        return {}
+    segments = record["transcript"] or []
+    lines = [f"[{s['start']:.1f}-{s['end']:.1f} s] {s['text']}" for s in segments]
+    return {"transcript": "\n".join(lines), "audio_note": meta.get("audio")}
 
 
 WINDOW_THUMBS = 4

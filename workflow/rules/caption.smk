@@ -1,6 +1,7 @@
 rule caption_shard:
     input:
         **frames_store(),
+        **transcripts_of_shard(),
         shard=f"{SHARD_DIR}/{{shard}}.jsonl",
         manifest=f"{RESULTS}/frames/{{shard}}.json",
     output:

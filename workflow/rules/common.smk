@@ -19,7 +19,7 @@ from vidcap import (
     shard_lock,
     shards,
 )
-from vidcap.config import ConfigError, check_keys
+from vidcap.config import ConfigError, check_keys, check_values
 
 # a misspelt key stops the run here, naming it and the nearest valid one (the schema's own error is vaguer)
 try:
@@ -27,6 +27,10 @@ try:
 except ConfigError as exc:
     raise WorkflowError(f"invalid config: {exc}") from None
 validate(config, "../../config/schemas/config.schema.yaml")
+try:  # values valid one by one but not together (e.g. long_video.min_window_frames > window_frames)
+    check_values(config)
+except ConfigError as exc:
+    raise WorkflowError(f"invalid config: {exc}") from None
 
 RESULTS = config["results"].rstrip("/")
 SHARD_DIR = f"{RESULTS}/shards"
@@ -132,10 +136,10 @@ def frames_params_of(wildcards):
 
 
 def merged_results():
-    """What the merge reads per shard: the summaries (long videos' captions), or with long_video.mode single
-    (no windows, nothing to summarise) the caption results, so that mode runs no summary job at all.
+    """What the merge reads per shard: the summaries (long videos' captions, derived caption-set entries),
+    or with long_video.mode single and no derived entry the caption results, so that runs no summary job.
     """
-    step = "captions" if config["long_video"]["mode"] == "single" else "summaries"
+    step = "summaries" if settings.needs_summary_step(config) else "captions"
     return f"{RESULTS}/{step}/{{shard}}.jsonl"
 
 
@@ -165,3 +169,10 @@ def staging(**functions):
     while the DAG is built, and pay for no input function per job.
     """
     return functions if object_storage.is_url(settings.media_root(config)) else {}
+
+
+def transcripts_of_shard():
+    """The caption job's transcript input: only with audio.mode transcript (else no ASR job runs at all)."""
+    if settings.audio_mode(config) != "transcript":
+        return {}
+    return {"transcripts": f"{RESULTS}/transcripts/{{shard}}.jsonl"}

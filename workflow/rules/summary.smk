@@ -1,6 +1,8 @@
 rule summarize_shard:
     input:
         captions=f"{RESULTS}/captions/{{shard}}.jsonl",
+        # the records' own prompts (keys.prompt), which their summaries answer
+        shard=f"{SHARD_DIR}/{{shard}}.jsonl",
     output:
         summaries=f"{RESULTS}/summaries/{{shard}}.jsonl",
     log:
@@ -17,7 +19,8 @@ rule summarize_shard:
         gpu=settings.summary_gpus(config),
         attempt=attempt_number,
     params:
-        # only what a summary depends on: editing summary_prompt reruns this and the merge, no caption job
+        # only what a summary or derived entry depends on: editing summary_prompt or a derived entry reruns
+        # this and the merge, no caption job
         settings=settings.summary_params(config),
     script:
         "../scripts/summarize_shard.py"

@@ -9,4 +9,5 @@ with job_log(snakemake.log.main, snakemake.resources.attempt, chatter=snakemake.
         snakemake.output.summaries,
         summary_job(snakemake.config),
         log=log,
+        shard_path=snakemake.input.shard,
     )
