@@ -255,8 +255,9 @@ def test_six_records_answer_a_set_of_three_and_a_fourth_entry_sends_six(llm, tin
 def test_a_workflow_build_on_the_server_writes_every_entry_and_a_new_entry_sends_six(
     tiny_model, tiny_server, tmp_path
 ):
-    """The whole workflow (frames, caption jobs on the session's vllm serve, merge): the output fields, and
-    a fourth entry added to the built dataset sends one request per record."""
+    """The whole workflow (frames, caption jobs on the session's vllm serve, the derived step, merge): three
+    visual entries (one json) and one derived from a visual one in every record; a fourth visual entry added
+    to the built dataset sends one caption request per record, and the derived entry is not asked again."""
     from helpers import SERVER_KEY_ENV, caption_stats, requests_sent, run_snakemake, tiny_config
 
     for i, source in enumerate(SOURCES):
@@ -264,16 +265,18 @@ def test_a_workflow_build_on_the_server_writes_every_entry_and_a_new_entry_sends
     write_records(tmp_path / "records.json", [{"video": [f"v{i}.mp4"], "id": i} for i in range(6)])
     (tmp_path / "small.schema.json").write_text(json.dumps(SMALL_SCHEMA))
     entries = {**SET, "camera": {**SET["camera"], "output_schema": str(tmp_path / "small.schema.json")}}
+    entries["t2v"] = {"prompt": "Rewrite as one line.", "from": "dense", "max_tokens": 8}
     server = {"backend": "server", "url": tiny_server, "api_key_env": SERVER_KEY_ENV}
     config = tiny_config(tiny_model, shards=2, engine=server, caption_set=entries)
     run_snakemake(tmp_path, config)
     out = json.loads((tmp_path / "captions.json").read_text())
-    names = ["camera", "dense", "tags"]  # the config file's order (helpers.run_snakemake writes sorted keys)
+    names = ["camera", "dense", "t2v", "tags"]  # the config file's order (run_snakemake sorts keys)
     for record in out:
         assert list(record)[-4:] == ["caption", "caption_set", "caption_set_json", "caption_meta"]
         assert list(record["caption_set"]) == names
         assert list(record["caption_meta"]["set"]) == names
-        assert all(m["status"] in CAPTIONED for m in record["caption_meta"]["set"].values())
+        assert all(m["status"] in CAPTIONED for m in record["caption_meta"]["set"].values()), record
+        assert list(record["caption_set_json"]) == ["camera"]
     assert sum(s["requests"] for s in caption_stats(tmp_path / "results").values()) == 6 * 4
 
     before = caption_stats(tmp_path / "results")
@@ -283,4 +286,5 @@ def test_a_workflow_build_on_the_server_writes_every_entry_and_a_new_entry_sends
     again = json.loads((tmp_path / "captions.json").read_text())
     assert [r["caption"] for r in again] == [r["caption"] for r in out]
     assert [r["caption_set"]["dense"] for r in again] == [r["caption_set"]["dense"] for r in out]
-    assert all(list(r["caption_set"]) == ["camera", "dense", "motion", "tags"] for r in again)
+    assert all(list(r["caption_set"]) == ["camera", "dense", "motion", "t2v", "tags"] for r in again)
+    assert [r["caption_set"]["t2v"] for r in again] == [r["caption_set"]["t2v"] for r in out]
