@@ -63,3 +63,9 @@ def test_a_bad_entry_is_a_config_error_naming_it(entries, message):
     with pytest.raises(config.ConfigError, match=None) as caught:
         load(entries)
     assert message in str(caught.value)
+
+
+def test_the_merge_writes_every_caption_set_field():
+    from vidcap import merge
+
+    assert set(caption_set.SET_FIELDS) <= set(merge.EXTRA_FIELDS)

@@ -12,14 +12,21 @@ import json
 import sys
 from collections import Counter
 
-from vidcap.caption_set import SET_FIELDS
 from vidcap.config import with_defaults
 from vidcap.records import RecordWriter, record_digest, record_prompt, with_prompt
 from vidcap.shards import iter_sharded_records, raise_open_file_limit, shard_ids
 
 # candidates.keep: all writes every candidate; output_format: json the answer's object; caption_set its
-# entries (vidcap.caption_set.SET_FIELDS); audio.mode: transcript the speech segments
-EXTRA_FIELDS = ("captions", "caption_json", *SET_FIELDS, "transcript")
+# entries (vidcap.caption_set.SET_FIELDS, named here: that module reaches the engine's packages, which
+# the merge's env does not have); audio.mode: transcript the speech segments
+EXTRA_FIELDS = (
+    "captions",
+    "caption_json",
+    "caption_set",
+    "caption_set_json",
+    "caption_set_captions",
+    "transcript",
+)
 
 
 class StaleResultError(RuntimeError):
