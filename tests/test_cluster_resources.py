@@ -37,3 +37,14 @@ def test_summary_with_a_server_backend_needs_no_gpu(tmp_path):
     config = load(overrides={"input": "x.jsonl", "model": "m", "engine": {"backend": "server"}})
     job_input = SimpleNamespace(captions=str(captions(tmp_path, 2)))
     assert vsettings.summary_gpus(config)(None, job_input) == 0
+
+
+def test_derived_entries_take_the_gpu_partition_without_long_videos(tmp_path):
+    entries = {"t2v": {"prompt": "One sentence.", "from": "caption"}}
+    config = load(overrides={"input": "x.jsonl", "model": "m", "caption_set": entries})
+    extra = vsettings.derived_entries_input(config, "shards/0000.jsonl")
+    job_input = SimpleNamespace(captions=str(captions(tmp_path, 0, 0)), **extra)
+    assert vsettings.summary_gpus(config)(None, job_input) == 1
+    assert vsettings.summary_partition(job_input, "gpu-site", "cpu-site") == "gpu-site"
+    plain = load(overrides={"input": "x.jsonl", "model": "m"})
+    assert vsettings.derived_entries_input(plain, "shards/0000.jsonl") == {}

@@ -372,9 +372,22 @@ def summary_gpus(config: dict):
 
 
 def summary_partition(input, gpu_partition: str, cpu_partition: str) -> str:
-    """For profiles/slurm (a resource expression, evaluated with the job's ``input``): the GPU partition
-    only for a summary job that starts an engine."""
-    return gpu_partition if needs_summary_engine(input.captions) else cpu_partition
+    """For profiles/slurm (a resource expression, evaluated with the job's ``input``, which is all it
+    sees): the GPU partition only for a summary job that starts an engine: one answering derived
+    caption-set entries (an input named ``derived_entries``, see :func:`derived_entries_input`) or one
+    with a record to summarise."""
+    if hasattr(input, DERIVED_INPUT) or needs_summary_engine(input.captions):
+        return gpu_partition
+    return cpu_partition
+
+
+DERIVED_INPUT = "derived_entries"
+
+
+def derived_entries_input(config: dict, shard_file: str) -> dict:
+    """The summary rule's extra input when derived entries are configured: the shard's records again, under
+    a name that tells :func:`summary_partition` this job starts an engine whatever its captions hold."""
+    return {DERIVED_INPUT: shard_file} if derived_params(config) else {}
 
 
 def caption_gpus(config: dict) -> int:

@@ -3,6 +3,8 @@ rule summarize_shard:
         captions=f"{RESULTS}/captions/{{shard}}.jsonl",
         # the records' own prompts (keys.prompt), which their summaries answer
         shard=f"{SHARD_DIR}/{{shard}}.jsonl",
+        # derived caption-set entries: every summary job starts an engine (its Slurm partition reads this)
+        **settings.derived_entries_input(config, f"{SHARD_DIR}/{{shard}}.jsonl"),
     output:
         summaries=f"{RESULTS}/summaries/{{shard}}.jsonl",
     log:
