@@ -5,8 +5,10 @@ two or more windows given ``caption`` = a text-only answer of the summary model 
 model, used as a text model, unless long_video.summary_model names another) and
 ``caption_meta.summary`` = its status and tokens. The summary answers as a short record's caption would
 (``candidates``: ``captions``; ``output_format: json``: ``caption_json``), and a record asked its own
-prompt (keys.prompt) has it asked of the whole video. Other records pass through unchanged, and then
-derived caption-set entries (vidcap.derived) are applied to every record's final caption. Each summary
+prompt (keys.prompt) has it asked of the whole video. Each visual caption-set entry of such a record is
+summarised the same way from that entry's window answers (vidcap.entry_summaries). Other records pass
+through unchanged, and then derived caption-set entries (vidcap.derived) are applied to every record's
+final texts. Each summary
 is kept in the result store (vidcap.store) under its settings and the exact text it is asked, which
 holds the window captions, so a shard without new summaries to write starts no engine, and two records
 of the same video share one request. A record whose summary fails (its prompt too long, a request
