@@ -87,6 +87,32 @@ def test_window_answers_of_an_entry_fold_into_the_windows_and_leave_the_entry_to
     assert "windows" not in meta["set"]["dense"] and meta["set"]["dense"]["prompt_tokens"] == 20
 
 
+def test_a_one_window_video_takes_its_windows_entry_answers_with_every_field():
+    window = {"start": 0.0, "end": 20.0, "frames": "w0.npy", "meta": {"frames_indices": [0, 1]}}
+    entry = {"digest": "d", "videos": [{"path": "v.mp4", "meta": {}, "windows": [window]}], "images": []}
+    entry["error"] = None
+    record = {"digest": "d", "caption": None, "caption_meta": {"status": "error", "error": None, "frames": 2}}
+    record["keys"] = []
+    results = [record]
+    window_requests(0, "d", entry, "Describe.", None, results, "identity")
+    judge = type("JsonJudge", (_Judge,), {"json": True})()
+    ask = caption_set.Ask("camera", {"prompt": "Camera?"}, judge, "camera-identity")
+    results.append({"digest": "d", "caption": None, "caption_meta": {"frames": 2}, "_set": [0, "camera"]})
+    (item,) = window_requests(0, "d", entry, "Camera?", None, results, ask.identity, ask=ask, marker="_set")
+    assert item.prompt == "Camera?"  # the whole video: no clip phrase
+    for slot, text in ((1, "primary"), (item.slot, "pans")):
+        results[slot].update(caption=text, caption_json={"summary": text})
+        results[slot]["caption_meta"].update(
+            status="ok", prompt_tokens=5, output_tokens=2, finish_reason="stop"
+        )
+    (result,) = fold_windows(caption_set.fold(results, 1, [ask], "_set"), 1)
+    assert result["caption_set"] == {"camera": "pans"}
+    assert result["caption_set_json"] == {"camera": {"summary": "pans"}}
+    meta = result["caption_meta"]
+    assert meta["set"]["camera"]["status"] == "ok" and "summary" not in meta["set"]["camera"]
+    assert meta["windows"][0]["set"]["camera"]["caption_json"] == {"summary": "pans"}
+
+
 def test_visual_entries_reach_the_summary_params_only_when_videos_are_windowed():
     cfg = vconfig.load(
         overrides={
