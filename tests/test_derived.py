@@ -145,3 +145,41 @@ def test_entries_derived_from_a_visual_entry_or_a_derived_one_read_that_text(tmp
     assert results[0]["caption_set"] == {"seen": "a cat", "again": "Cat.", "short": "A cat."}  # config order
     assert results[1]["caption_set"] == {"seen": None, "again": None, "short": None}
     assert list(results[1]["caption_meta"]["set"]) == ["seen", "again", "short"]
+
+
+def test_a_derived_json_entry_puts_its_object_where_a_visual_one_does(tmp_path):
+    schema = tmp_path / "s.json"
+    schema.write_text('{"type": "object", "properties": {"summary": {"type": "string"}}}')
+    config = config_with(
+        {
+            "seen": {"prompt": "What?", "output_format": "json", "output_schema": str(schema)},
+            "short": {
+                "prompt": "x",
+                "from": "caption",
+                "output_format": "json",
+                "output_schema": str(schema),
+            },
+            "plain": {"prompt": "y", "from": "caption"},
+        }
+    )
+    settings = {**vsettings.summary_job(config), "store": str(tmp_path / "store")}
+    store = ResultStore(settings["store"])
+    derived = Derived(settings["derived"], settings, store)
+    from vidcap.result_keys import derived_key
+
+    answer = {"status": "ok", "error": None, "prompt_tokens": 1, "output_tokens": 1, "finish_reason": "stop"}
+    short, plain = settings["derived"]
+    store.put(derived_key(derived.identity(short), "c"), {"text": "A.", **answer, "json": {"summary": "A."}})
+    store.put(derived_key(derived.identity(plain), "c"), {"text": "B.", **answer})
+    result = {
+        "caption": "c",
+        "caption_meta": {"status": "ok", "set": {"seen": {"status": "ok"}}},
+        "caption_set": {"seen": "s"},
+        "caption_set_json": {"seen": {"summary": "s"}},
+    }
+    with TextEngine(settings, None) as engine:
+        derived.answer(lambda: iter([(False, result)]), engine)
+    derived.apply(result, 0)
+    assert result["caption_set_json"] == {"seen": {"summary": "s"}, "short": {"summary": "A."}}
+    assert "json" not in result["caption_meta"]["set"]["short"]
+    assert result["caption_set"] == {"seen": "s", "short": "A.", "plain": "B."}

@@ -185,32 +185,54 @@ def with_set_requests(
 ) -> list[Pending]:
     """Every record gets a result slot per caption-set entry (after all other slots); each record that is
     asked gets one request per entry, placed right after its own request, so a record's requests reach
-    the engine together and share its video's prefix-cache blocks and encoder output."""
-    followers: dict[int, list[Pending]] = {}
+    the engine together and share its video's prefix-cache blocks and encoder output. A windowed record
+    is asked each entry per window instead, right after that window's own request; its entry slot is
+    filled from the window answers when the results are folded (vidcap.caption_set.fold)."""
+    followers: dict[tuple, list[Pending]] = {}
     for slot, entry in enumerate(entries):
         record = results[slot]
         for ask in asks:
-            error = entry["error"]
-            if not error and windowed.is_windowed(entry):
-                error = "caption_set: not asked of windowed (long) videos yet"
-            meta = unanswered_meta(record["caption_meta"]["frames"], error)
+            meta = unanswered_meta(record["caption_meta"]["frames"], entry["error"])
             results.append(
                 {"digest": record["digest"], "caption": None, "caption_meta": meta, SET_KEY: [slot, ask.name]}
             )
-            if entry["error"] or windowed.is_windowed(entry):
+            if entry["error"]:
                 continue
             seed = sampling_seed(ask.sampling, content_digest(media_keys(entry), ask.prompt))
+            if windowed.is_windowed(entry):
+                for item in entry_window_requests(slot, record, entry, ask, seed, results, settings):
+                    followers.setdefault((slot, item.window), []).append(item)
+                continue
             keep = [None] * len(entry["videos"])
             item = Pending(len(results) - 1, record["digest"], entry, ask.prompt, seed, keep=keep, ask=ask)
             item.key = record_key(ask.identity, ask.prompt, entry)
             record["keys"].append(item.key)
-            followers.setdefault(slot, []).append(item)
+            followers.setdefault((slot, None), []).append(item)
     ordered = []
     for item in pending:
         ordered.append(item)
-        if not isinstance(item, windowed.WindowPending):
-            ordered.extend(followers.get(item.slot, ()))
+        place = results[item.slot].get(windowed.WINDOW_KEY)  # a window's [record slot, window number]
+        ordered.extend(followers.get(tuple(place) if place else (item.slot, None), ()))
     return ordered
+
+
+def entry_window_requests(slot, record, entry, ask, seed, results, settings) -> list[Pending]:
+    """A caption-set entry's requests for a windowed record: one per window, as the primary's (its clip
+    phrase, its clock), keyed by the entry's own settings (``ask.identity``)."""
+    timed = ask.judge.json
+    return windowed.window_requests(
+        slot,
+        record["digest"],
+        entry,
+        ask.prompt,
+        seed,
+        results,
+        ask.identity,
+        settings.get("model"),
+        timed,
+        ask=ask,
+        marker=SET_KEY,
+    )
 
 
 def needs_frames(

@@ -170,21 +170,28 @@ def fold(results: list[dict], n_records: int, entries: list[Ask], marker: str) -
     folded into its record: ``caption_set`` (text or null per name, config order), ``caption_set_json``
     (json entries: the object or null), ``caption_set_captions`` (candidates.keep all: the candidates or
     null) and ``caption_meta.set`` (each entry's meta). Every record gets every name, whatever its status,
-    so all records have one shape. Records keep their slots; the entry slots are dropped."""
+    so all records have one shape. A windowed record's entries were asked per window (``marker``: [record
+    slot, name, window]): see :func:`fold_windows`. Records keep their slots; the entry slots are dropped."""
     if not entries:
         return results
-    kept, done = [], {}
+    kept, done, windows = [], {}, {}
     for result in results[n_records:]:
-        if marker in result:
-            slot, name = result.pop(marker)
-            done[slot, name] = result
-        else:
+        if marker not in result:
             kept.append(result)
+            continue
+        place = result.pop(marker)
+        if len(place) == 3:
+            windows.setdefault((place[0], place[1]), {})[place[2]] = result
+        else:
+            done[place[0], place[1]] = result
     records = results[:n_records]
     json_names = [a.name for a in entries if a.judge.json]
     listed = [a.name for a in entries if a.judge.candidates["keep"] == "all"]
     for slot, record in enumerate(records):
         answers = {a.name: done[slot, a.name] for a in entries}
+        if "windows" in record["caption_meta"]:
+            for name, answer in answers.items():
+                fold_windows(record, name, answer, windows.get((slot, name), {}))
         record["caption_set"] = {n: a["caption"] for n, a in answers.items()}
         if json_names:
             record["caption_set_json"] = {n: answers[n].get("caption_json") for n in json_names}
@@ -192,3 +199,22 @@ def fold(results: list[dict], n_records: int, entries: list[Ask], marker: str) -
             record["caption_set_captions"] = {n: answers[n].get("captions") for n in listed}
         record["caption_meta"]["set"] = {n: a["caption_meta"] for n, a in answers.items()}
     return records + kept
+
+
+def fold_windows(record: dict, name: str, answer: dict, sent: dict[int, dict]) -> None:
+    """A windowed record's entry ``name`` from its window answers (``sent``: window number -> result), as
+    the primary is folded (vidcap.windowed.fold_record): one window's answer is the entry's; with two or
+    more, the summary step answers the entry for the whole video (status ``ok`` until then, unless every
+    window failed). Each window's answer goes to ``caption_meta.windows[i].set[name]``."""
+    from vidcap import windowed
+
+    spans = record["caption_meta"]["windows"]  # the manifest's listing: the primary is folded after this
+    answer["caption_meta"]["windows"] = [
+        windowed.window_result(None, sent[w], dict(span)) if w in sent else dict(span)
+        for w, span in enumerate(spans)
+    ]
+    windowed.fold_record(answer, [sent[w] for w in sorted(sent)])
+    for span, window in zip(spans, answer["caption_meta"].pop("windows")):
+        span.setdefault("set", {})[name] = {
+            k: v for k, v in window.items() if k not in ("start", "end", "set")
+        }

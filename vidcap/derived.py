@@ -111,8 +111,10 @@ class Derived:
         return text if text is not None and meta.get("status") != "error" else None
 
     def apply(self, result: dict, i: int) -> None:
-        """Write record ``i``'s derived entries into ``caption_set`` and ``caption_meta.set`` (config order)."""
+        """Write record ``i``'s derived entries into ``caption_set``, ``caption_set_json`` (json entries: the
+        object or null, as visual entries have it) and ``caption_meta.set`` (config order)."""
         texts = dict(result.get("caption_set") or {})
+        objects = dict(result.get("caption_set_json") or {})
         metas = dict(result["caption_meta"].get("set") or {})
         for p in self.params:
             key = self.keys[i][p["name"]]
@@ -123,9 +125,13 @@ class Derived:
                 result.setdefault("keys", []).append(key)
             self.counts["errors"] += answer["status"] == "error"
             texts[p["name"]] = answer.pop("text")
+            if p["output_format"] == "json":  # where a visual json entry's object is: one shape for all
+                objects[p["name"]] = answer.pop("json", None)
             metas[p["name"]] = answer
         names = [n for n in self.order if n in texts] + [n for n in texts if n not in self.order]
         result["caption_set"] = {n: texts[n] for n in names}
+        if objects:
+            result["caption_set_json"] = {n: objects[n] for n in names if n in objects}
         result["caption_meta"]["set"] = {n: metas[n] for n in names if n in metas}
 
     def report(self) -> str:

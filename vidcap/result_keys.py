@@ -5,7 +5,8 @@ the prompt the record is asked (its own, with ``keys.prompt``, or the configured
 frame-cache keys, which name the file (real path, size, mtime) and the frame parameters. Nothing about
 where the record sits (shard, position, other fields) is in it, so growing, resharding or reordering a
 dataset finds every finished record again. A window's key adds its span; a summary's key is its
-settings and the exact text it is asked, which holds the window captions; a derived caption-set entry's
+settings and the exact text it is asked, which holds the window captions (a visual caption-set entry's
+summary: that entry's settings and window answers); a derived caption-set entry's
 key is its settings with the summary engine's and the text it rewrites.
 
 :data:`SETTING_ROLES` names, for every setting in the schema, how it reaches a result. A test walks the

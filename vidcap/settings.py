@@ -75,6 +75,7 @@ def summary_params(config: dict) -> dict:
     jobs and the merge). A summary answers as a short record's caption would (candidates, output_format)."""
     lv = config["long_video"]
     answer = quality_params(config)
+    visual = visual_summary_params(config) if lv["mode"] != "single" else []
     return {
         "model": lv["summary_model"] or config["model"],
         "prompt": lv["summary_prompt"],
@@ -86,6 +87,8 @@ def summary_params(config: dict) -> dict:
         "output_format": answer["output_format"],
         "output_schema": answer["output_schema"],
         "derived": derived_params(config),
+        # visual entries of long videos are summarised from their window answers (vidcap.entry_summaries)
+        **({"visual": visual} if visual else {}),
     }
 
 
@@ -93,30 +96,41 @@ def derived_params(config: dict) -> list[dict]:
     """The derived caption-set entries (vidcap.derived), in dependency order, each with its settings
     resolved over the top-level ones and its schema's content."""
     from vidcap.caption_set import derived_entries
+
+    return [_text_entry_params(config, e, config["sampling"]["max_tokens"]) for e in derived_entries(config)]
+
+
+def visual_summary_params(config: dict) -> list[dict]:
+    """The visual caption-set entries as a long video's summary asks them (vidcap.entry_summaries), in
+    config order: each entry's own settings over the top-level ones, its max_tokens over
+    long_video.summary_max_tokens."""
+    from vidcap.caption_set import visual_entries
+
+    max_tokens = config["long_video"]["summary_max_tokens"]
+    return [_text_entry_params(config, e, max_tokens) for e in visual_entries(config)]
+
+
+def _text_entry_params(config: dict, entry, default_max_tokens: int) -> dict:
+    """An entry's settings for a text-only request of the summary engine, with its schema's content."""
     from vidcap.structured import load_schema
 
-    out = []
-    for entry in derived_entries(config):
-        schema = None
-        if entry.output_format == "json":
-            try:
-                schema = load_schema(entry.output_schema)
-            except (OSError, ValueError) as exc:
-                raise ConfigError(f"caption_set.{entry.name}.output_schema: {exc}") from None
-        system = entry.system_prompt if entry.system_prompt is not None else config["system_prompt"]
-        max_tokens = entry.max_tokens or config["sampling"]["max_tokens"]
-        out.append(
-            {
-                "name": entry.name,
-                "from": entry.source,
-                "prompt": entry.prompt,
-                "system_prompt": system,
-                "sampling": {**config["sampling"], **entry.sampling, "max_tokens": max_tokens},
-                "output_format": entry.output_format or "text",
-                "output_schema": schema,
-            }
-        )
-    return out
+    schema = None
+    if entry.output_format == "json":
+        try:
+            schema = load_schema(entry.output_schema)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"caption_set.{entry.name}.output_schema: {exc}") from None
+    system = entry.system_prompt if entry.system_prompt is not None else config["system_prompt"]
+    max_tokens = entry.max_tokens or default_max_tokens
+    return {
+        "name": entry.name,
+        "from": entry.source,
+        "prompt": entry.prompt,
+        "system_prompt": system,
+        "sampling": {**config["sampling"], **entry.sampling, "max_tokens": max_tokens},
+        "output_format": entry.output_format or "text",
+        "output_schema": schema,
+    }
 
 
 def needs_summary_step(config: dict) -> bool:

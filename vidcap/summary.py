@@ -5,8 +5,10 @@ two or more windows given ``caption`` = a text-only answer of the summary model 
 model, used as a text model, unless long_video.summary_model names another) and
 ``caption_meta.summary`` = its status and tokens. The summary answers as a short record's caption would
 (``candidates``: ``captions``; ``output_format: json``: ``caption_json``), and a record asked its own
-prompt (keys.prompt) has it asked of the whole video. Other records pass through unchanged, and then
-derived caption-set entries (vidcap.derived) are applied to every record's final caption. Each summary
+prompt (keys.prompt) has it asked of the whole video. Each visual caption-set entry of such a record is
+summarised the same way from that entry's window answers (vidcap.entry_summaries). Other records pass
+through unchanged, and then derived caption-set entries (vidcap.derived) are applied to every record's
+final texts. Each summary
 is kept in the result store (vidcap.store) under its settings and the exact text it is asked, which
 holds the window captions, so a shard without new summaries to write starts no engine, and two records
 of the same video share one request. A record whose summary fails (its prompt too long, a request
@@ -24,6 +26,7 @@ import time
 from vidcap import derived
 from vidcap.atomic import atomic_open, dumps_line, iter_jsonl
 from vidcap.config import with_defaults
+from vidcap.entry_summaries import EntrySummaries
 from vidcap.prompts import sampling_seed
 from vidcap.provenance import model_identity
 from vidcap.records import record_prompt
@@ -110,7 +113,10 @@ def summarize_shard(
     todo: dict[str, TextRequest] = {}  # summary key -> its request (records of one video ask one summary)
     durations: dict[str, float] = {}
     asked = []  # each long record's summary key, in file order (32 characters each), for the write pass
+    visual = EntrySummaries(settings.get("visual") or [], settings, store)  # long videos' visual entries
     for result, question in zip(iter_jsonl(captions_path), record_questions(shard_path, settings)):
+        if visual:
+            visual.collect(result)
         if needs_summary(result):
             if identity is None:  # hashing the model's files only for a shard with summaries
                 params = {k: settings.get(k) for k in SUMMARY_PARAM_KEYS}
@@ -130,12 +136,14 @@ def summarize_shard(
             answers[key] = read_answer(answer, keep, schema, durations[key])
             if storable(answers[key]):
                 store.put(key, answers[key])
+        if visual:
+            visual.answer(engine)
         entries = derived.Derived(settings.get("derived") or [], settings, store)
         if entries:  # each derived entry applied to the records' final captions (a long video's summary)
-            entries.answer(lambda: summarized(captions_path, asked, answers), engine)
+            entries.answer(lambda: summarized(captions_path, asked, answers, visual), engine)
     counts = {"records": 0, "summarized": 0, "summary_errors": 0, "stored": len(answers) - len(todo)}
     with atomic_open(out_path) as handle:
-        for long, result in summarized(captions_path, asked, answers):  # one line in memory at a time
+        for long, result in summarized(captions_path, asked, answers, visual):  # one line in memory at a time
             counts["records"] += 1
             if long:
                 counts["summarized" if result["caption_meta"]["status"] != "error" else "summary_errors"] += 1
@@ -145,12 +153,15 @@ def summarize_shard(
     print(
         f"{counts['records']} records, {counts['summarized']} summarised ({counts['stored']} distinct "
         f"summaries from the result store, {len(todo)} asked), {counts['summary_errors']} summary errors"
-        f"{entries.report() if entries else ''}, {time.monotonic() - started:.1f} s",
+        f"{visual.report() if visual else ''}{entries.report() if entries else ''}, "
+        f"{time.monotonic() - started:.1f} s",
         file=log,
         flush=True,
     )
     if entries:
         counts["derived"] = entries.counts
+    if visual:
+        counts["entry_summaries"] = visual.counts
     return counts
 
 
@@ -166,16 +177,18 @@ def summary_request(text: str, settings: dict, schema: dict | None) -> TextReque
     )
 
 
-def summarized(captions_path: str, asked: list[str], answers: dict):
+def summarized(captions_path: str, asked: list[str], answers: dict, visual: EntrySummaries | None = None):
     """(whether it has a summary, the result) per caption result, in file order, each long record's summary
-    (``asked``: their keys in file order; ``answers``: by key) applied."""
+    (``asked``: their keys in file order; ``answers``: by key) and its visual entries' (``visual``) applied."""
     keys = iter(asked)
-    for result in iter_jsonl(captions_path):
+    for i, result in enumerate(iter_jsonl(captions_path)):
         long = needs_summary(result)
         if long:
             key = next(keys)
             apply_summary(result, copy.deepcopy(answers[key]))
             result.setdefault("keys", []).append(key)
+        if visual:
+            visual.apply(result, i)
         yield long, result
 
 

@@ -75,15 +75,20 @@ def window_requests(
     model: str | None = None,
     timed: bool = False,
     heard=None,
+    ask=None,
+    marker: str = WINDOW_KEY,
 ) -> list[WindowPending]:
     """One request per decodable window, with its result-store key (``identity``: the caption settings'
     hash); each gets a result slot appended to ``results``, and the record's own result lists every
     window (those that could not be decoded as errors already) and every window's key. ``model``: the
     captioning model, whose family decides the windows' clocks (:func:`window_clock`); ``timed``: the answers
     hold event times (output_format json), so the clock is part of each window's key. ``heard``:
-    (start, end) -> text put after a window's prompt (audio.mode transcript: its speech)."""
+    (start, end) -> text put after a window's prompt (audio.mode transcript: its speech). ``ask``: a
+    caption-set entry (vidcap.caption_set.Ask) whose window requests these are: its results carry
+    ``marker`` = [record slot, entry name, window number], and the record's windows are listed already."""
     video = entry["videos"][0]
-    results[slot]["caption_meta"]["windows"] = [window_result(w, None) for w in video["windows"]]
+    if ask is None:
+        results[slot]["caption_meta"]["windows"] = [window_result(w, None) for w in video["windows"]]
     pending = []
     for w, window in enumerate(video["windows"]):
         if "error" in window:
@@ -115,11 +120,13 @@ def window_requests(
                 "digest": digest,
                 "caption": None,
                 "caption_meta": unanswered_meta(len(window["meta"]["frames_indices"])),
-                WINDOW_KEY: [slot, w],
+                marker: [slot, w] if ask is None else [slot, ask.name, w],
             }
         )
         clock = window_clock(window, times_absolute(model))
-        item = WindowPending(len(results) - 1, digest, sub, text, seed, keep=[None], window=w, clock=clock)
+        item = WindowPending(
+            len(results) - 1, digest, sub, text, seed, keep=[None], ask=ask, window=w, clock=clock
+        )
         item.key = window_key(identity, text, sub["videos"][0], clock if timed else None)
         results[slot]["keys"].append(item.key)
         pending.append(item)
