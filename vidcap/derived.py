@@ -77,11 +77,7 @@ class Derived:
                     self.keys[i][p["name"]] = key
                     if key is None or key in self.answers or key in todo:
                         continue
-                    stored = self.store.get(key)
-                    if stored is not None:
-                        self.answers[key] = stored
-                        self.counts["stored"] += 1
-                    else:
+                    if not self.store.recall(key, self.answers, self.counts):
                         todo[key], asked_by[key] = self.request(p, source), p
             self.counts["asked"] += len(todo)
             for key, reply in engine.answer(todo).items():

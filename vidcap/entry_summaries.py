@@ -75,11 +75,7 @@ class EntrySummaries:
             key = keys[p["name"]] = summary_key(self.identity(p), text)
             if key in self.answers or key in self.todo:
                 continue
-            stored = self.store.get(key)
-            if stored is not None:
-                self.answers[key] = stored
-                self.counts["stored"] += 1
-            else:
+            if not self.store.recall(key, self.answers, self.counts):
                 self.todo[key] = self.request(p, text)
                 self.asked_by[key] = (p, video_duration(result))
         self.keys.append(keys)

@@ -51,6 +51,16 @@ class ResultStore:
         self.hits += 1
         return entry["value"]
 
+    def recall(self, key: str, answers: dict, counts: dict) -> bool:
+        """Put the stored value of ``key`` into ``answers`` and count it in ``counts["stored"]``; False (and
+        nothing changed) when it is not stored, so the caller asks it."""
+        stored = self.get(key)
+        if stored is None:
+            return False
+        answers[key] = stored
+        counts["stored"] += 1
+        return True
+
     def has(self, key: str) -> bool:
         """Whether ``key`` is stored (a cheap look, not counted; :meth:`get` still decides)."""
         return self.path(key).is_file()
