@@ -1,10 +1,11 @@
 rule summarize_shard:
+    # the captions; the records' own prompts (keys.prompt), which their summaries answer; with derived
+    # caption-set entries the records again as `derived_entries` (every such job starts an engine: the
+    # Slurm profile's partition expression reads that name)
     input:
-        captions=f"{RESULTS}/captions/{{shard}}.jsonl",
-        # the records' own prompts (keys.prompt), which their summaries answer
-        shard=f"{SHARD_DIR}/{{shard}}.jsonl",
-        # derived caption-set entries: every summary job starts an engine (its Slurm partition reads this)
         **settings.derived_entries_input(config, f"{SHARD_DIR}/{{shard}}.jsonl"),
+        captions=f"{RESULTS}/captions/{{shard}}.jsonl",
+        shard=f"{SHARD_DIR}/{{shard}}.jsonl",
     output:
         summaries=f"{RESULTS}/summaries/{{shard}}.jsonl",
     log:
