@@ -37,6 +37,7 @@ from vidcap.media_paths import escapes_root
 from vidcap.npystream import NpyStream
 from vidcap.object_storage import content_identity, is_url
 from vidcap.records import media_list, record_digest, resolve_media
+from vidcap.result_keys import file_identity
 
 PATCH_FACTOR = budget.QWEN2_PATCH_FACTOR
 __all__ = [
@@ -257,12 +258,7 @@ def frame_params_key(params: dict) -> str:
 def cache_key(path: str, kind: str, params: dict, identity: list | None = None) -> str:
     """``identity``: what the file is when its stat says nothing (a staged copy of an object-storage URL)."""
     if identity is None:
-        try:
-            st = os.stat(path)
-            # the real file: links and other spellings of one file share its frames
-            identity = [os.path.realpath(path), st.st_size, st.st_mtime_ns]
-        except OSError:
-            identity = [path, None, None]
+        identity = file_identity(path)
     text = json.dumps([CACHE_VERSION, kind, identity, frame_params_key(params)])
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 

@@ -15,6 +15,7 @@ schema: a new setting without a role fails it, and changing any ``caption`` sett
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from vidcap.provenance import canonical_hash
@@ -115,27 +116,43 @@ SETTING_ROLES = {
 }
 
 
+def model_weights(model_id: dict) -> dict:
+    """What names a model's weights in a key (:func:`vidcap.provenance.model_identity` without the folder
+    or hub name it was given by: its weights hash or hub revision); the name only when nothing else is known."""
+    return {k: v for k, v in model_id.items() if k != "model"} or {"model": model_id.get("model")}
+
+
+def file_identity(path: str) -> list:
+    """A media file as keys name it: its real path (links and other spellings of one file share results),
+    size and mtime; the path as given when it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return [path, None, None]
+    return [os.path.realpath(path), st.st_size, st.st_mtime_ns]
+
+
 def caption_identity(params: dict, model_id: dict) -> str:
     """What every answer of a caption job depends on besides its record: ``params`` (from
     :func:`vidcap.settings.caption_params`) without the prompt and keys, which act through each record,
     and the model's identity (:func:`vidcap.provenance.model_identity`: weights hash or hub revision)."""
     # the caption set's entries reach only their own keys (vidcap.caption_set.asks), never this one
     fields = {k: v for k, v in params.items() if k not in ("prompt", "keys", "model", "caption_set")}
-    weights = {k: v for k, v in model_id.items() if k != "model"} or {"model": model_id.get("model")}
+    weights = model_weights(model_id)
     return canonical_hash([KEY_VERSION, "caption", weights, fields])
 
 
 def summary_identity(params: dict, model_id: dict) -> str:
     """As :func:`caption_identity`, for the summary step's params (vidcap.settings.summary_params)."""
     fields = {k: v for k, v in params.items() if k not in ("prompt", "model")}
-    weights = {k: v for k, v in model_id.items() if k != "model"} or {"model": model_id.get("model")}
+    weights = model_weights(model_id)
     return canonical_hash([KEY_VERSION, "summary", weights, fields])
 
 
 def derived_identity(params: dict, model_id: dict) -> str:
     """As :func:`caption_identity`, for one derived caption-set entry (vidcap.derived): its resolved
     settings and the summary engine's."""
-    weights = {k: v for k, v in model_id.items() if k != "model"} or {"model": model_id.get("model")}
+    weights = model_weights(model_id)
     return canonical_hash([KEY_VERSION, "derived", weights, params])
 
 

@@ -17,7 +17,6 @@ first video's segments, or null with ``note`` saying why (``no audio``, ``audio 
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from vidcap import audio_track
 from vidcap.atomic import atomic_open, dumps_line, iter_jsonl
 from vidcap.provenance import canonical_hash
 from vidcap.records import media_list, record_digest, resolve_media
+from vidcap.result_keys import file_identity, model_weights
 from vidcap.store import ResultStore
 
 KEY_VERSION = 1
@@ -91,18 +91,13 @@ def asr_identity(settings: dict) -> str:
     """What every transcript depends on besides its file: the model's weights and the language asked."""
     from vidcap.provenance import model_identity
 
-    weights = model_identity(settings["asr_model"])
-    weights = {k: v for k, v in weights.items() if k != "model"} or {"model": settings["asr_model"]}
+    weights = model_weights(model_identity(settings["asr_model"]))
     return canonical_hash([KEY_VERSION, "asr", weights, settings.get("language")])
 
 
 def file_key(identity: str, path: str) -> str:
-    try:  # the real file, as the frame cache names it: links and other spellings share a transcript
-        st = os.stat(path)
-        file = [os.path.realpath(path), st.st_size, st.st_mtime_ns]
-    except OSError:
-        file = [path, None, None]
-    return canonical_hash(["transcript", identity, file])[:32]
+    # the real file, as the frame cache names it: links and other spellings share a transcript
+    return canonical_hash(["transcript", identity, file_identity(path)])[:32]
 
 
 def first_video(record: dict, settings: dict) -> str | None:
