@@ -14,11 +14,10 @@ from __future__ import annotations
 import copy
 
 from vidcap.caption_set import PRIMARY
-from vidcap.prompts import sampling_seed
 from vidcap.provenance import model_identity
-from vidcap.result_keys import content_digest, derived_identity, derived_key
+from vidcap.result_keys import derived_identity, derived_key
 from vidcap.store import storable
-from vidcap.text_requests import TextRequest, failed, read_answer
+from vidcap.text_requests import TextRequest, failed, read_answer, seeded_request
 
 ANSWER_PARAM_KEYS = ("prompt", "system_prompt", "sampling", "output_format", "output_schema")
 
@@ -88,10 +87,7 @@ class Derived:
 
     def request(self, p: dict, source: str) -> TextRequest:
         text = derived_text(p["prompt"], source)
-        s = p["sampling"]
-        return TextRequest(
-            p["system_prompt"], text, s, sampling_seed(s, content_digest([], text)), 1, p["output_schema"]
-        )
+        return seeded_request(p["system_prompt"], text, p["sampling"], 1, p["output_schema"])
 
     def source_text(self, result: dict, i: int, source: str) -> str | None:
         """The text an entry rewrites, or None when it has none (null, or an error)."""

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import copy
 
-from vidcap.prompts import sampling_seed
 from vidcap.provenance import model_identity
-from vidcap.result_keys import content_digest, summary_identity, summary_key
+from vidcap.result_keys import summary_identity, summary_key
 from vidcap.store import storable
-from vidcap.text_requests import TextRequest, read_answer
+from vidcap.text_requests import TextRequest, read_answer, seeded_request
 
 # the summary job's settings an entry's summary shares (its own replace system prompt, sampling and format)
 SHARED_KEYS = ("max_model_len", "engine_numerics", "candidates")
@@ -81,11 +80,8 @@ class EntrySummaries:
         self.keys.append(keys)
 
     def request(self, p: dict, text: str) -> TextRequest:
-        s = p["sampling"]
         n = int(self.settings["candidates"]["n"])
-        return TextRequest(
-            p["system_prompt"], text, s, sampling_seed(s, content_digest([], text)), n, p["output_schema"]
-        )
+        return seeded_request(p["system_prompt"], text, p["sampling"], n, p["output_schema"])
 
     def answer(self, engine) -> None:
         """Ask the engine (vidcap.text_requests.TextEngine) every queued summary; store each answer."""

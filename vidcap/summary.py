@@ -27,13 +27,12 @@ from vidcap import derived
 from vidcap.atomic import atomic_open, dumps_line, iter_jsonl
 from vidcap.config import with_defaults
 from vidcap.entry_summaries import EntrySummaries
-from vidcap.prompts import sampling_seed
 from vidcap.provenance import model_identity
 from vidcap.records import record_prompt
-from vidcap.result_keys import content_digest, summary_identity, summary_key
+from vidcap.result_keys import summary_identity, summary_key
 from vidcap.store import ResultStore, storable
 from vidcap.structured import load_schema
-from vidcap.text_requests import TextEngine, TextRequest, read_answer
+from vidcap.text_requests import TextEngine, TextRequest, read_answer, seeded_request
 
 # what a summary's answer depends on (its key's identity); derived entries and the job's engine are not
 SUMMARY_PARAM_KEYS = (
@@ -166,14 +165,8 @@ def summarize_shard(
 
 
 def summary_request(text: str, settings: dict, schema: dict | None) -> TextRequest:
-    s = settings["sampling"]
-    return TextRequest(
-        settings["system_prompt"],
-        text,
-        s,
-        sampling_seed(s, content_digest([], text)),  # not the record's place or backend
-        n=int(settings["candidates"]["n"]),
-        schema=schema,
+    return seeded_request(
+        settings["system_prompt"], text, settings["sampling"], int(settings["candidates"]["n"]), schema
     )
 
 

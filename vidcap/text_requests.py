@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 from vidcap.config import with_defaults
 from vidcap.engine import EngineFailure, start_engine, stop_engine
-from vidcap.prompts import chat_template
+from vidcap.prompts import chat_template, sampling_seed
 from vidcap.redact import redact_url
+from vidcap.result_keys import content_digest
 
 
 @dataclass
@@ -28,6 +29,15 @@ class TextRequest:
     seed: int | None = None
     n: int = 1
     schema: dict | None = None  # a JSON answer: the schema decoding must follow
+
+
+def seeded_request(
+    system_prompt: str, text: str, sampling: dict, n: int = 1, schema: dict | None = None
+) -> TextRequest:
+    """A text request whose seed comes from its text and the sampling seed, not from the record's place or
+    the backend: one text always draws the same answer."""
+    seed = sampling_seed(sampling, content_digest([], text))
+    return TextRequest(system_prompt, text, sampling, seed, n, schema)
 
 
 @dataclass
