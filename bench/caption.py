@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from helpers import synthetic_shard  # noqa: E402
+from helpers import build_tiny_model, synthetic_shard  # noqa: E402
 
 from vidcap import config as vconfig  # noqa: E402
 from vidcap import settings as vsettings  # noqa: E402
@@ -80,12 +80,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="vidcap-bench-caption-"))
     model = work / "model"
-    subprocess.run(
-        [sys.executable, "-m", "vidcap", "tiny-model", str(model), "--arch", "qwen2_5_vl"],
-        check=True,
-        capture_output=True,
-        cwd=REPO,
-    )
+    build_tiny_model(model, "qwen2_5_vl")
     config = vconfig.load(
         overrides={
             "input": "records.jsonl",

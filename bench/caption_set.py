@@ -24,7 +24,6 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # the figures, not the engine's log
 
-from helpers import synthetic_shard  # noqa: E402
+from helpers import build_tiny_model, synthetic_shard  # noqa: E402
 
 from vidcap import config as vconfig  # noqa: E402
 from vidcap.caption import caption_shard  # noqa: E402
@@ -114,12 +113,7 @@ def main() -> None:
     width, height = (int(x) for x in args.size.split("x"))
     work = Path(tempfile.mkdtemp(prefix="vidcap-bench-caption-set-"))
     model = work / "model"
-    subprocess.run(
-        [sys.executable, "-m", "vidcap", "tiny-model", str(model), "--arch", "qwen2_5_vl"],
-        check=True,
-        capture_output=True,
-        cwd=REPO,
-    )
+    build_tiny_model(model, "qwen2_5_vl")
     shard, manifest = synthetic_shard(work, args.records, args.frames, width, height)
     max_model_len = 8192
     settings = {

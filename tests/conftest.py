@@ -1,5 +1,4 @@
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -16,14 +15,9 @@ os.environ.setdefault("VIDCAP_CACHE_DIR", tempfile.mkdtemp(prefix="vidcap-cache-
 
 
 def _build_tiny(tmp_path_factory, arch: str) -> Path:
-    out = tmp_path_factory.mktemp(f"tiny-{arch}")
-    subprocess.run(
-        [sys.executable, "-m", "vidcap", "tiny-model", str(out), "--arch", arch],
-        check=True,
-        capture_output=True,
-        cwd=Path(__file__).resolve().parents[1],
-    )
-    return out
+    from helpers import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp(f"tiny-{arch}"), arch)
 
 
 @pytest.fixture(scope="session")

@@ -54,6 +54,17 @@ def write_records(path: str | os.PathLike, records: list) -> Path:
     return path
 
 
+def build_tiny_model(out: str | os.PathLike, arch: str = "qwen2_vl") -> Path:
+    """A tiny random-weight checkpoint of ``arch`` built locally in ``out`` (``python -m vidcap tiny-model``)."""
+    subprocess.run(
+        [sys.executable, "-m", "vidcap", "tiny-model", str(out), "--arch", arch],
+        check=True,
+        capture_output=True,
+        cwd=REPO,
+    )
+    return Path(out)
+
+
 def tiny_config(model_dir: str | os.PathLike, **overrides) -> dict:
     """Workflow config for the tiny random model on the CPU build of vLLM (captions are gibberish)."""
     config = {

@@ -9,7 +9,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from helpers import CAPTIONED, write_records
+from helpers import CAPTIONED, build_tiny_model, write_records
 
 from vidcap import audio_tokens, audio_track, native_audio
 from vidcap import config as vconfig
@@ -338,14 +338,4 @@ def test_tiny_omni_captions_with_audio_and_counts_its_tokens(clips, tiny_omni, t
 @pytest.fixture(scope="module")
 def tiny_omni(tmp_path_factory):
     """A tiny random-weight Qwen2.5-Omni thinker checkpoint (gibberish captions), built once."""
-    import sys
-    from pathlib import Path
-
-    out = tmp_path_factory.mktemp("tiny-omni")
-    subprocess.run(
-        [sys.executable, "-m", "vidcap", "tiny-model", str(out), "--arch", "qwen2_5_omni"],
-        check=True,
-        capture_output=True,
-        cwd=Path(__file__).resolve().parents[1],
-    )
-    return out
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-omni"), "qwen2_5_omni")

@@ -8,14 +8,12 @@ synthesised with espeak-ng and muxed under a lavfi video; the music is two ffmpe
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from helpers import (
     CAPTIONED,
-    REPO,
+    build_tiny_model,
     jobs_run,
     make_music_clip,
     make_speech_clip,
@@ -92,10 +90,7 @@ def test_the_transcript_fits_the_token_budget_and_a_cut_is_said(tmp_path, tiny_w
 @pytest.fixture(scope="session")
 def tiny_whisper(tmp_path_factory):
     """A tiny random-weight Whisper (gibberish transcripts), built by the CLI."""
-    out = tmp_path_factory.mktemp("tiny-whisper")
-    cmd = [sys.executable, "-m", "vidcap", "tiny-model", str(out), "--arch", "whisper"]
-    subprocess.run(cmd, check=True, capture_output=True, cwd=REPO)
-    return out
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-whisper"), "whisper")
 
 
 @pytest.mark.slow
