@@ -71,8 +71,6 @@ def engine_kwargs(model: str, engine: dict, limits: dict, seed: int) -> dict:
         "limit_mm_per_prompt": limits,
         "mm_processor_cache_gb": engine["mm_processor_cache_gb"],
         "seed": seed,
-        # a record's caption-set requests share its system prompt and video: their KV blocks are computed once
-        "enable_prefix_caching": True,
         # the engine's own counters (prompt tokens computed, prefix-cache hits) for the job's stats
         "disable_log_stats": False,
     }

@@ -214,14 +214,7 @@ def whisper_engine(settings: dict) -> tuple[dict, int]:
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(settings["asr_model"])
-    # Whisper's cross-attention KV cannot be prefix-cached (vLLM's CrossAttentionManager raises on it), and
-    # vidcap.engine turns prefix caching on for the caption engines' shared video prefixes
-    engine = dict(
-        settings["engine"],
-        vllm_args={"enable_prefix_caching": False},
-        max_num_seqs=None,
-        tensor_parallel_size=1,
-    )
+    engine = dict(settings["engine"], vllm_args={}, max_num_seqs=None, tensor_parallel_size=1)
     engine["max_model_len"] = int(config.max_target_positions)
     engine["max_num_batched_tokens"] = max(int(config.max_source_positions), engine["max_model_len"])
     return engine, int(config.max_source_positions)
